@@ -1,0 +1,216 @@
+//! Command-line interface: argument definitions and dispatch to the library.
+//! Errors become one `kfd-audit: error: ...` line and exit code 2.
+
+use crate::baseline;
+use crate::error::Error;
+use crate::exit::Outcome;
+use crate::reference::LoadOptions;
+use crate::report::{self, Report};
+use crate::root::Root;
+use crate::scan::{self, ScanOptions, TreeScan};
+use crate::term::{self, ColorChoice};
+use crate::tree::{self, Tree};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kfd-audit",
+    version,
+    about = "Audit AMD's amdgpu/amdkfd DKMS driver sources: what changed, what is dangerous, how to get a clean driver back",
+    after_help = "Exit codes: 0 nothing found, 1 something found, 2 could not complete."
+)]
+pub struct Cli {
+    /// Audit a system mounted at DIR (every system path is read under it)
+    #[arg(long, global = true, value_name = "DIR", default_value = "/")]
+    pub root: PathBuf,
+
+    /// Output format
+    #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+
+    /// When to color the output (NO_COLOR and TERM=dumb turn off 'auto')
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
+
+    /// Print less: only the summary and errors
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+
+    /// Print more: also clean files and details
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+    Markdown,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Verify every amdgpu DKMS tree against its clean references and report changes
+    Scan(ScanArgs),
+    /// Record or show kfd-audit's own trusted manifest of a clean tree
+    #[command(subcommand)]
+    Baseline(BaselineCommand),
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct TreeArgs {
+    /// Audit this DKMS source tree instead of every <root>/usr/src/amdgpu-* (repeatable)
+    #[arg(long = "tree", value_name = "PATH")]
+    pub trees: Vec<PathBuf>,
+
+    /// Report malformed reference lines and skip them instead of stopping
+    #[arg(long)]
+    pub lenient: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ScanArgs {
+    #[command(flatten)]
+    pub trees: TreeArgs,
+
+    /// Only files under this part of the tree: 'amdkfd', 'amdgpu' or a path prefix
+    #[arg(long, value_name = "PREFIX")]
+    pub scope: Option<String>,
+
+    /// List every file in the report, not only those with something to say
+    #[arg(long)]
+    pub all_files: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BaselineCommand {
+    /// Record a SHA-256 manifest of each tree while it is clean
+    Create {
+        #[command(flatten)]
+        trees: TreeArgs,
+        /// Trust the tree even if dpkg's md5sums say it was changed
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// Resolves the trees to work on: those named with --tree, else all discovered.
+pub fn select_trees(root: &Root, args: &TreeArgs) -> Result<Vec<Tree>, Error> {
+    if args.trees.is_empty() {
+        tree::discover(root)
+    } else {
+        args.trees.iter().map(|p| tree::from_arg(root, p)).collect()
+    }
+}
+
+fn scan_all(root: &Root, trees: &[Tree], opts: &ScanOptions) -> Result<Vec<TreeScan>, Error> {
+    trees
+        .iter()
+        .map(|t| scan::scan_tree(root, t, opts))
+        .collect()
+}
+
+fn cmd_scan(cli: &Cli, args: &ScanArgs, out: &mut dyn Write) -> anyhow::Result<Outcome> {
+    let root = Root::open(&cli.root)?;
+    let trees = select_trees(&root, &args.trees)?;
+    let opts = ScanOptions {
+        scope: args.scope.as_deref().map(scan::scope_prefix),
+        refs: LoadOptions {
+            lenient: args.trees.lenient,
+        },
+    };
+    let scans = scan_all(&root, &trees, &opts)?;
+    let report = Report::build(root.dir(), &scans, args.all_files);
+    match cli.format {
+        Format::Json => out.write_all(report.to_json().as_bytes())?,
+        Format::Markdown => out.write_all(report::render_markdown(&report).as_bytes())?,
+        Format::Text => {
+            let text = report::render_text(&report, term::use_color(cli.color), cli.verbose > 0);
+            if cli.quiet {
+                out.write_all(text.lines().next().unwrap_or_default().as_bytes())?;
+                out.write_all(b"\n")?;
+            } else {
+                out.write_all(text.as_bytes())?;
+            }
+        }
+    }
+    Ok(report.outcome())
+}
+
+fn cmd_baseline(cli: &Cli, cmd: &BaselineCommand, out: &mut dyn Write) -> anyhow::Result<Outcome> {
+    match cmd {
+        BaselineCommand::Create { trees, force } => {
+            let root = Root::open(&cli.root)?;
+            let trees = select_trees(&root, trees)?;
+            if trees.is_empty() {
+                anyhow::bail!(
+                    "no amdgpu DKMS tree under {}; name one with --tree PATH",
+                    root.path("/usr/src").display()
+                );
+            }
+            for t in &trees {
+                let created =
+                    baseline::create(&root, t, baseline::CreateOptions { force: *force })?;
+                writeln!(
+                    out,
+                    "baseline of {}: {} files -> {}{}",
+                    term::path(&t.system_path),
+                    created.files,
+                    term::path(&created.manifest),
+                    if created.skipped_symlinks > 0 {
+                        format!(" ({} symlinks not recorded)", created.skipped_symlinks)
+                    } else {
+                        String::new()
+                    }
+                )?;
+            }
+            Ok(Outcome::Clean)
+        }
+    }
+}
+
+/// Runs a parsed command line, writing the command's output to `out`.
+pub fn run(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<Outcome> {
+    match &cli.command {
+        Command::Scan(args) => cmd_scan(cli, args, out),
+        Command::Baseline(cmd) => cmd_baseline(cli, cmd, out),
+    }
+}
+
+/// The binary's entry point.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match run(&cli, &mut out) {
+        Ok(outcome) => outcome.into(),
+        Err(err) => {
+            // A closed pipe (`kfd-audit scan | head`) is not an error of ours.
+            if err
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("kfd-audit: error: {}", term::escape(&format!("{err:#}")));
+            Outcome::Failed.into()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,20 @@
+//! kfd-audit: audit AMD's amdgpu/amdkfd DKMS driver sources against clean references,
+//! explain dangerous changes, restore clean files and print the DKMS recovery sequence.
+//!
+//! Data flows one way: discover (`tree`) → clean references (`reference`) → `scan` →
+//! `report`. Every system path is read through [`root::Root`] so that the whole tool
+//! can audit a system mounted elsewhere (`--root`).
+
+pub mod atomic;
+pub mod baseline;
+pub mod cli;
+pub mod error;
+pub mod exit;
+pub mod finding;
+pub mod hash;
+pub mod reference;
+pub mod report;
+pub mod root;
+pub mod scan;
+pub mod term;
+pub mod tree;

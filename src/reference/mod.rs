@@ -1,0 +1,162 @@
+//! Clean references: what each file of a tree should be. Strongest first:
+//! 1. kfd-audit's own baseline (SHA-256, taken while the tree was known clean);
+//! 2. dpkg's md5sums for the package that owns the tree (MD5: says *that* a file
+//!    changed, not what it was).
+//!
+//! Per file the strongest reference that lists it judges it, and the report names
+//! that reference next to the verdict.
+
+pub mod dpkg;
+
+use crate::baseline;
+use crate::error::Result;
+use crate::hash::Digest;
+use crate::root::Root;
+use crate::tree::Tree;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReferenceKind {
+    Baseline,
+    DpkgMd5sums,
+    DebArchive,
+    Backup,
+}
+
+impl ReferenceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReferenceKind::Baseline => "baseline",
+            ReferenceKind::DpkgMd5sums => "dpkg-md5sums",
+            ReferenceKind::DebArchive => "deb-archive",
+            ReferenceKind::Backup => "backup",
+        }
+    }
+}
+
+impl std::fmt::Display for ReferenceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The clean digest of one file and which reference vouches for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expected {
+    pub digest: Digest,
+    pub kind: ReferenceKind,
+}
+
+/// A problem met while reading references that did not stop the scan
+/// (only with `--lenient`): shown in the report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub file: PathBuf,
+    pub line: usize,
+    pub message: String,
+}
+
+/// Everything known about the clean state of one tree.
+#[derive(Debug, Clone, Default)]
+pub struct TreeReferences {
+    /// Path relative to the tree → its clean digest.
+    pub entries: BTreeMap<PathBuf, Expected>,
+    /// The reference kinds that contributed, strongest first.
+    pub kinds: Vec<ReferenceKind>,
+    /// The dpkg package owning the tree, when dpkg knows it.
+    pub dpkg_package: Option<String>,
+    /// dpkg's md5 for each file, kept even when the baseline judges the file, so that
+    /// content sources can be checked against the package too.
+    pub dpkg_md5: BTreeMap<PathBuf, Digest>,
+    pub skipped: Vec<Skipped>,
+}
+
+impl TreeReferences {
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn get(&self, rel: &Path) -> Option<&Expected> {
+        self.entries.get(rel)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadOptions {
+    /// Report and skip malformed reference lines instead of failing.
+    pub lenient: bool,
+}
+
+/// Loads every hash reference for a tree; the baseline overrides dpkg per file.
+pub fn load(root: &Root, tree: &Tree, opts: LoadOptions) -> Result<TreeReferences> {
+    let mut refs = TreeReferences::default();
+    if let Some(owner) = dpkg::find_owner(root, tree)? {
+        let sums = dpkg::load_tree_md5sums(root, &owner, tree, opts, &mut refs.skipped)?;
+        for (rel, digest) in sums {
+            refs.dpkg_md5.insert(rel.clone(), digest.clone());
+            refs.entries.insert(
+                rel,
+                Expected {
+                    digest,
+                    kind: ReferenceKind::DpkgMd5sums,
+                },
+            );
+        }
+        refs.dpkg_package = Some(owner);
+    }
+    let mut kinds = Vec::new();
+    if let Some(manifest) = baseline::load_manifest(root, tree, opts, &mut refs.skipped)? {
+        for (rel, digest) in manifest {
+            refs.entries.insert(
+                rel,
+                Expected {
+                    digest,
+                    kind: ReferenceKind::Baseline,
+                },
+            );
+        }
+        kinds.push(ReferenceKind::Baseline);
+    }
+    if refs.dpkg_package.is_some() {
+        kinds.push(ReferenceKind::DpkgMd5sums);
+    }
+    refs.kinds = kinds;
+    Ok(refs)
+}
+
+/// Accepts a path from a reference file only if it is relative and stays inside the
+/// directory it is relative to: no `..`, no absolute path, no NUL, not empty.
+/// Reference files come from the audited system and may have been tampered with.
+pub fn safe_relative(path: &Path) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    if path.as_os_str().is_empty() || path.as_os_str().as_bytes().contains(&0) {
+        return None;
+    }
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(p) => out.push(p),
+            Component::CurDir => {}
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    (!out.as_os_str().is_empty()).then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn safe_relative_rejects_escapes() {
+        assert_eq!(safe_relative(Path::new("a/b")), Some(PathBuf::from("a/b")));
+        assert_eq!(safe_relative(Path::new("./a")), Some(PathBuf::from("a")));
+        assert_eq!(safe_relative(Path::new("../a")), None);
+        assert_eq!(safe_relative(Path::new("a/../../b")), None);
+        assert_eq!(safe_relative(Path::new("/etc/passwd")), None);
+        assert_eq!(safe_relative(Path::new("")), None);
+    }
+}

@@ -1,0 +1,460 @@
+//! The scan report: one data model, rendered as text for people, JSON for tools
+//! (the contract in DESIGN.md: extend, never rename) and Markdown for bug reports.
+
+use crate::exit::Outcome;
+use crate::finding::{Finding, Severity};
+use crate::scan::{FileResult, FileStatus, TreeScan};
+use crate::term;
+use anstyle::{AnsiColor, Style};
+use serde::Serialize;
+use std::fmt::Write as _;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub version: u32,
+    pub root: String,
+    pub exit_code: u8,
+    pub trees: Vec<TreeReport>,
+    pub summary: Summary,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TreeReport {
+    pub path: String,
+    pub package: String,
+    pub version: String,
+    pub references: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dpkg_package: Option<String>,
+    /// Problems with the tree itself or its references that did not stop the scan.
+    pub problems: Vec<String>,
+    pub files_checked: usize,
+    pub files: Vec<FileReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FileReport {
+    /// Path relative to the tree; invalid UTF-8 is replaced here and kept in `path_bytes`.
+    pub path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_bytes: Option<Vec<u8>>,
+    pub status: FileStatus,
+    /// The reference that judged the file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actual: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    pub findings: Vec<Finding>,
+    pub backups: Vec<BackupReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupReport {
+    pub path: String,
+    pub verdict: crate::scan::BackupVerdict,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Summary {
+    pub trees: usize,
+    pub files: usize,
+    pub ok: usize,
+    pub modified: usize,
+    pub missing: usize,
+    pub added: usize,
+    pub unverified: usize,
+    pub symlinks: usize,
+    pub unreadable: usize,
+    pub findings: usize,
+    pub critical: usize,
+    pub high: usize,
+    pub medium: usize,
+    pub low: usize,
+    pub info: usize,
+}
+
+fn path_fields(p: &Path) -> (String, Option<Vec<u8>>) {
+    let bytes = p.as_os_str().as_bytes();
+    match std::str::from_utf8(bytes) {
+        Ok(s) => (s.to_string(), None),
+        Err(_) => (
+            String::from_utf8_lossy(bytes).into_owned(),
+            Some(bytes.to_vec()),
+        ),
+    }
+}
+
+fn file_report(f: &FileResult) -> FileReport {
+    let (path, path_bytes) = path_fields(&f.path);
+    FileReport {
+        path,
+        path_bytes,
+        status: f.status,
+        reference: f.reference.map(|r| r.to_string()),
+        expected: f.expected.as_ref().map(|d| d.to_hex()),
+        actual: f.actual.as_ref().map(|d| d.to_hex()),
+        detail: f.detail.clone(),
+        findings: f.findings.clone(),
+        backups: f
+            .backups
+            .iter()
+            .map(|b| BackupReport {
+                path: term::path(&b.path),
+                verdict: b.verdict,
+            })
+            .collect(),
+    }
+}
+
+/// Whether a file is worth listing by default: anything but a clean, quiet file.
+fn has_something_to_say(f: &FileResult) -> bool {
+    f.status.is_notable() || !f.findings.is_empty() || !f.backups.is_empty()
+}
+
+impl Report {
+    pub fn build(root: &Path, scans: &[TreeScan], all_files: bool) -> Report {
+        let mut summary = Summary {
+            trees: scans.len(),
+            ..Summary::default()
+        };
+        let mut trees = Vec::new();
+        for s in scans {
+            for f in &s.files {
+                // `files` counts what is on disk; missing files are counted apart.
+                if f.status != FileStatus::Missing {
+                    summary.files += 1;
+                }
+                match f.status {
+                    FileStatus::Ok => summary.ok += 1,
+                    FileStatus::Modified => summary.modified += 1,
+                    FileStatus::Missing => summary.missing += 1,
+                    FileStatus::Added => summary.added += 1,
+                    FileStatus::Unverified => summary.unverified += 1,
+                    FileStatus::Symlink => summary.symlinks += 1,
+                    FileStatus::Unreadable => summary.unreadable += 1,
+                }
+                for finding in &f.findings {
+                    summary.findings += 1;
+                    match finding.severity {
+                        Severity::Critical => summary.critical += 1,
+                        Severity::High => summary.high += 1,
+                        Severity::Medium => summary.medium += 1,
+                        Severity::Low => summary.low += 1,
+                        Severity::Info => summary.info += 1,
+                    }
+                }
+            }
+            let mut problems = Vec::new();
+            if let Some(p) = &s.tree.conf_problem {
+                problems.push(p.clone());
+            }
+            if s.refs.is_empty() {
+                problems.push(
+                    "no clean reference (no dpkg md5sums list this tree, no baseline): files are unverified; \
+                     take a baseline while the tree is clean with 'kfd-audit baseline create'"
+                        .to_string(),
+                );
+            }
+            for sk in &s.refs.skipped {
+                problems.push(format!(
+                    "{}:{}: skipped ({})",
+                    term::path(&sk.file),
+                    sk.line,
+                    sk.message
+                ));
+            }
+            trees.push(TreeReport {
+                path: term::path(&s.tree.system_path),
+                package: s.tree.package(),
+                version: s.tree.version(),
+                references: s.refs.kinds.iter().map(|k| k.to_string()).collect(),
+                dpkg_package: s.refs.dpkg_package.clone(),
+                problems,
+                files_checked: s
+                    .files
+                    .iter()
+                    .filter(|f| f.status != FileStatus::Missing)
+                    .count(),
+                files: s
+                    .files
+                    .iter()
+                    .filter(|f| all_files || has_something_to_say(f))
+                    .map(file_report)
+                    .collect(),
+            });
+        }
+        let outcome = Report::outcome_of(&summary);
+        Report {
+            version: 1,
+            root: root.display().to_string(),
+            exit_code: outcome.code(),
+            trees,
+            summary,
+        }
+    }
+
+    fn outcome_of(s: &Summary) -> Outcome {
+        let found = s.modified
+            + s.missing
+            + s.added
+            + s.symlinks
+            + s.unreadable
+            + s.critical
+            + s.high
+            + s.medium
+            + s.low;
+        if found > 0 {
+            Outcome::Found
+        } else {
+            Outcome::Clean
+        }
+    }
+
+    pub fn outcome(&self) -> Outcome {
+        Report::outcome_of(&self.summary)
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("report serializes") + "\n"
+    }
+}
+
+const BOLD: Style = Style::new().bold();
+const RED: Style = AnsiColor::Red.on_default().bold();
+const YELLOW: Style = AnsiColor::Yellow.on_default();
+const GREEN: Style = AnsiColor::Green.on_default();
+const DIM: Style = Style::new().dimmed();
+
+struct Painter {
+    color: bool,
+}
+
+impl Painter {
+    fn paint(&self, style: Style, text: &str) -> String {
+        if self.color {
+            format!("{}{}{}", style.render(), text, style.render_reset())
+        } else {
+            text.to_string()
+        }
+    }
+}
+
+fn status_style(s: FileStatus) -> Style {
+    match s {
+        FileStatus::Ok => GREEN,
+        FileStatus::Modified | FileStatus::Missing => RED,
+        FileStatus::Unverified => DIM,
+        _ => YELLOW,
+    }
+}
+
+fn severity_style(s: Severity) -> Style {
+    match s {
+        Severity::Critical | Severity::High => RED,
+        Severity::Medium => YELLOW,
+        _ => DIM,
+    }
+}
+
+fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        format!("{n} {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
+/// Renders the report for a person: the summary first, then each tree's changes.
+pub fn render_text(r: &Report, color: bool, verbose: bool) -> String {
+    let p = Painter { color };
+    let s = &r.summary;
+    let mut out = String::new();
+    let verdict = if r.exit_code == 0 {
+        p.paint(GREEN, "clean")
+    } else {
+        p.paint(RED, "CHANGED")
+    };
+    let _ = writeln!(
+        out,
+        "{} {}: {} checked in {}: {} modified, {} missing, {} added{}",
+        p.paint(BOLD, "kfd-audit scan"),
+        verdict,
+        plural(s.files, "file"),
+        plural(s.trees, "tree"),
+        s.modified,
+        s.missing,
+        s.added,
+        if s.unverified > 0 {
+            format!(", {} unverified", s.unverified)
+        } else {
+            String::new()
+        }
+    );
+    if s.findings > 0 {
+        let _ = writeln!(
+            out,
+            "findings: {} critical, {} high, {} medium, {} low, {} info",
+            s.critical, s.high, s.medium, s.low, s.info
+        );
+    }
+    if r.trees.is_empty() {
+        let _ = writeln!(
+            out,
+            "no amdgpu DKMS tree under {}/usr/src (name one with --tree PATH)",
+            r.root.trim_end_matches('/')
+        );
+    }
+    for t in &r.trees {
+        let refs = if t.references.is_empty() {
+            "none".to_string()
+        } else {
+            t.references.join(", ")
+        };
+        let _ = writeln!(
+            out,
+            "\n{} ({} {}; {} checked; references: {})",
+            p.paint(BOLD, &term::escape(&t.path)),
+            term::escape(&t.package),
+            term::escape(&t.version),
+            plural(t.files_checked, "file"),
+            refs
+        );
+        for problem in &t.problems {
+            let _ = writeln!(
+                out,
+                "  {} {}",
+                p.paint(YELLOW, "note:"),
+                term::escape(problem)
+            );
+        }
+        for f in &t.files {
+            if f.status == FileStatus::Ok
+                && f.findings.is_empty()
+                && f.backups.is_empty()
+                && !verbose
+            {
+                continue;
+            }
+            let judged = f
+                .reference
+                .as_ref()
+                .map(|r| format!("  [{r}]"))
+                .unwrap_or_default();
+            let detail = f
+                .detail
+                .as_ref()
+                .map(|d| format!("  ({})", term::escape(d)))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "  {:<10} {}{}{}",
+                p.paint(status_style(f.status), f.status.as_str()),
+                term::escape(&f.path),
+                p.paint(DIM, &judged),
+                detail
+            );
+            for finding in &f.findings {
+                let _ = writeln!(
+                    out,
+                    "      {} {} line {}: {}",
+                    p.paint(
+                        severity_style(finding.severity),
+                        &finding.severity.as_str().to_uppercase()
+                    ),
+                    finding.rule,
+                    finding.line,
+                    term::escape(&finding.text)
+                );
+                if !finding.title.is_empty() {
+                    let _ = writeln!(out, "        {}", term::escape(&finding.title));
+                }
+                let _ = writeln!(out, "        why: {}", term::escape(finding.why.trim()));
+                let _ = writeln!(out, "        fix: {}", term::escape(finding.fix.trim()));
+            }
+            for b in &f.backups {
+                let verdict = serde_json::to_value(b.verdict)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default();
+                let _ = writeln!(out, "      backup {}: {}", term::escape(&b.path), verdict);
+            }
+        }
+    }
+    out
+}
+
+/// Renders the report as Markdown, for pasting into a bug report.
+pub fn render_markdown(r: &Report) -> String {
+    let s = &r.summary;
+    let mut out = String::new();
+    let _ = writeln!(out, "# kfd-audit scan report\n");
+    let _ = writeln!(out, "Root: `{}`\n", r.root);
+    let _ = writeln!(
+        out,
+        "| files | modified | missing | added | critical | high | medium |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        out,
+        "| {} | {} | {} | {} | {} | {} | {} |",
+        s.files, s.modified, s.missing, s.added, s.critical, s.high, s.medium
+    );
+    for t in &r.trees {
+        let _ = writeln!(
+            out,
+            "\n## `{}` ({} {})\n\nReferences: {}\n",
+            t.path,
+            t.package,
+            t.version,
+            if t.references.is_empty() {
+                "none".to_string()
+            } else {
+                t.references.join(", ")
+            }
+        );
+        for problem in &t.problems {
+            let _ = writeln!(out, "> {problem}\n");
+        }
+        let listed: Vec<_> = t
+            .files
+            .iter()
+            .filter(|f| f.status != FileStatus::Ok || !f.findings.is_empty())
+            .collect();
+        if listed.is_empty() {
+            let _ = writeln!(out, "No changes.");
+            continue;
+        }
+        let _ = writeln!(out, "| status | file | reference |\n|---|---|---|");
+        for f in &listed {
+            let _ = writeln!(
+                out,
+                "| {} | `{}` | {} |",
+                f.status.as_str(),
+                f.path.replace('|', "\\|"),
+                f.reference.as_deref().unwrap_or("-")
+            );
+        }
+        for f in &listed {
+            for finding in &f.findings {
+                let _ = writeln!(
+                    out,
+                    "\n### {} {} — `{}` line {}\n\n```c\n{}\n```\n\n**Why:** {}\n\n**Fix:** {}",
+                    finding.severity.as_str().to_uppercase(),
+                    finding.rule,
+                    f.path,
+                    finding.line,
+                    finding.text,
+                    finding.why.trim(),
+                    finding.fix.trim()
+                );
+            }
+        }
+    }
+    out
+}

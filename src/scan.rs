@@ -1,0 +1,343 @@
+//! The scan: walk a tree without following symlinks, hash each file with the
+//! algorithm of the reference that judges it, and classify it. Per-file problems are
+//! recorded on the file and the scan goes on; only a broken reference stops it.
+
+use crate::error::Result;
+use crate::finding::{Finding, Severity};
+use crate::hash::{self, Digest};
+use crate::reference::{self, LoadOptions, ReferenceKind, TreeReferences};
+use crate::root::Root;
+use crate::tree::Tree;
+use rayon::prelude::*;
+use serde::Serialize;
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileStatus {
+    /// Matches its clean reference.
+    Ok,
+    /// Differs from its clean reference.
+    Modified,
+    /// Listed by a reference, absent from the tree.
+    Missing,
+    /// In the tree, in no reference although the tree has one.
+    Added,
+    /// No reference covers the tree at all: nothing can be said about the file.
+    Unverified,
+    /// A symbolic link: reported, never followed.
+    Symlink,
+    /// Could not be read (permissions, I/O error, not a regular file).
+    Unreadable,
+}
+
+impl FileStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileStatus::Ok => "ok",
+            FileStatus::Modified => "modified",
+            FileStatus::Missing => "missing",
+            FileStatus::Added => "added",
+            FileStatus::Unverified => "unverified",
+            FileStatus::Symlink => "symlink",
+            FileStatus::Unreadable => "unreadable",
+        }
+    }
+
+    /// Whether this status alone is something to report (exit code 1).
+    pub fn is_notable(self) -> bool {
+        !matches!(self, FileStatus::Ok | FileStatus::Unverified)
+    }
+}
+
+/// What kfd-audit concluded about a backup found next to a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackupVerdict {
+    VerifiedClean,
+    SameAsCurrent,
+    Unsafe,
+    Unverified,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backup {
+    /// Path relative to the tree.
+    pub path: PathBuf,
+    pub verdict: BackupVerdict,
+}
+
+#[derive(Debug, Clone)]
+pub struct FileResult {
+    /// Path relative to the tree root.
+    pub path: PathBuf,
+    pub status: FileStatus,
+    /// Which reference judged the file (None: no reference lists it).
+    pub reference: Option<ReferenceKind>,
+    pub expected: Option<Digest>,
+    pub actual: Option<Digest>,
+    pub size: Option<u64>,
+    /// Error text for unreadable files, link target for symlinks.
+    pub detail: Option<String>,
+    pub findings: Vec<Finding>,
+    pub backups: Vec<Backup>,
+}
+
+impl FileResult {
+    fn new(path: PathBuf, status: FileStatus) -> FileResult {
+        FileResult {
+            path,
+            status,
+            reference: None,
+            expected: None,
+            actual: None,
+            size: None,
+            detail: None,
+            findings: Vec::new(),
+            backups: Vec::new(),
+        }
+    }
+
+    pub fn worst_severity(&self) -> Option<Severity> {
+        self.findings.iter().map(|f| f.severity).max()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TreeScan {
+    pub tree: Tree,
+    pub refs: TreeReferences,
+    /// Every file of the tree (and every missing one), amd/amdkfd first, then by path.
+    pub files: Vec<FileResult>,
+    pub bytes_hashed: u64,
+}
+
+impl TreeScan {
+    pub fn count(&self, status: FileStatus) -> usize {
+        self.files.iter().filter(|f| f.status == status).count()
+    }
+
+    pub fn file(&self, rel: &Path) -> Option<&FileResult> {
+        self.files.iter().find(|f| f.path == rel)
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ScanOptions {
+    /// Only files under this tree-relative prefix (`amd/amdkfd`).
+    pub scope: Option<PathBuf>,
+    pub refs: LoadOptions,
+}
+
+/// Turns the user's `--scope` into a tree-relative prefix: `amdkfd` is short for
+/// `amd/amdkfd`, `amdgpu` for `amd/amdgpu`; anything else is taken as a path prefix.
+pub fn scope_prefix(scope: &str) -> PathBuf {
+    match scope {
+        "amdkfd" => PathBuf::from("amd/amdkfd"),
+        "amdgpu" => PathBuf::from("amd/amdgpu"),
+        "display" => PathBuf::from("amd/display"),
+        other => PathBuf::from(other.trim_start_matches("./").trim_end_matches('/')),
+    }
+}
+
+/// The amdkfd compute driver is where capability lies are told; it is listed first.
+pub fn order_key(path: &Path) -> (u8, PathBuf) {
+    let rank = if path.starts_with("amd/amdkfd") { 0 } else { 1 };
+    (rank, path.to_path_buf())
+}
+
+#[derive(Debug)]
+enum EntryKind {
+    File,
+    Symlink,
+    Special(&'static str),
+    Error(String),
+}
+
+#[derive(Debug)]
+struct WalkEntry {
+    rel: PathBuf,
+    kind: EntryKind,
+}
+
+fn in_scope(rel: &Path, scope: Option<&Path>) -> bool {
+    scope.is_none_or(|s| rel.starts_with(s))
+}
+
+/// Lists every non-directory entry of the tree, never following symlinks.
+fn walk(tree: &Tree, scope: Option<&Path>) -> Vec<WalkEntry> {
+    let mut out = Vec::new();
+    let walker = walkdir::WalkDir::new(&tree.host_path)
+        .follow_links(false)
+        .sort_by_file_name();
+    for item in walker {
+        match item {
+            Ok(entry) => {
+                let rel = match entry.path().strip_prefix(&tree.host_path) {
+                    Ok(r) if !r.as_os_str().is_empty() => r.to_path_buf(),
+                    _ => continue,
+                };
+                let ft = entry.file_type();
+                if ft.is_dir() || !in_scope(&rel, scope) {
+                    continue;
+                }
+                let kind = if ft.is_file() {
+                    EntryKind::File
+                } else if ft.is_symlink() {
+                    EntryKind::Symlink
+                } else if ft.is_fifo() {
+                    EntryKind::Special("a FIFO")
+                } else if ft.is_socket() {
+                    EntryKind::Special("a socket")
+                } else if ft.is_block_device() || ft.is_char_device() {
+                    EntryKind::Special("a device node")
+                } else {
+                    EntryKind::Special("not a regular file")
+                };
+                out.push(WalkEntry { rel, kind });
+            }
+            Err(err) => {
+                let Some(path) = err.path() else { continue };
+                let Ok(rel) = path.strip_prefix(&tree.host_path) else {
+                    continue;
+                };
+                if rel.as_os_str().is_empty() || in_scope(rel, scope) {
+                    let msg = err
+                        .io_error()
+                        .map(|e| e.to_string())
+                        .unwrap_or_else(|| err.to_string());
+                    out.push(WalkEntry {
+                        rel: rel.to_path_buf(),
+                        kind: EntryKind::Error(msg),
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Opens a file for reading without following a symlink at its last component and
+/// without blocking on a FIFO swapped in since the walk.
+pub fn open_nofollow(path: &Path) -> std::io::Result<File> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    Ok(file)
+}
+
+fn judge(tree: &Tree, refs: &TreeReferences, entry: &WalkEntry) -> FileResult {
+    let expected = refs.get(&entry.rel);
+    let mut r = FileResult::new(entry.rel.clone(), FileStatus::Unverified);
+    r.reference = expected.map(|e| e.kind);
+    r.expected = expected.map(|e| e.digest.clone());
+    let host = tree.host_path.join(&entry.rel);
+    match &entry.kind {
+        EntryKind::Symlink => {
+            r.status = FileStatus::Symlink;
+            r.detail = std::fs::read_link(&host)
+                .ok()
+                .map(|t| format!("-> {}", t.display()));
+        }
+        EntryKind::Special(what) => {
+            r.status = FileStatus::Unreadable;
+            r.detail = Some(format!("{what}; not read"));
+        }
+        EntryKind::Error(msg) => {
+            r.status = FileStatus::Unreadable;
+            r.detail = Some(msg.clone());
+        }
+        EntryKind::File => {
+            let Some(exp) = expected else {
+                r.status = if refs.is_empty() {
+                    FileStatus::Unverified
+                } else {
+                    FileStatus::Added
+                };
+                r.size = std::fs::symlink_metadata(&host).ok().map(|m| m.len());
+                return r;
+            };
+            let hashed = open_nofollow(&host)
+                .and_then(|f| hash::digest_reader(f, &[exp.digest.algorithm()]));
+            match hashed {
+                Ok((mut digests, size)) => {
+                    let actual = digests.remove(0);
+                    r.status = if actual == exp.digest {
+                        FileStatus::Ok
+                    } else {
+                        FileStatus::Modified
+                    };
+                    r.actual = Some(actual);
+                    r.size = Some(size);
+                }
+                Err(e) => {
+                    r.status = FileStatus::Unreadable;
+                    r.detail = Some(e.to_string());
+                }
+            }
+        }
+    }
+    r
+}
+
+/// Scans one tree against its references.
+pub fn scan_tree(root: &Root, tree: &Tree, opts: &ScanOptions) -> Result<TreeScan> {
+    let refs = reference::load(root, tree, opts.refs)?;
+    let scope = opts.scope.as_deref();
+    let entries = walk(tree, scope);
+    // Hash in parallel; collect() keeps the walk's order, so output is deterministic.
+    let mut files: Vec<FileResult> = entries.par_iter().map(|e| judge(tree, &refs, e)).collect();
+    let present: BTreeSet<&Path> = entries.iter().map(|e| e.rel.as_path()).collect();
+    let mut missing = Vec::new();
+    for (rel, exp) in &refs.entries {
+        if in_scope(rel, scope) && !present.contains(rel.as_path()) {
+            let mut r = FileResult::new(rel.clone(), FileStatus::Missing);
+            r.reference = Some(exp.kind);
+            r.expected = Some(exp.digest.clone());
+            missing.push(r);
+        }
+    }
+    files.extend(missing);
+    files.sort_by_cached_key(|f| order_key(&f.path));
+    let bytes_hashed = files
+        .iter()
+        .filter(|f| f.actual.is_some())
+        .filter_map(|f| f.size)
+        .sum();
+    Ok(TreeScan {
+        tree: tree.clone(),
+        refs,
+        files,
+        bytes_hashed,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scope_shorthands() {
+        assert_eq!(scope_prefix("amdkfd"), PathBuf::from("amd/amdkfd"));
+        assert_eq!(scope_prefix("./amd/display/"), PathBuf::from("amd/display"));
+    }
+
+    #[test]
+    fn amdkfd_sorts_first() {
+        let mut v = [
+            PathBuf::from("Makefile"),
+            PathBuf::from("amd/amdkfd/kfd_crat.c"),
+            PathBuf::from("amd/amdgpu/a.c"),
+        ];
+        v.sort_by_cached_key(|p| order_key(p));
+        assert_eq!(v[0], PathBuf::from("amd/amdkfd/kfd_crat.c"));
+        assert_eq!(v[1], PathBuf::from("Makefile"));
+    }
+}
