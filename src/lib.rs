@@ -8,6 +8,7 @@
 pub mod atomic;
 pub mod baseline;
 pub mod cli;
+pub mod content;
 pub mod error;
 pub mod exit;
 pub mod finding;

@@ -106,13 +106,15 @@ pub fn load_package(
                 line: i + 1,
                 message,
             }),
-            Err(message) => return Err(Error::malformed(
-                &path,
-                i + 1,
-                format!(
+            Err(message) => {
+                return Err(Error::malformed(
+                    &path,
+                    i + 1,
+                    format!(
                     "{message}; fix or reinstall the package, or pass --lenient to skip bad lines"
                 ),
-            )),
+                ))
+            }
         }
     }
     Ok(out)
