@@ -13,6 +13,7 @@ pub mod error;
 pub mod exit;
 pub mod finding;
 pub mod hash;
+pub mod mounts;
 pub mod reference;
 pub mod report;
 pub mod root;
