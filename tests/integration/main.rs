@@ -3,4 +3,5 @@
 
 mod corpus;
 mod fixture;
+mod recovery;
 mod scan;
