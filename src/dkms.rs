@@ -517,9 +517,10 @@ pub struct DkmsState {
     /// The dkms tool under the root, as the system sees it (None: not installed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tool: Option<String>,
-    /// Whether `dkms status` was run (only for the running system).
+    /// Whether `dkms status` was run (only for the running system, and only for
+    /// packages registered with dkms).
     pub status_read: bool,
-    /// Every parsed `dkms status` line (all packages).
+    /// Every parsed `dkms status` line of the scanned packages.
     pub status: Vec<StatusLine>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub running_kernel: Option<String>,
@@ -542,6 +543,13 @@ impl DkmsState {
         let tool = find_tool(root, "dkms");
         let mut notes = Vec::new();
         let running_kernel = running_kernel(root);
+        let registered: Vec<(String, String)> = scans
+            .iter()
+            .map(|s| (s.tree.package(), s.tree.version()))
+            .filter(|(n, v)| {
+                is_safe_name(n) && is_safe_name(v) && root.path(DKMS_TREE).join(n).join(v).is_dir()
+            })
+            .collect();
         let (status_read, status) = if !root.is_host_root() {
             (false, Vec::new())
         } else if tool.is_none() {
@@ -552,13 +560,19 @@ impl DkmsState {
             );
             (false, Vec::new())
         } else {
-            match run_dkms_status() {
-                Ok(lines) => (true, lines),
-                Err(e) => {
-                    notes.push(format!("'dkms status' failed: {e}"));
-                    (false, Vec::new())
+            // Asked per registered package: dkms status diffs every module it lists.
+            let mut lines = Vec::new();
+            let mut read = !registered.is_empty();
+            for (n, v) in &registered {
+                match run_dkms_status(n, v) {
+                    Ok(l) => lines.extend(l),
+                    Err(e) => {
+                        notes.push(format!("'dkms status -m {n} -v {v}' failed: {e}"));
+                        read = false;
+                    }
                 }
             }
+            (read, lines)
         };
         if tool.is_none() && !root.is_host_root() {
             notes.push(format!(
@@ -663,9 +677,9 @@ pub fn has_headers(root: &Root, kernel: &str) -> bool {
     resolve_in_root(root, &build).is_some_and(|h| h.is_dir())
 }
 
-fn run_dkms_status() -> Result<Vec<StatusLine>, String> {
+fn run_dkms_status(name: &str, version: &str) -> Result<Vec<StatusLine>, String> {
     let out = Command::new("dkms")
-        .arg("status")
+        .args(["status", "-m", name, "-v", version])
         .env("LC_ALL", "C")
         .stdin(std::process::Stdio::null())
         .output()
@@ -735,6 +749,206 @@ fn files_equal(a: &Path, b: &Path) -> bool {
     }
 }
 
+/// The modules a package makes (by the names dkms gives the installed files) and the
+/// directories under `/lib/modules/<kernel>` it may install them to.
+fn conf_modules(tree: &crate::tree::Tree) -> (BTreeSet<String>, BTreeSet<String>) {
+    let mut modules = BTreeSet::new();
+    let mut dest_dirs: BTreeSet<String> = INSTALL_DIRS.iter().map(|s| s.to_string()).collect();
+    if let Some(conf) = &tree.conf {
+        let dest_names: BTreeMap<u32, &str> =
+            conf.indexed("DEST_MODULE_NAME").into_iter().collect();
+        for m in conf.built_modules() {
+            let n = dest_names
+                .get(&m.index)
+                .copied()
+                .filter(|n| !n.is_empty())
+                .unwrap_or(&m.name);
+            if !n.is_empty() && !n.contains('$') {
+                modules.insert(n.to_string());
+            }
+            if let Some(d) = &m.dest {
+                let d = d.trim_matches('/');
+                // In-tree locations hold the kernel's own modules, never dkms's.
+                if !d.is_empty() && !d.contains('$') && !d.starts_with("kernel") {
+                    dest_dirs.insert(d.to_string());
+                }
+            }
+        }
+    }
+    (modules, dest_dirs)
+}
+
+type Kernels = BTreeMap<String, KernelState>;
+
+fn kernel_entry<'a>(kernels: &'a mut Kernels, k: &str) -> &'a mut KernelState {
+    kernels
+        .entry(k.to_string())
+        .or_insert_with(|| KernelState::new(k))
+}
+
+/// Builds in `/var/lib/dkms/<name>/<ver>/<kernel>/<arch>/`: modules and make.log.
+fn read_builds(root: &Root, ver_dir: &Path, kernels: &mut Kernels, modules: &mut BTreeSet<String>) {
+    for k in read_dir_names(ver_dir) {
+        // dkms's own glob for kernel directories: a digit first, a dot somewhere.
+        if !k.starts_with(|c: char| c.is_ascii_digit()) || !k.contains('.') || !is_safe_name(&k) {
+            continue;
+        }
+        for arch in read_dir_names(&ver_dir.join(&k)) {
+            let base = ver_dir.join(&k).join(&arch);
+            if !base.is_dir() || !is_safe_name(&arch) {
+                continue;
+            }
+            let ks = kernel_entry(kernels, &k);
+            ks.arch = Some(arch.clone());
+            for f in read_dir_names(&base.join("module")) {
+                if module_name_of(&f).is_none() {
+                    continue;
+                }
+                if let Some(m) = ModuleFile::at(root, base.join("module").join(&f)) {
+                    modules.insert(m.module_name());
+                    ks.built.push(m);
+                }
+            }
+            let log = base.join("log/make.log");
+            if let Some(t) = mtime(&log) {
+                ks.built_at = Some(t);
+                ks.build_log = root.system_path(&log).map(|p| term::path(&p));
+            } else {
+                ks.built_at = ks.built.iter().filter_map(|m| m.mtime).max();
+            }
+        }
+    }
+}
+
+/// The `kernel-<kernel>-<arch>` links of a name: which version is installed where.
+/// Kernels with this version are marked in `kernels`; the others are returned, so
+/// that another version's installed files are not taken for this one's.
+fn read_links(name_dir: &Path, version: &str, kernels: &mut Kernels) -> BTreeMap<String, String> {
+    let mut foreign = BTreeMap::new();
+    for link in read_dir_names(name_dir) {
+        let Some(rest) = link.strip_prefix("kernel-") else {
+            continue;
+        };
+        let Ok(target) = std::fs::read_link(name_dir.join(&link)) else {
+            continue;
+        };
+        let parts: Vec<String> = target
+            .components()
+            .filter_map(|c| match c {
+                std::path::Component::Normal(p) => Some(p.to_string_lossy().into_owned()),
+                _ => None,
+            })
+            .collect();
+        // The target is `<ver>/<kernel>/<arch>`; the name says `kernel-<kernel>-<arch>`.
+        let (ver, k, arch) = match parts.as_slice() {
+            [v, k, a] => (v.clone(), k.clone(), Some(a.clone())),
+            _ => match rest.rsplit_once('-') {
+                Some((k, a)) => ("?".to_string(), k.to_string(), Some(a.to_string())),
+                None => continue,
+            },
+        };
+        if !is_safe_name(&k) {
+            continue;
+        }
+        if ver == version || (ver == "?" && kernels.contains_key(&k)) {
+            let ks = kernel_entry(kernels, &k);
+            ks.installed_version = Some(ver);
+            if ks.arch.is_none() {
+                ks.arch = arch;
+            }
+        } else {
+            if let Some(ks) = kernels.get_mut(&k) {
+                ks.installed_version = Some(ver.clone());
+            }
+            foreign.insert(k, ver);
+        }
+    }
+    foreign
+}
+
+/// The package's module files under `/lib/modules/<kernel>/` for every kernel.
+fn read_installed(
+    root: &Root,
+    dest_dirs: &BTreeSet<String>,
+    modules: &BTreeSet<String>,
+    foreign: &BTreeMap<String, String>,
+    kernels: &mut Kernels,
+) {
+    for k in read_dir_names(&root.path(MODULES_DIR)) {
+        // Another version is installed for this kernel: its files are not ours to judge.
+        if !is_safe_name(&k) || foreign.contains_key(&k) {
+            continue;
+        }
+        let kdir = root.path(MODULES_DIR).join(&k);
+        let mut found = Vec::new();
+        for d in dest_dirs {
+            let dir = kdir.join(d);
+            for f in read_dir_names(&dir) {
+                if module_name_of(&f).is_some_and(|m| modules.contains(&m)) {
+                    found.extend(ModuleFile::at(root, dir.join(&f)));
+                }
+            }
+        }
+        if !found.is_empty() {
+            kernel_entry(kernels, &k).installed = found;
+        }
+    }
+}
+
+/// Fills in what is derived: headers, times, consistency, dkms status, the verdict.
+fn finish_kernel(
+    root: &Root,
+    ks: &mut KernelState,
+    name: &str,
+    version: &str,
+    status: &[StatusLine],
+    changes: &SourceChanges,
+) {
+    ks.headers = has_headers(root, &ks.kernel);
+    ks.installed_at = ks.installed.iter().filter_map(|m| m.mtime).max();
+    if !ks.installed.is_empty() && !ks.built.is_empty() {
+        let all_match = ks.installed.iter().all(|i| {
+            ks.built
+                .iter()
+                .find(|b| b.module_name() == i.module_name())
+                .is_some_and(|b| files_equal(&b.host, &i.host))
+        });
+        ks.installed_matches_built = Some(all_match);
+        if !all_match {
+            ks.notes.push(
+                "the installed module is not the one dkms built: it was replaced or changed by hand"
+                    .to_string(),
+            );
+        }
+    }
+    match ks.installed_version.as_deref() {
+        Some(v) if v != version => ks.notes.push(format!(
+            "{name}/{v} is installed for this kernel, not {version}"
+        )),
+        Some(_) if ks.installed.is_empty() => ks.notes.push(format!(
+            "dkms marks {name}/{version} installed for this kernel, but no module file was found in /lib/modules/{}",
+            ks.kernel
+        )),
+        _ => {}
+    }
+    ks.status = status
+        .iter()
+        .find(|s| {
+            s.name == name
+                && s.version == version
+                && s.kernel.as_deref() == Some(ks.kernel.as_str())
+                && (ks.arch.is_none() || s.arch == ks.arch)
+        })
+        .cloned();
+    if let Some(s) = &ks.status {
+        let explained = s.explanations();
+        ks.notes.extend(explained);
+    }
+    let (provenance, verdict) = judge(ks, changes);
+    ks.provenance = provenance;
+    ks.verdict = verdict;
+}
+
 /// Reads one tree's DKMS package state; `status` is parsed `dkms status` output
 /// (empty when not read) and `running` the running kernel.
 pub fn package_state(
@@ -773,202 +987,37 @@ pub fn package_state(
         })
         .collect();
 
-    // The modules this package makes, by the names dkms gives the installed files.
-    let mut modules: BTreeSet<String> = BTreeSet::new();
-    let mut dest_dirs: BTreeSet<String> = INSTALL_DIRS.iter().map(|s| s.to_string()).collect();
-    if let Some(conf) = &tree.conf {
-        let dest_names: BTreeMap<u32, &str> =
-            conf.indexed("DEST_MODULE_NAME").into_iter().collect();
-        for m in conf.built_modules() {
-            let n = dest_names
-                .get(&m.index)
-                .copied()
-                .filter(|n| !n.is_empty())
-                .unwrap_or(&m.name);
-            if !n.is_empty() && !n.contains('$') {
-                modules.insert(n.to_string());
-            }
-            if let Some(d) = &m.dest {
-                let d = d.trim_matches('/');
-                // In-tree locations hold the kernel's own modules, never dkms's.
-                if !d.is_empty() && !d.contains('$') && !d.starts_with("kernel") {
-                    dest_dirs.insert(d.to_string());
-                }
-            }
-        }
-    }
-
-    let mut kernels: BTreeMap<String, KernelState> = BTreeMap::new();
+    let (mut modules, dest_dirs) = conf_modules(tree);
+    let mut kernels = Kernels::new();
     if registered {
-        for k in read_dir_names(&ver_dir) {
-            // dkms's own glob for kernel directories: a digit first, a dot somewhere.
-            if !k.starts_with(|c: char| c.is_ascii_digit()) || !k.contains('.') || !is_safe_name(&k)
-            {
-                continue;
-            }
-            for arch in read_dir_names(&ver_dir.join(&k)) {
-                let base = ver_dir.join(&k).join(&arch);
-                if !base.is_dir() || !is_safe_name(&arch) {
-                    continue;
-                }
-                let ks = kernels
-                    .entry(k.clone())
-                    .or_insert_with(|| KernelState::new(&k));
-                ks.arch = Some(arch.clone());
-                for f in read_dir_names(&base.join("module")) {
-                    if let Some(m) = ModuleFile::at(root, base.join("module").join(&f)) {
-                        if module_name_of(&f).is_some() {
-                            modules.insert(m.module_name());
-                            ks.built.push(m);
-                        }
-                    }
-                }
-                let log = base.join("log/make.log");
-                if let Some(t) = mtime(&log) {
-                    ks.built_at = Some(t);
-                    ks.build_log = root.system_path(&log).map(|p| term::path(&p));
-                } else {
-                    ks.built_at = ks.built.iter().filter_map(|m| m.mtime).max();
-                }
-            }
-        }
+        read_builds(root, &ver_dir, &mut kernels, &mut modules);
     }
     if modules.is_empty() {
         modules.insert(name.clone());
     }
-    // Installed: the kernel-<k>-<arch> links of this name.
-    if safe {
-        for link in read_dir_names(&name_dir) {
-            let Some(rest) = link.strip_prefix("kernel-") else {
-                continue;
-            };
-            let Ok(target) = std::fs::read_link(name_dir.join(&link)) else {
-                continue;
-            };
-            let parts: Vec<String> = target
-                .components()
-                .filter_map(|c| match c {
-                    std::path::Component::Normal(p) => Some(p.to_string_lossy().into_owned()),
-                    _ => None,
-                })
-                .collect();
-            // `<ver>/<kernel>/<arch>`; the link's own name says `kernel-<kernel>-<arch>`.
-            let (ver, k, arch) = match parts.as_slice() {
-                [v, k, a] => (v.clone(), k.clone(), Some(a.clone())),
-                _ => match rest.rsplit_once('-') {
-                    Some((k, a)) => (String::new(), k.to_string(), Some(a.to_string())),
-                    None => continue,
-                },
-            };
-            if !is_safe_name(&k) {
-                continue;
-            }
-            if ver == version || kernels.contains_key(&k) {
-                let ks = kernels
-                    .entry(k.clone())
-                    .or_insert_with(|| KernelState::new(&k));
-                ks.installed_version = Some(if ver.is_empty() { "?".into() } else { ver });
-                if ks.arch.is_none() {
-                    ks.arch = arch;
-                }
-            }
-        }
-    }
-    // Installed files: what each kernel loads from the places dkms installs to.
-    for k in read_dir_names(&root.path(MODULES_DIR)) {
-        if !is_safe_name(&k) {
-            continue;
-        }
-        let kdir = root.path(MODULES_DIR).join(&k);
-        let mut found = Vec::new();
-        for d in &dest_dirs {
-            let dir = kdir.join(d);
-            for f in read_dir_names(&dir) {
-                if let Some(m) = module_name_of(&f) {
-                    if modules.contains(&m) {
-                        if let Some(mf) = ModuleFile::at(root, dir.join(&f)) {
-                            found.push(mf);
-                        }
-                    }
-                }
-            }
-        }
-        if found.is_empty() {
-            continue;
-        }
-        let ks = kernels
-            .entry(k.clone())
-            .or_insert_with(|| KernelState::new(&k));
-        // Another version installed for this kernel: its files are not ours to judge.
-        if ks
-            .installed_version
-            .as_ref()
-            .is_some_and(|v| *v != version && v != "?")
-        {
-            continue;
-        }
-        ks.installed = found;
+    let foreign = if safe {
+        read_links(&name_dir, &version, &mut kernels)
+    } else {
+        BTreeMap::new()
+    };
+    read_installed(root, &dest_dirs, &modules, &foreign, &mut kernels);
+    for (k, v) in &foreign {
+        notes.push(format!(
+            "{name}/{v} (not this tree's version) is installed for kernel {k}: judge and rebuild it from its own tree (--tree /usr/src/{name}-{v})"
+        ));
     }
     if let Some(r) = running {
         // For a disk mounted elsewhere the host's kernel matters only if that system has it.
         if root.is_host_root() || root.path(MODULES_DIR).join(r).is_dir() {
-            kernels
-                .entry(r.to_string())
-                .or_insert_with(|| KernelState::new(r))
-                .running = true;
+            kernel_entry(&mut kernels, r).running = true;
         }
     }
-
     let mut kernels: Vec<KernelState> = kernels.into_values().collect();
     kernels.sort_by(|a, b| kernel_order(&a.kernel, &b.kernel));
     for ks in &mut kernels {
-        ks.headers = has_headers(root, &ks.kernel);
-        ks.installed_at = ks.installed.iter().filter_map(|m| m.mtime).max();
-        if !ks.installed.is_empty() && !ks.built.is_empty() {
-            let all_match = ks.installed.iter().all(|i| {
-                ks.built
-                    .iter()
-                    .find(|b| b.module_name() == i.module_name())
-                    .is_some_and(|b| files_equal(&b.host, &i.host))
-            });
-            ks.installed_matches_built = Some(all_match);
-            if !all_match {
-                ks.notes.push(
-                    "the installed module is not the one dkms built: it was replaced or changed by hand (or by another version)"
-                        .to_string(),
-                );
-            }
-        }
-        if let Some(v) = &ks.installed_version {
-            if *v != version {
-                ks.notes.push(format!(
-                    "{name}/{v} is installed for this kernel, not {version}"
-                ));
-            }
-        }
-        if ks.installed_version.as_deref() == Some(version.as_str()) && ks.installed.is_empty() {
-            ks.notes.push(format!(
-                "dkms marks {name}/{version} installed for this kernel, but no module file was found in /lib/modules/{}",
-                ks.kernel
-            ));
-        }
-        ks.status = status
-            .iter()
-            .find(|s| {
-                s.name == name
-                    && s.version == version
-                    && s.kernel.as_deref() == Some(ks.kernel.as_str())
-                    && (ks.arch.is_none() || s.arch == ks.arch)
-            })
-            .cloned();
-        if let Some(s) = &ks.status {
-            let ex = s.explanations();
-            ks.notes.extend(ex);
-        }
-        let (p, v) = judge(ks, &changes);
-        ks.provenance = p;
-        ks.verdict = v;
+        finish_kernel(root, ks, &name, &version, status, &changes);
     }
+
     let failed = ver_dir.join("build/make.log");
     let failed_build_log = if failed.is_file() {
         let sys = root.system_path(&failed).map(|p| term::path(&p));
@@ -1130,7 +1179,7 @@ pub fn render_text(state: &DkmsState) -> String {
     let mut out = String::new();
     let tool = match (&state.tool, state.status_read) {
         (Some(t), true) => format!("{t}; 'dkms status' read"),
-        (Some(t), false) => format!("{t}"),
+        (Some(t), false) => t.to_string(),
         (None, _) => "dkms not installed".to_string(),
     };
     let _ = writeln!(out, "DKMS state ({}):", term::escape(&tool));

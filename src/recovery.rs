@@ -318,6 +318,19 @@ fn fallback_text(root: &Root) -> Vec<String> {
     v
 }
 
+/// The plan for scanned trees, DKMS state included: what `restore` prints at its end.
+/// `restore_steps` holds the restore engine's own commands per tree system path.
+pub fn plan_for(
+    root: &Root,
+    scans: &[TreeScan],
+    restore_steps: BTreeMap<String, Vec<String>>,
+) -> RecoveryPlan {
+    let state = DkmsState::collect(root, scans);
+    let mut opts = PlanOptions::for_root(root);
+    opts.restore_steps = restore_steps;
+    build(root, scans, &state, &opts)
+}
+
 /// Builds the recovery plan for the scanned trees.
 pub fn build(
     root: &Root,
@@ -347,8 +360,13 @@ pub fn build(
         let mut reasons = Vec::new();
         let mut tnotes = Vec::new();
         if restore {
+            let found = if findings > 0 {
+                format!("; {findings} finding(s)")
+            } else {
+                String::new()
+            };
             reasons.push(format!(
-                "the sources differ from their references: {modified} modified, {missing} missing, {added} added; {findings} finding(s)"
+                "the sources differ from their references: {modified} modified, {missing} missing, {added} added{found}"
             ));
         }
         for k in &pkg.kernels {
@@ -374,13 +392,13 @@ pub fn build(
                 if k.headers {
                     rebuild_for.push(k.kernel.clone());
                 } else {
-                    tnotes.push(no_headers_note(k));
+                    tnotes.push(no_headers_note(k, &pkg.name));
                 }
             }
             if rebuild_for.is_empty() {
                 tnotes.push(format!(
-                    "no kernel to rebuild {} for: after 'dkms remove' no kernel has this DKMS module and the kernel's own amdgpu \
-                     driver is used. To build it for a kernel: install that kernel's headers, then dkms build/install -m {} -v {} -k <kernel>",
+                    "no kernel to rebuild {} for: after 'dkms remove' no kernel has this DKMS module and each uses the kernel's own \
+                     driver. To build it for a kernel: install that kernel's headers, then dkms build/install -m {} -v {} -k <kernel>",
                     pkg.name, pkg.name, pkg.version
                 ));
             }
@@ -681,7 +699,7 @@ pub fn build(
     }
 }
 
-fn no_headers_note(k: &KernelState) -> String {
+fn no_headers_note(k: &KernelState, name: &str) -> String {
     let role = if k.running && !k.has_module() {
         "the running kernel"
     } else if k.running {
@@ -691,7 +709,7 @@ fn no_headers_note(k: &KernelState) -> String {
     };
     format!(
         "kernel {} ({role}): no headers at /lib/modules/{}/build, so dkms cannot build for it and the plan does not try. \
-         After 'dkms remove' it uses the kernel's own amdgpu driver. To build for it, install its headers \
+         After 'dkms remove' it has no {name} DKMS module and uses the kernel's own driver. To build for it, install its headers \
          (Debian/Ubuntu: apt install linux-headers-{}) and run kfd-audit plan again",
         k.kernel, k.kernel, k.kernel
     )
@@ -1212,7 +1230,8 @@ pub fn cmd_plan(cli: &Cli, args: &PlanArgs, out: &mut dyn Write) -> anyhow::Resu
         if cli.format != Format::Text {
             anyhow::bail!("plan --run streams the commands' output as text: leave out --format");
         }
-        return run_command(&plan, args.yes, out, &mut TerminalConfirm);
+        let tty = std::io::stdin().is_terminal();
+        return run_command(&plan, args.yes, tty, out, &mut TerminalConfirm);
     }
     match cli.format {
         Format::Text => out.write_all(render_text(&plan).as_bytes())?,
@@ -1226,10 +1245,12 @@ pub fn cmd_plan(cli: &Cli, args: &PlanArgs, out: &mut dyn Write) -> anyhow::Resu
     })
 }
 
-/// `plan --run`: refuse what it must not do, ask, then run.
+/// `plan --run`: refuse what it must not do, ask (when `tty`: stdin is a terminal),
+/// then run.
 pub fn run_command(
     plan: &RecoveryPlan,
     yes: bool,
+    tty: bool,
     out: &mut dyn Write,
     confirm: &mut dyn Confirm,
 ) -> anyhow::Result<Outcome> {
@@ -1248,7 +1269,7 @@ pub fn run_command(
         );
     }
     if !yes {
-        if !std::io::stdin().is_terminal() {
+        if !tty {
             anyhow::bail!(
                 "plan --run asks before running {runnable} commands as root, and there is no terminal to ask on: \
                  pass --yes to run them without asking, or run the printed commands by hand. Nothing was run"
@@ -1269,6 +1290,121 @@ pub fn run_command(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct Scripted(bool, usize);
+
+    impl Confirm for Scripted {
+        fn confirm(&mut self, _prompt: &str) -> anyhow::Result<bool> {
+            self.1 += 1;
+            Ok(self.0)
+        }
+    }
+
+    fn plan_of(commands: &[(&str, StepKind)]) -> RecoveryPlan {
+        let mut b = Builder {
+            chroot: None,
+            steps: Vec::new(),
+        };
+        for (c, kind) in commands {
+            b.push(*kind, vec![s("sh"), s("-c"), s(c)], "test".into());
+        }
+        b.push_manual(StepKind::Reboot, "reboot".into(), "by hand".into());
+        RecoveryPlan {
+            version: 1,
+            root: "/".into(),
+            chroot: None,
+            running_kernel: None,
+            initramfs_tool: None,
+            trees: Vec::new(),
+            steps: b.steps,
+            notes: Vec::new(),
+            fallback: vec!["boot with modprobe.blacklist=amdgpu".into()],
+        }
+    }
+
+    #[test]
+    fn asks_first_and_runs_nothing_when_declined() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("ran");
+        let plan = plan_of(&[(
+            &format!("touch '{}'", marker.display()),
+            StepKind::DkmsRemove,
+        )]);
+        let mut out = Vec::new();
+        let mut no = Scripted(false, 0);
+        let o = run_command(&plan, false, true, &mut out, &mut no).unwrap();
+        assert_eq!((o, no.1), (Outcome::Found, 1));
+        assert!(!marker.exists());
+        assert!(String::from_utf8_lossy(&out).ends_with("nothing was run.\n"));
+
+        let mut yes = Scripted(true, 0);
+        let o = run_command(&plan, false, true, &mut Vec::new(), &mut yes).unwrap();
+        assert_eq!((o, yes.1), (Outcome::Clean, 1));
+        assert!(marker.exists());
+
+        // --yes does not ask; no terminal and no --yes refuses without asking.
+        let mut never = Scripted(false, 0);
+        run_command(&plan, true, false, &mut Vec::new(), &mut never).unwrap();
+        let err = run_command(&plan, false, false, &mut Vec::new(), &mut never).unwrap_err();
+        assert!(err.to_string().contains("pass --yes"), "{err}");
+        assert_eq!(never.1, 0);
+    }
+
+    #[test]
+    fn streams_output_and_stops_at_the_first_failure() {
+        let plan = plan_of(&[
+            ("echo one; echo warn >&2", StepKind::DkmsRemove),
+            (
+                "echo 'Error! no dkms.conf' >&2; exit 0",
+                StepKind::DkmsBuild,
+            ),
+            ("echo never", StepKind::DkmsInstall),
+        ]);
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let o = run_steps(&plan, &mut out, &mut err).unwrap();
+        assert_eq!(o, Outcome::Failed);
+        let out = String::from_utf8(out).unwrap();
+        let err = String::from_utf8(err).unwrap();
+        assert!(out.starts_with("==> [1/3] step 1: sh -c 'echo one; echo warn >&2'\n    one\n    ok\n==> [2/3] step 2: "), "{out}");
+        assert!(out.contains("FAILED: step 2 (sh -c 'echo '\\''Error! no dkms.conf'\\'' >&2; exit 0'): dkms printed an error but exited 0: Error! no dkms.conf\n"), "{out}");
+        assert!(
+            out.contains("read /var/lib/dkms/amdgpu/<version>/build/make.log"),
+            "{out}"
+        );
+        assert!(!out.contains("never"), "{out}");
+        assert_eq!(err, "    warn\n    Error! no dkms.conf\n");
+    }
+
+    #[test]
+    fn missing_tool_is_a_failure_with_advice() {
+        let mut plan = plan_of(&[]);
+        plan.steps.insert(
+            0,
+            RecoveryStep {
+                number: 1,
+                kind: StepKind::Initramfs,
+                command: "no-such-tool-kfd".into(),
+                argv: vec!["no-such-tool-kfd".into()],
+                runs: true,
+                why: String::new(),
+                tree: None,
+                package: None,
+                version: None,
+                kernel: None,
+            },
+        );
+        let mut out = Vec::new();
+        assert_eq!(
+            run_steps(&plan, &mut out, &mut Vec::new()).unwrap(),
+            Outcome::Failed
+        );
+        let out = String::from_utf8(out).unwrap();
+        assert!(
+            out.contains("no-such-tool-kfd is not installed (not found in PATH)"),
+            "{out}"
+        );
+        assert!(out.contains("the initramfs is not"), "{out}");
+    }
 
     #[test]
     fn quoting() {

@@ -816,3 +816,51 @@ fn run_does_not_rebuild_changed_sources() {
     assert!(err.contains("run 'kfd-audit --root"), "{err}");
     assert_eq!(calls, "", "nothing may run");
 }
+
+#[test]
+fn another_version_installed_for_a_kernel_is_left_alone() {
+    let fx = Fixture::new();
+    system(&fx);
+    dkms_module(&fx, K1, "amdgpu.ko.zst", BUILD_LATE, true);
+    // amdgpu/6.7.0 is registered and installed for K2.
+    let other = "/var/lib/dkms/amdgpu/6.7.0";
+    fx.write(&format!("{other}/{K2}/x86_64/module/amdgpu.ko.zst"), "6.7");
+    std::os::unix::fs::symlink(
+        format!("6.7.0/{K2}/x86_64"),
+        fx.path(&format!("/var/lib/dkms/amdgpu/kernel-{K2}-x86_64")),
+    )
+    .unwrap();
+    fx.write(
+        &format!("/lib/modules/{K2}/updates/dkms/amdgpu.ko.zst"),
+        "6.7",
+    );
+    patch_crat(&fx, CHANGED);
+    let plan = plan_json(&fx);
+    let pkg = &plan["trees"][0]["dkms"];
+    assert_eq!(pkg["other_versions"], serde_json::json!(["6.7.0"]));
+    assert!(pkg["kernels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|k| k["kernel"] != K2));
+    assert!(pkg["notes"].to_string().contains(&format!(
+        "amdgpu/6.7.0 (not this tree's version) is installed for kernel {K2}"
+    )));
+    assert_eq!(plan["trees"][0]["rebuild_for"], serde_json::json!([K1]));
+}
+
+#[test]
+fn tree_without_dkms_conf_is_restored_but_not_rebuilt() {
+    let fx = Fixture::new();
+    system(&fx);
+    dkms_module(&fx, K1, "amdgpu.ko.zst", BUILD_LATE, true);
+    patch_crat(&fx, CHANGED);
+    std::fs::remove_file(fx.path(&format!("{TREE}/dkms.conf"))).unwrap();
+    let plan = plan_json(&fx);
+    let cmds = commands(&plan);
+    assert!(cmds[0].contains(" restore --tree "), "{cmds:?}");
+    assert!(!cmds.iter().any(|c| c.contains("dkms ")), "{cmds:?}");
+    assert!(plan["notes"]
+        .to_string()
+        .contains("no usable dkms.conf, so dkms cannot rebuild it"));
+}
