@@ -337,7 +337,9 @@ impl SourceChanges {
                 .iter()
                 .filter(|x| x.severity >= Severity::Medium)
                 .count();
-            let changed = f.status.is_notable() || !f.findings.is_empty();
+            // A finding on a file that matches its reference is the rule's problem, not a change.
+            let changed =
+                f.status.is_notable() || (f.status != FileStatus::Ok && !f.findings.is_empty());
             if !changed {
                 continue;
             }

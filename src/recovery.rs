@@ -1260,7 +1260,15 @@ pub fn run_command(
         writeln!(out, "\nnothing to run.")?;
         return Ok(Outcome::Clean);
     }
-    if let Some(r) = plan.restore_steps().next() {
+    // Rebuilding sources that still differ would compile the change again; files that
+    // are not compiled (a backup left in the tree) do not stop the rebuild.
+    let compiled_differ = |st: &&RecoveryStep| {
+        plan.trees
+            .iter()
+            .find(|t| Some(&t.path) == st.tree.as_ref())
+            .is_none_or(|t| t.dkms.changes.build_inputs > 0)
+    };
+    if let Some(r) = plan.restore_steps().find(compiled_differ) {
         anyhow::bail!(
             "{} still differs from its references, and plan --run does not restore files (that is the restore command's job, \
              with its journal and undo): run '{}' first, then 'kfd-audit plan --run' again. Nothing was run",
@@ -1280,6 +1288,15 @@ pub fn run_command(
             writeln!(out, "nothing was run.")?;
             return Ok(Outcome::Found);
         }
+    }
+    for r in plan.restore_steps() {
+        writeln!(
+            out,
+            "note: step {} ({}) is not run by plan --run: only files that are not compiled differ in {}; restore them when you like",
+            r.number,
+            term::escape(&r.command),
+            term::escape(r.tree.as_deref().unwrap_or("the tree"))
+        )?;
     }
     writeln!(out)?;
     let stderr = std::io::stderr();

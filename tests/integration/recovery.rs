@@ -864,3 +864,19 @@ fn tree_without_dkms_conf_is_restored_but_not_rebuilt() {
         .to_string()
         .contains("no usable dkms.conf, so dkms cannot rebuild it"));
 }
+
+#[test]
+fn run_rebuilds_when_only_a_backup_file_was_added() {
+    let fx = Fixture::new();
+    restored_system(&fx);
+    // A copy left in the tree: not compiled, so it does not block the rebuild.
+    fx.write(
+        &format!("{TREE}/amd/amdkfd/kfd_crat.c.patched"),
+        "// patched copy\n",
+    );
+    let (run, calls) = run_with_fakes(&fx, "", &["plan", "--run", "--yes"]);
+    run.expect_code(0);
+    let out = run.stdout();
+    assert!(out.contains(&format!("note: step 1 (kfd-audit --root {r} restore --tree {r}/{TREE}) is not run by plan --run: only files that are not compiled differ in /{TREE}", r = fx.root().display())), "{out}");
+    assert!(calls.contains("dkms build"), "{calls}");
+}
