@@ -61,6 +61,8 @@ pub enum Command {
     /// Record or show kfd-audit's own trusted manifest of a clean tree
     #[command(subcommand)]
     Baseline(BaselineCommand),
+    /// Print the DKMS recovery sequence for this system (or run it with --run)
+    Plan(PlanArgs),
 }
 
 #[derive(Debug, Args, Clone, Default)]
@@ -86,6 +88,20 @@ pub struct ScanArgs {
     /// List every file in the report, not only those with something to say
     #[arg(long)]
     pub all_files: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub trees: TreeArgs,
+
+    /// Run the plan's commands now, one by one, stopping at the first failure
+    #[arg(long)]
+    pub run: bool,
+
+    /// With --run: do not ask for confirmation
+    #[arg(long, requires = "run")]
+    pub yes: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -126,7 +142,8 @@ fn cmd_scan(cli: &Cli, args: &ScanArgs, out: &mut dyn Write) -> anyhow::Result<O
         },
     };
     let scans = scan_all(&root, &trees, &opts)?;
-    let report = Report::build(root.dir(), &scans, args.all_files);
+    let mut report = Report::build(root.dir(), &scans, args.all_files);
+    report.attach_dkms(crate::dkms::DkmsState::collect(&root, &scans));
     match cli.format {
         Format::Json => out.write_all(report.to_json().as_bytes())?,
         Format::Markdown => out.write_all(report::render_markdown(&report).as_bytes())?,
@@ -180,6 +197,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<Outcome> {
     match &cli.command {
         Command::Scan(args) => cmd_scan(cli, args, out),
         Command::Baseline(cmd) => cmd_baseline(cli, cmd, out),
+        Command::Plan(args) => crate::recovery::cmd_plan(cli, args, out),
     }
 }
 

@@ -18,6 +18,9 @@ pub struct Report {
     pub exit_code: u8,
     pub trees: Vec<TreeReport>,
     pub summary: Summary,
+    /// DKMS state and where the modules came from (see `dkms.rs`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dkms: Option<crate::dkms::DkmsState>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -196,7 +199,15 @@ impl Report {
             exit_code: outcome.code(),
             trees,
             summary,
+            dkms: None,
         }
+    }
+
+    /// Adds the DKMS state. A module probably built from changed sources is something
+    /// found even when the sources are clean again (a restore without a rebuild).
+    pub fn attach_dkms(&mut self, state: crate::dkms::DkmsState) {
+        self.dkms = Some(state);
+        self.exit_code = self.outcome().code();
     }
 
     fn outcome_of(s: &Summary) -> Outcome {
@@ -217,7 +228,12 @@ impl Report {
     }
 
     pub fn outcome(&self) -> Outcome {
-        Report::outcome_of(&self.summary)
+        let o = Report::outcome_of(&self.summary);
+        if self.dkms.as_ref().is_some_and(|d| d.rebuild_due()) {
+            o.worst(Outcome::Found)
+        } else {
+            o
+        }
     }
 
     pub fn to_json(&self) -> String {
@@ -386,6 +402,10 @@ pub fn render_text(r: &Report, color: bool, verbose: bool) -> String {
             }
         }
     }
+    if let Some(d) = &r.dkms {
+        let _ = writeln!(out);
+        out.push_str(&crate::dkms::render_text(d));
+    }
     out
 }
 
@@ -455,6 +475,13 @@ pub fn render_markdown(r: &Report) -> String {
                 );
             }
         }
+    }
+    if let Some(d) = &r.dkms {
+        let _ = writeln!(
+            out,
+            "\n## DKMS state\n\n```text\n{}```",
+            crate::dkms::render_text(d)
+        );
     }
     out
 }

@@ -2,5 +2,7 @@
 //! the real `kfd-audit` binary against a temporary fake system root.
 
 mod corpus;
+mod dkms_real;
 mod fixture;
+mod recovery;
 mod scan;
