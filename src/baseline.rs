@@ -215,8 +215,7 @@ pub fn create(root: &Root, tree: &Tree, opts: CreateOptions) -> Result<Created> 
     let dir = dir(root, tree);
     atomic::create_private_dir(&dir)?;
     // Copies first: a copy is served only where the manifest vouches for it.
-    let copies =
-        crate::content::baseline_copies::store(root, tree, &digests, opts.all_copies)?;
+    let copies = crate::content::baseline_copies::store(root, tree, &digests, opts.all_copies)?;
     let path = manifest_path(root, tree);
     atomic::write(&path, &manifest, 0o644)?;
     let meta = Meta {

@@ -214,9 +214,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<Outcome> {
     match &cli.command {
         Command::Scan(args) => cmd_scan(cli, args, out),
         Command::Baseline(cmd) => cmd_baseline(cli, cmd, out),
-        Command::Diff(args) => {
-            crate::diff::cmd(cli, &args.trees, &args.paths, args.context, out)
-        }
+        Command::Diff(args) => crate::diff::cmd(cli, &args.trees, &args.paths, args.context, out),
     }
 }
 

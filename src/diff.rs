@@ -201,8 +201,8 @@ impl FileDiff {
             for l in &h.lines {
                 out.extend_from_slice(r.indent.as_bytes());
                 if let Some(marks) = r.marks {
-                    let marked = l.tag != LineTag::Removed
-                        && l.new_line.is_some_and(|n| marks.contains(&n));
+                    let marked =
+                        l.tag != LineTag::Removed && l.new_line.is_some_and(|n| marks.contains(&n));
                     out.extend_from_slice(if marked { b">> " } else { b"   " });
                 }
                 let (sign, style) = match l.tag {
@@ -300,15 +300,18 @@ fn resolve(
     refs: &[TreeReferences],
     arg: &Path,
 ) -> Result<Vec<(usize, PathBuf)>, Error> {
-    let not_found = || Error::Refused {
+    let not_found = || {
+        Error::Refused {
         path: arg.to_path_buf(),
         message: format!(
             "not a file of any amdgpu tree under {}; give a path inside a tree (absolute, or relative to the tree like amd/amdkfd/kfd_crat.c)",
             root.path("/usr/src").display()
         ),
+    }
     };
     let known = |i: usize, rel: &Path| {
-        refs[i].get(rel).is_some() || std::fs::symlink_metadata(trees[i].host_path.join(rel)).is_ok()
+        refs[i].get(rel).is_some()
+            || std::fs::symlink_metadata(trees[i].host_path.join(rel)).is_ok()
     };
     let inside = |abs: &Path| -> Vec<(usize, PathBuf)> {
         trees
@@ -586,5 +589,78 @@ fn status_of(tree: &Tree, refs: &TreeReferences, rel: &Path) -> FileStatus {
             Ok(_) => FileStatus::Modified,
             Err(_) => FileStatus::Unreadable,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hash::{Algorithm, Digest};
+    use crate::reference::ReferenceKind;
+
+    fn copy(bytes: &[u8]) -> CleanCopy {
+        CleanCopy {
+            bytes: bytes.to_vec(),
+            source: ReferenceKind::DebArchive,
+            origin: "dpkg archive x.deb".into(),
+            verified: Digest::of_bytes(Algorithm::Md5, bytes),
+            source_path: PathBuf::from("x.deb"),
+        }
+    }
+
+    #[test]
+    fn marks_flagged_lines_of_the_new_file() {
+        let old = b"a\nb\nc\nd\n";
+        let new = b"a\nb\nX\nc\nd\n";
+        let d = FileDiff::compute(Path::new("f.c"), &copy(old), Path::new("/t"), Some(new), 1);
+        assert_eq!(d.stats(), (1, 0));
+        let marks: BTreeSet<usize> = [3].into();
+        let text = d.render(&Render {
+            marks: Some(&marks),
+            indent: "  ",
+            ..Render::default()
+        });
+        assert_eq!(
+            String::from_utf8(text).unwrap(),
+            "     @@ -2,2 +2,3 @@\n      b\n  >> +X\n      c\n"
+        );
+        assert_eq!(
+            String::from_utf8(d.unified()).unwrap(),
+            "--- a/f.c\t(clean: dpkg archive x.deb)\n+++ b/f.c\t(in /t)\n@@ -2,2 +2,3 @@\n b\n+X\n c\n"
+        );
+    }
+
+    #[test]
+    fn missing_newline_and_binary() {
+        let d = FileDiff::compute(
+            Path::new("f"),
+            &copy(b"a\n"),
+            Path::new("/t"),
+            Some(b"a"),
+            3,
+        );
+        assert_eq!(
+            String::from_utf8(d.render(&Render::default())).unwrap(),
+            "@@ -1 +1 @@\n-a\n+a\n\\ No newline at end of file\n"
+        );
+        let b = FileDiff::compute(
+            Path::new("f"),
+            &copy(b"\0x"),
+            Path::new("/t"),
+            Some(b"\0y"),
+            3,
+        );
+        assert!(b.binary);
+        assert!(String::from_utf8(b.unified())
+            .unwrap()
+            .starts_with("Binary files a/f and b/f differ"));
+    }
+
+    #[test]
+    fn terminal_escaping_keeps_tabs_and_literal_backslashes() {
+        assert_eq!(
+            escape_line(b"\tx = \"\\t\";\x1b[2J"),
+            "\tx = \"\\t\";\\x1b[2J"
+        );
     }
 }

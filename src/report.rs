@@ -536,7 +536,10 @@ pub fn render_text(r: &Report, color: bool, verbose: bool) -> String {
             p.paint(BOLD, "module backups under /lib/modules")
         );
         for m in &r.module_backups {
-            let by = m.reference.as_deref().unwrap_or("no package lists the module");
+            let by = m
+                .reference
+                .as_deref()
+                .unwrap_or("no package lists the module");
             let _ = writeln!(
                 out,
                 "  {}: {} (copy of {}; judged by {})",

@@ -370,3 +370,91 @@ impl ContentProvider for DebArchive {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epoch_is_escaped_in_archive_names() {
+        assert_eq!(file_name_version("1:6.8.5-1"), "1%3a6.8.5-1");
+        assert_eq!(file_name_version("6.8.5-1"), "6.8.5-1");
+    }
+
+    #[test]
+    fn installed_version_prefers_the_installed_stanza() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = Root::open(tmp.path()).unwrap();
+        assert_eq!(installed_version(&root, "amdgpu-dkms").unwrap(), None);
+        std::fs::create_dir_all(tmp.path().join("var/lib/dpkg")).unwrap();
+        std::fs::write(
+            tmp.path().join("var/lib/dpkg/status"),
+            "Package: amdgpu-dkms\nStatus: deinstall ok config-files\nVersion: 1.0\n\n\
+             Package: other\nStatus: install ok installed\nVersion: 9\n\n\
+             Package: amdgpu-dkms\nStatus: install ok installed\nVersion: 1:6.8.5\n",
+        )
+        .unwrap();
+        assert_eq!(
+            installed_version(&root, "amdgpu-dkms").unwrap().as_deref(),
+            Some("1:6.8.5")
+        );
+    }
+
+    fn ar(members: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut out = AR_MAGIC.to_vec();
+        for (name, data) in members {
+            out.extend_from_slice(
+                format!(
+                    "{:<16}{:<12}{:<6}{:<6}{:<8}{:<10}`\n",
+                    name,
+                    0,
+                    0,
+                    0,
+                    100644,
+                    data.len()
+                )
+                .as_bytes(),
+            );
+            out.extend_from_slice(data);
+            if data.len() % 2 == 1 {
+                out.push(b'\n');
+            }
+        }
+        out
+    }
+
+    fn locate(bytes: &[u8]) -> std::result::Result<DataMember, String> {
+        let mut f = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut f, bytes).unwrap();
+        locate_data(&mut f)
+    }
+
+    #[test]
+    fn finds_data_member_and_names_what_is_wrong() {
+        let deb = ar(&[
+            ("debian-binary", b"2.0\n"),
+            ("control.tar.xz", b"c"),
+            ("data.tar.zst", b"0123"),
+        ]);
+        let d = locate(&deb).unwrap();
+        assert_eq!(d.compression, Compression::Zstd);
+        assert_eq!(d.size, 4);
+        assert_eq!(&deb[d.offset as usize..][..4], b"0123");
+        assert_eq!(
+            locate(&deb[..deb.len() - 1]).unwrap_err(),
+            format!(
+                "truncated: member 'data.tar.zst' needs 4 bytes from byte {}, the file ends at byte {}",
+                d.offset,
+                deb.len() - 1
+            )
+        );
+        assert_eq!(
+            locate(b"PK\x03\x04 a zip file").unwrap_err(),
+            "not a Debian package (no ar signature)"
+        );
+        let bz = ar(&[("debian-binary", b"2.0\n"), ("data.tar.bz2", b"x")]);
+        assert!(locate(&bz).unwrap_err().contains("not supported"));
+        let none = ar(&[("debian-binary", b"2.0\n")]);
+        assert_eq!(locate(&none).unwrap_err(), "has no data.tar member");
+    }
+}

@@ -193,7 +193,9 @@ fn list_dir(dir: &Path) -> Vec<std::ffi::OsString> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
-    entries.filter_map(|e| e.ok().map(|e| e.file_name())).collect()
+    entries
+        .filter_map(|e| e.ok().map(|e| e.file_name()))
+        .collect()
 }
 
 impl ContentProvider for SiblingBackups {
@@ -382,10 +384,7 @@ pub fn module_backups(root: &Root) -> Vec<ModuleBackup> {
             continue;
         }
         let name = entry.file_name();
-        if let Some(orig) = original_names(name)
-            .into_iter()
-            .find(|o| is_module_name(o))
-        {
+        if let Some(orig) = original_names(name).into_iter().find(|o| is_module_name(o)) {
             let host = entry.path().to_path_buf();
             found.push((host.clone(), host.with_file_name(orig)));
         }
@@ -497,6 +496,54 @@ mod tests {
         assert_eq!(names("amdgpu.ko.xz.backup"), ["amdgpu.ko.xz"]);
         assert!(names("kfd_crat.c").is_empty());
         assert!(names(".bak").is_empty());
+    }
+
+    #[test]
+    fn verdicts_by_content_first_clean_then_current_then_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("f.c"), "patched\n").unwrap();
+        std::fs::write(d.join("f.c.orig"), "clean\n").unwrap();
+        std::fs::write(d.join("f.c.patched"), "patched\n").unwrap();
+        std::fs::write(d.join("f.c.bak"), "other unsafe\n").unwrap();
+        let expected = Expected {
+            digest: Digest::of_bytes(Algorithm::Md5, b"clean\n"),
+            kind: ReferenceKind::DpkgMd5sums,
+        };
+        let rules = |rel: &Path, bytes: &[u8]| {
+            assert_eq!(rel, Path::new("f.c"));
+            bytes.windows(6).any(|w| w == b"unsafe")
+        };
+        let v = |name: &str| {
+            judge(
+                d,
+                Path::new(name),
+                Path::new("f.c"),
+                Some(&expected),
+                &rules,
+            )
+            .verdict
+        };
+        assert_eq!(v("f.c.orig"), BackupVerdict::VerifiedClean);
+        assert_eq!(v("f.c.patched"), BackupVerdict::SameAsCurrent);
+        assert_eq!(v("f.c.bak"), BackupVerdict::Unsafe);
+        let none = judge(
+            d,
+            Path::new("f.c.bak"),
+            Path::new("f.c"),
+            None,
+            &no_rule_engine,
+        );
+        assert_eq!(none.verdict, BackupVerdict::Unverified);
+        assert_eq!(none.reference, None);
+        let gone = judge(
+            d,
+            Path::new("nope.bak"),
+            Path::new("f.c"),
+            None,
+            &no_rule_engine,
+        );
+        assert!(gone.detail.is_some());
     }
 
     #[test]

@@ -38,7 +38,8 @@ const LEVEL: i32 = 9;
 
 /// Whether a tree-relative file gets a copy without `--all`.
 pub fn is_watched(rel: &Path) -> bool {
-    WATCHED_DIRS.iter().any(|d| rel.starts_with(d)) || WATCHED_FILES.iter().any(|f| rel == Path::new(f))
+    WATCHED_DIRS.iter().any(|d| rel.starts_with(d))
+        || WATCHED_FILES.iter().any(|f| rel == Path::new(f))
 }
 
 /// Where a tree's copies live on this host.

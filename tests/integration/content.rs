@@ -25,7 +25,11 @@ fn patched() -> String {
 
 /// An earlier attempt: a different change to the same function.
 fn older_attempt() -> String {
-    CRAT_C.replacen("uint32_t flags = 0;", "uint32_t flags = HSA_MEM_FLAGS_HOT_PLUGGABLE;", 1)
+    CRAT_C.replacen(
+        "uint32_t flags = 0;",
+        "uint32_t flags = HSA_MEM_FLAGS_HOT_PLUGGABLE;",
+        1,
+    )
 }
 
 fn sys(rel: &str) -> String {
@@ -100,7 +104,10 @@ fn patched_copy_is_same_as_current_and_never_a_restore_source() {
         err.starts_with("kfd-audit: amd/amdkfd/kfd_crat.c: no clean copy to compare with"),
         "{err}"
     );
-    assert!(err.contains("apt-get install --download-only --reinstall amdgpu-dkms"), "{err}");
+    assert!(
+        err.contains("apt-get install --download-only --reinstall amdgpu-dkms"),
+        "{err}"
+    );
     assert!(err.contains("kfd-audit baseline create"), "{err}");
 
     assert!(LibTree::open(&fx).get(CRAT).is_none());
@@ -247,7 +254,11 @@ fn archive_member_that_does_not_match_md5sums_is_refused() {
     let run = fx.run(&["diff", CRAT]);
     run.expect_code(1);
     assert_eq!(run.stdout(), "");
-    assert!(run.stderr().contains("does not match dpkg's md5sums"), "{}", run.stderr());
+    assert!(
+        run.stderr().contains("does not match dpkg's md5sums"),
+        "{}",
+        run.stderr()
+    );
 }
 
 #[test]
@@ -261,30 +272,33 @@ fn truncated_archive_is_a_clear_error_and_the_scan_goes_on() {
     let j = fx.run(&["--format", "json", "scan"]).expect_code(1).json();
     let p = problems(&j);
     assert!(
-        p.contains(&format!("/var/cache/apt/archives/{DEB_NAME}: truncated: member 'data.tar.xz' needs")),
+        p.contains(&format!(
+            "/var/cache/apt/archives/{DEB_NAME}: truncated: member 'data.tar.xz' needs"
+        )),
         "{p}"
     );
-    assert!(p.contains("apt-get install --download-only --reinstall amdgpu-dkms=1:6.8.5-2009582.24.04"), "{p}");
-    // The next source in the order of trust still serves the file.
-    assert_eq!(
-        json_file(&j, CRAT).unwrap()["clean"]["reference"],
-        "backup"
+    assert!(
+        p.contains("apt-get install --download-only --reinstall amdgpu-dkms=1:6.8.5-2009582.24.04"),
+        "{p}"
     );
+    // The next source in the order of trust still serves the file.
+    assert_eq!(json_file(&j, CRAT).unwrap()["clean"]["reference"], "backup");
 
     // Corrupt in the middle instead: the decompressor says so.
     let deb = cache_deb(&fx, "xz", &package_files());
     let mut bytes = std::fs::read(&deb).unwrap();
-    let member = bytes
-        .windows(11)
-        .position(|w| w == b"data.tar.xz")
-        .unwrap();
+    let member = bytes.windows(11).position(|w| w == b"data.tar.xz").unwrap();
     // Inside the compressed stream, past the xz stream and block headers.
     for b in &mut bytes[member + 60 + 40..member + 60 + 140] {
         *b ^= 0x5a;
     }
     std::fs::write(&deb, bytes).unwrap();
     let j = fx.run(&["--format", "json", "scan"]).expect_code(1).json();
-    assert!(problems(&j).contains("corrupt data.tar.xz"), "{}", problems(&j));
+    assert!(
+        problems(&j).contains("corrupt data.tar.xz"),
+        "{}",
+        problems(&j)
+    );
 }
 
 #[test]
@@ -294,9 +308,15 @@ fn baseline_copies_serve_content_and_a_tampered_copy_is_refused() {
     let run = fx.run(&["baseline", "create"]);
     run.expect_code(0);
     // amd/amdkfd (2 files), amdgpu_drv.c and dkms.conf; not the top Makefile.
-    assert!(run.stdout().contains(": 5 files, 4 clean copies -> "), "{}", run.stdout());
+    assert!(
+        run.stdout().contains(": 5 files, 4 clean copies -> "),
+        "{}",
+        run.stdout()
+    );
     let copies = "var/lib/kfd-audit/baseline/amdgpu-6.8.5-2009582.24.04/copies";
-    assert!(fx.path(&format!("{copies}/amd/amdkfd/kfd_crat.c.zst")).is_file());
+    assert!(fx
+        .path(&format!("{copies}/amd/amdkfd/kfd_crat.c.zst"))
+        .is_file());
     assert!(!fx.path(&format!("{copies}/Makefile.zst")).exists());
 
     fx.write(&sys(CRAT), patched());
@@ -318,7 +338,11 @@ fn baseline_copies_serve_content_and_a_tampered_copy_is_refused() {
 
     // A copy that does not match the manifest is not served, and the user is told.
     let fake = zstd_compress(patched().as_bytes());
-    std::fs::write(fx.path(&format!("{copies}/amd/amdkfd/kfd_crat.c.zst")), fake).unwrap();
+    std::fs::write(
+        fx.path(&format!("{copies}/amd/amdkfd/kfd_crat.c.zst")),
+        fake,
+    )
+    .unwrap();
     let j = fx.run(&["--format", "json", "scan"]).expect_code(1).json();
     assert!(json_file(&j, CRAT).unwrap().get("clean").is_none());
     assert_eq!(
@@ -332,7 +356,11 @@ fn baseline_copies_serve_content_and_a_tampered_copy_is_refused() {
     fx.write(&sys(CRAT), CRAT_C);
     let run = fx.run(&["baseline", "create", "--all"]);
     run.expect_code(0);
-    assert!(run.stdout().contains(": 5 files, 5 clean copies -> "), "{}", run.stdout());
+    assert!(
+        run.stdout().contains(": 5 files, 5 clean copies -> "),
+        "{}",
+        run.stdout()
+    );
     assert!(fx.path(&format!("{copies}/Makefile.zst")).is_file());
 }
 
@@ -374,14 +402,22 @@ fn diff_hunk_shows_exactly_the_injected_lines() {
     // The same file named by its absolute path, on this host or as the system sees it.
     let abs = fx.path(&sys(CRAT));
     assert_eq!(fx.run(&["diff", abs.to_str().unwrap()]).stdout(), expected);
-    assert_eq!(fx.run(&["diff", &format!("/{TREE}/{CRAT}")]).stdout(), expected);
+    assert_eq!(
+        fx.run(&["diff", &format!("/{TREE}/{CRAT}")]).stdout(),
+        expected
+    );
     // A clean file: no output, exit 0. A path in no tree: exit 2 naming it.
     let clean = fx.run(&["diff", "amd/amdkfd/Makefile"]);
     clean.expect_code(0);
     assert_eq!(clean.stdout(), "");
     let bad = fx.run(&["diff", "amd/amdkfd/nope.c"]);
     bad.expect_code(2);
-    assert!(bad.stderr().starts_with("kfd-audit: error: amd/amdkfd/nope.c: not a file of any amdgpu tree"), "{}", bad.stderr());
+    assert!(
+        bad.stderr()
+            .starts_with("kfd-audit: error: amd/amdkfd/nope.c: not a file of any amdgpu tree"),
+        "{}",
+        bad.stderr()
+    );
 
     // The diff is a patch: reversed from the tree's directory it restores the file.
     let o = std::process::Command::new("patch")
@@ -410,7 +446,10 @@ fn missing_file_diff_and_colored_output() {
     let fx = patched_tree();
     cache_deb(&fx, "gzip", &package_files());
     std::fs::remove_file(fx.path(&sys("amd/amdkfd/Makefile"))).unwrap();
-    let out = fx.run(&["diff", "amd/amdkfd/Makefile"]).expect_code(1).stdout();
+    let out = fx
+        .run(&["diff", "amd/amdkfd/Makefile"])
+        .expect_code(1)
+        .stdout();
     assert_eq!(
         out,
         format!(
@@ -421,7 +460,10 @@ fn missing_file_diff_and_colored_output() {
         )
     );
     let colored = fx.run(&["--color", "always", "diff", CRAT]).stdout();
-    assert!(colored.contains("\u{1b}[32m+\t\t\tif (dev->gpu"), "{colored:?}");
+    assert!(
+        colored.contains("\u{1b}[32m+\t\t\tif (dev->gpu"),
+        "{colored:?}"
+    );
 }
 
 #[test]
@@ -444,8 +486,14 @@ fn scan_diff_shows_hunks_under_the_file() {
     );
     assert!(text.contains(&expected), "{text}");
     let j = fx.run(&["--format", "json", "scan", "--diff"]).json();
-    let d = json_file(&j, CRAT).unwrap()["diff"].as_str().unwrap().to_string();
-    assert!(d.contains("+\t\t\tif (dev->gpu && dev->gpu->adev->pdev->device == 0x731F)\n"), "{d}");
+    let d = json_file(&j, CRAT).unwrap()["diff"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        d.contains("+\t\t\tif (dev->gpu && dev->gpu->adev->pdev->device == 0x731F)\n"),
+        "{d}"
+    );
     // Without --diff no hunks are shown, but the clean source is.
     let j = fx.run(&["--format", "json", "scan"]).json();
     assert!(json_file(&j, CRAT).unwrap().get("diff").is_none());
@@ -511,5 +559,125 @@ impl LibTree {
 
     fn get(&self, rel: &str) -> Option<(Vec<u8>, ReferenceKind)> {
         self.get_full(rel).map(|(b, k, _, _)| (b, k))
+    }
+}
+
+/// The corpus's realistic backup scenarios (`backups.sh`), on the real 6.12 tree with
+/// the incident's mutation: every backup gets the verdict its ground truth implies,
+/// and only clean ones become the file's clean source.
+#[test]
+fn corpus_backup_scenarios_get_the_verdicts_of_their_ground_truth() {
+    use crate::corpus::{corpus, manifest, mutations, CorpusRoot, PRIMARY};
+    let Some(corpus) = corpus() else { return };
+    let script = mutations("6.12").join("../../backups.sh");
+    let m = manifest("6.12")
+        .into_iter()
+        .find(|m| m.id == "U01")
+        .unwrap();
+    let file = &m.files[0];
+    for (scenario, earlier) in [
+        ("orig", None),
+        ("patched", None),
+        ("mixed", None),
+        ("stale-bak", Some("U03")),
+        ("dir-copy", None),
+    ] {
+        let cr = CorpusRoot::new(&corpus, false);
+        // backups.sh stops (set -e) unless the tree lies in a corpus root: mark the
+        // private copy as one, with the corpus's clean md5sums it checks against.
+        std::fs::write(cr.path(".kfd-corpus-root"), "").unwrap();
+        let ok = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(corpus.join("var/lib/kfd-corpus"))
+            .arg(cr.path("var/lib/kfd-corpus"))
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        for f in &m.files {
+            cr.unshare(&format!("{PRIMARY}/{f}"));
+        }
+        let tree = cr.path(PRIMARY);
+        let mut cmd = std::process::Command::new("bash");
+        cmd.arg(&script)
+            .args(["setup", tree.to_str().unwrap(), "U01", scenario]);
+        if let Some(e) = earlier {
+            cmd.arg(e);
+        }
+        let o = cmd.output().unwrap();
+        assert!(
+            o.status.success(),
+            "{scenario}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        // Ground truth: path, kind, content (clean | patched | stale).
+        let truth: Vec<(String, String)> = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .skip(1)
+            .map(|l| l.split('\t').map(str::to_string).collect::<Vec<_>>())
+            .filter(|c| c[1] != "live")
+            .map(|c| {
+                let rel = c[0]
+                    .strip_prefix(&format!("{}/", tree.display()))
+                    .unwrap()
+                    .to_string();
+                (rel, c[2].clone())
+            })
+            .collect();
+        // amd/amdkfd.bak/ lies outside the amd/amdkfd scope: scan amd for it.
+        let scope = if scenario == "dir-copy" {
+            "amd"
+        } else {
+            "amdkfd"
+        };
+        let j = cr
+            .run(&[
+                "--format",
+                "json",
+                "scan",
+                "--tree",
+                tree.to_str().unwrap(),
+                "--scope",
+                scope,
+            ])
+            .expect_code(1)
+            .json();
+        let entry = json_file(&j, file).unwrap();
+        assert_eq!(entry["status"], "modified", "{scenario}");
+        let mut clean_expected = false;
+        for (rel, content) in &truth {
+            // A directory copy: the copy of the changed file stands for it.
+            let rel = match rel.strip_suffix('/') {
+                Some(dir) => format!(
+                    "{dir}/{}",
+                    Path::new(file).file_name().unwrap().to_str().unwrap()
+                ),
+                None => rel.clone(),
+            };
+            let want = match content.as_str() {
+                "clean" => "verified-clean",
+                "patched" => "same-as-current",
+                _ => "unverified",
+            };
+            clean_expected |= want == "verified-clean";
+            let got = entry["backups"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|b| b["path"] == rel.as_str())
+                .unwrap_or_else(|| panic!("{scenario}: {rel} not listed: {entry}"));
+            assert_eq!(got["verdict"], want, "{scenario} {rel}");
+        }
+        assert_eq!(
+            entry["clean"]["reference"] == "backup",
+            clean_expected,
+            "{scenario}: {entry}"
+        );
+        // No backup shows up as an added file.
+        assert_eq!(j["summary"]["added"], 0, "{scenario}");
+        // The diff shows the mutation when a clean source exists.
+        let d = cr.run(&["diff", "--tree", tree.to_str().unwrap(), file]);
+        d.expect_code(1);
+        assert_eq!(d.stdout().is_empty(), !clean_expected, "{scenario}");
     }
 }
