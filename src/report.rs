@@ -604,6 +604,23 @@ pub fn render_markdown(r: &Report) -> String {
                 f.reference.as_deref().unwrap_or("-")
             );
         }
+        let backups: Vec<(&FileReport, &BackupReport)> = t
+            .files
+            .iter()
+            .flat_map(|f| f.backups.iter().map(move |b| (f, b)))
+            .collect();
+        if !backups.is_empty() {
+            let _ = writeln!(out, "\n| backup | of | verdict |\n|---|---|---|");
+            for (f, b) in backups {
+                let _ = writeln!(
+                    out,
+                    "| `{}` | `{}` | {} |",
+                    b.path.replace('|', "\\|"),
+                    f.path.replace('|', "\\|"),
+                    b.verdict.as_str()
+                );
+            }
+        }
         for f in &listed {
             if let Some(d) = &f.diff {
                 let _ = writeln!(

@@ -159,6 +159,14 @@ fn verified_orig_restores_and_stale_bak_is_unverified() {
         "{text}"
     );
 
+    let md = fx.run(&["--format", "markdown", "scan"]).stdout();
+    assert!(
+        md.contains(
+            "| `amd/amdkfd/kfd_crat.c.orig` | `amd/amdkfd/kfd_crat.c` | verified-clean |\n"
+        ),
+        "{md}"
+    );
+
     let lib = LibTree::open(&fx);
     let copy = lib.get(CRAT).unwrap();
     assert_eq!(copy.0, CRAT_C.as_bytes());
