@@ -148,6 +148,8 @@ pub fn load_manifest(
 pub struct CreateOptions {
     /// Trust the tree even though references say it is not clean.
     pub force: bool,
+    /// Store clean copies of every file, not only the watched ones.
+    pub all_copies: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -155,6 +157,8 @@ pub struct Created {
     pub manifest: PathBuf,
     pub files: usize,
     pub skipped_symlinks: usize,
+    /// Compressed clean copies stored (see [`crate::content::baseline_copies`]).
+    pub copies: usize,
 }
 
 /// Records a baseline of the tree. Refuses when the tree's existing references say
@@ -188,7 +192,7 @@ pub fn create(root: &Root, tree: &Tree, opts: CreateOptions) -> Result<Created> 
         .collect();
     let skipped_symlinks = check.count(FileStatus::Symlink);
     let prefix = tree.dpkg_prefix();
-    let mut lines: Vec<(PathBuf, Vec<u8>)> = files
+    let mut lines: Vec<(PathBuf, Digest, Vec<u8>)> = files
         .par_iter()
         .map(|rel| {
             let host = tree.host_path.join(rel);
@@ -196,14 +200,22 @@ pub fn create(root: &Root, tree: &Tree, opts: CreateOptions) -> Result<Created> 
             let (mut d, _) =
                 hash::digest_reader(f, &[Algorithm::Sha256]).map_err(|e| Error::io(&host, e))?;
             let sys = prefix.join(rel);
-            Ok(((*rel).clone(), format_line(&d.remove(0), &sys)))
+            let digest = d.remove(0);
+            let line = format_line(&digest, &sys);
+            Ok(((*rel).clone(), digest, line))
         })
         .collect::<Result<_>>()?;
     lines.sort_by(|a, b| a.0.cmp(&b.0));
-    let manifest: Vec<u8> = lines.into_iter().flat_map(|(_, l)| l).collect();
+    let digests: Vec<(PathBuf, Digest)> = lines
+        .iter()
+        .map(|(rel, d, _)| (rel.clone(), d.clone()))
+        .collect();
+    let manifest: Vec<u8> = lines.into_iter().flat_map(|(_, _, l)| l).collect();
 
     let dir = dir(root, tree);
     atomic::create_private_dir(&dir)?;
+    // Copies first: a copy is served only where the manifest vouches for it.
+    let copies = crate::content::baseline_copies::store(root, tree, &digests, opts.all_copies)?;
     let path = manifest_path(root, tree);
     atomic::write(&path, &manifest, 0o644)?;
     let meta = Meta {
@@ -221,6 +233,7 @@ pub fn create(root: &Root, tree: &Tree, opts: CreateOptions) -> Result<Created> 
         manifest: path,
         files: files.len(),
         skipped_symlinks,
+        copies,
     })
 }
 

@@ -63,6 +63,23 @@ pub enum Command {
     Baseline(BaselineCommand),
     /// Print the DKMS recovery sequence for this system (or run it with --run)
     Plan(PlanArgs),
+    /// Show what changed: unified diff of modified files against their clean content
+    Diff(DiffArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    #[command(flatten)]
+    pub trees: TreeArgs,
+
+    /// Files to diff: inside a tree (absolute), or relative to a tree's root
+    /// (amd/amdkfd/kfd_crat.c). Default: every modified or missing file
+    #[arg(value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+
+    /// Lines of context around each change
+    #[arg(short = 'U', long, value_name = "N", default_value_t = crate::diff::CONTEXT)]
+    pub context: usize,
 }
 
 #[derive(Debug, Args, Clone, Default)]
@@ -88,6 +105,10 @@ pub struct ScanArgs {
     /// List every file in the report, not only those with something to say
     #[arg(long)]
     pub all_files: bool,
+
+    /// Show each modified file's diff against its clean content under it
+    #[arg(long)]
+    pub diff: bool,
 }
 
 #[derive(Debug, Args)]
@@ -113,6 +134,9 @@ pub enum BaselineCommand {
         /// Trust the tree even if dpkg's md5sums say it was changed
         #[arg(long)]
         force: bool,
+        /// Store clean copies of every file, not only amd/amdkfd and the watched files
+        #[arg(long)]
+        all: bool,
     },
 }
 
@@ -140,9 +164,12 @@ fn cmd_scan(cli: &Cli, args: &ScanArgs, out: &mut dyn Write) -> anyhow::Result<O
         refs: LoadOptions {
             lenient: args.trees.lenient,
         },
+        clean_content: true,
+        diff: args.diff,
     };
     let scans = scan_all(&root, &trees, &opts)?;
-    let mut report = Report::build(root.dir(), &scans, args.all_files);
+    let mut report = Report::build(root.dir(), &scans, args.all_files)
+        .with_module_backups(&crate::content::backup::module_backups(&root));
     report.attach_dkms(crate::dkms::DkmsState::collect(&root, &scans));
     match cli.format {
         Format::Json => out.write_all(report.to_json().as_bytes())?,
@@ -162,7 +189,7 @@ fn cmd_scan(cli: &Cli, args: &ScanArgs, out: &mut dyn Write) -> anyhow::Result<O
 
 fn cmd_baseline(cli: &Cli, cmd: &BaselineCommand, out: &mut dyn Write) -> anyhow::Result<Outcome> {
     match cmd {
-        BaselineCommand::Create { trees, force } => {
+        BaselineCommand::Create { trees, force, all } => {
             let root = Root::open(&cli.root)?;
             let trees = select_trees(&root, trees)?;
             if trees.is_empty() {
@@ -172,13 +199,20 @@ fn cmd_baseline(cli: &Cli, cmd: &BaselineCommand, out: &mut dyn Write) -> anyhow
                 );
             }
             for t in &trees {
-                let created =
-                    baseline::create(&root, t, baseline::CreateOptions { force: *force })?;
+                let created = baseline::create(
+                    &root,
+                    t,
+                    baseline::CreateOptions {
+                        force: *force,
+                        all_copies: *all,
+                    },
+                )?;
                 writeln!(
                     out,
-                    "baseline of {}: {} files -> {}{}",
+                    "baseline of {}: {} files, {} clean copies -> {}{}",
                     term::path(&t.system_path),
                     created.files,
+                    created.copies,
                     term::path(&created.manifest),
                     if created.skipped_symlinks > 0 {
                         format!(" ({} symlinks not recorded)", created.skipped_symlinks)
@@ -198,6 +232,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<Outcome> {
         Command::Scan(args) => cmd_scan(cli, args, out),
         Command::Baseline(cmd) => cmd_baseline(cli, cmd, out),
         Command::Plan(args) => crate::recovery::cmd_plan(cli, args, out),
+        Command::Diff(args) => crate::diff::cmd(cli, &args.trees, &args.paths, args.context, out),
     }
 }
 

@@ -1219,6 +1219,7 @@ pub fn cmd_plan(cli: &Cli, args: &PlanArgs, out: &mut dyn Write) -> anyhow::Resu
         refs: LoadOptions {
             lenient: args.trees.lenient,
         },
+        ..ScanOptions::default()
     };
     let scans: Vec<TreeScan> = trees
         .iter()

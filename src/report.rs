@@ -3,7 +3,7 @@
 
 use crate::exit::Outcome;
 use crate::finding::{Finding, Severity};
-use crate::scan::{FileResult, FileStatus, TreeScan};
+use crate::scan::{BackupVerdict, FileResult, FileStatus, TreeScan};
 use crate::term;
 use anstyle::{AnsiColor, Style};
 use serde::Serialize;
@@ -21,6 +21,17 @@ pub struct Report {
     /// DKMS state and where the modules came from (see `dkms.rs`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dkms: Option<crate::dkms::DkmsState>,
+    /// Backup copies of amd modules under /lib/modules (`amdgpu.ko.xz.backup`).
+    pub module_backups: Vec<ModuleBackupReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ModuleBackupReport {
+    pub path: String,
+    pub original: String,
+    pub verdict: crate::scan::BackupVerdict,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -34,6 +45,13 @@ pub struct TreeReport {
     /// Problems with the tree itself or its references that did not stop the scan.
     pub problems: Vec<String>,
     pub files_checked: usize,
+    /// Backup files found in the tree, listed under the files they back up and not
+    /// counted in `files_checked`.
+    pub backups: usize,
+    /// Whether clean content was looked for (then a modified file without `clean`
+    /// has none anywhere).
+    #[serde(skip)]
+    pub content_checked: bool,
     pub files: Vec<FileReport>,
 }
 
@@ -55,12 +73,34 @@ pub struct FileReport {
     pub detail: Option<String>,
     pub findings: Vec<Finding>,
     pub backups: Vec<BackupReport>,
+    /// Where verified clean content of a modified or missing file is: the reference
+    /// kind and the source (`dpkg archive /var/cache/apt/archives/...deb`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clean: Option<CleanReport>,
+    /// Unified diff against the clean content (`scan --diff`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diff: Option<crate::diff::FileDiff>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CleanReport {
+    pub reference: String,
+    pub origin: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct BackupReport {
     pub path: String,
     pub verdict: crate::scan::BackupVerdict,
+    /// The reference the backup was compared with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    /// Whether a restore may use it: only a verified-clean backup.
+    pub restorable: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -80,6 +120,13 @@ pub struct Summary {
     pub medium: usize,
     pub low: usize,
     pub info: usize,
+    /// Backup files next to tree files (not counted in `files`).
+    pub backups: usize,
+    /// Backups in which the rule engine finds an unsafe change (they count as found:
+    /// copying one back re-applies the change).
+    pub unsafe_backups: usize,
+    /// Backup copies of amd modules under /lib/modules.
+    pub module_backups: usize,
 }
 
 fn path_fields(p: &Path) -> (String, Option<Vec<u8>>) {
@@ -110,8 +157,17 @@ fn file_report(f: &FileResult) -> FileReport {
             .map(|b| BackupReport {
                 path: term::path(&b.path),
                 verdict: b.verdict,
+                reference: b.reference.map(|r| r.to_string()),
+                restorable: b.verdict == BackupVerdict::VerifiedClean,
+                size: b.size,
+                detail: b.detail.clone(),
             })
             .collect(),
+        clean: f.clean.as_ref().map(|c| CleanReport {
+            reference: c.kind.to_string(),
+            origin: c.origin.clone(),
+        }),
+        diff: f.diff.clone(),
     }
 }
 
@@ -142,6 +198,12 @@ impl Report {
                     FileStatus::Symlink => summary.symlinks += 1,
                     FileStatus::Unreadable => summary.unreadable += 1,
                 }
+                summary.backups += f.backups.len();
+                summary.unsafe_backups += f
+                    .backups
+                    .iter()
+                    .filter(|b| b.verdict == BackupVerdict::Unsafe)
+                    .count();
                 for finding in &f.findings {
                     summary.findings += 1;
                     match finding.severity {
@@ -164,6 +226,7 @@ impl Report {
                         .to_string(),
                 );
             }
+            problems.extend(s.problems.iter().cloned());
             for sk in &s.refs.skipped {
                 problems.push(format!(
                     "{}:{}: skipped ({})",
@@ -184,6 +247,8 @@ impl Report {
                     .iter()
                     .filter(|f| f.status != FileStatus::Missing)
                     .count(),
+                backups: s.files.iter().map(|f| f.backups.len()).sum(),
+                content_checked: s.content_checked,
                 files: s
                     .files
                     .iter()
@@ -200,6 +265,7 @@ impl Report {
             trees,
             summary,
             dkms: None,
+            module_backups: Vec::new(),
         }
     }
 
@@ -208,6 +274,22 @@ impl Report {
     pub fn attach_dkms(&mut self, state: crate::dkms::DkmsState) {
         self.dkms = Some(state);
         self.exit_code = self.outcome().code();
+    }
+
+    /// Adds the backups of installed modules (they do not change the exit code: a
+    /// module backup is reported so a user knows which one is safe to put back).
+    pub fn with_module_backups(mut self, found: &[crate::content::backup::ModuleBackup]) -> Report {
+        self.summary.module_backups = found.len();
+        self.module_backups = found
+            .iter()
+            .map(|m| ModuleBackupReport {
+                path: term::path(&m.path),
+                original: term::path(&m.original),
+                verdict: m.verdict,
+                reference: m.reference.clone(),
+            })
+            .collect();
+        self
     }
 
     fn outcome_of(s: &Summary) -> Outcome {
@@ -219,7 +301,8 @@ impl Report {
             + s.critical
             + s.high
             + s.medium
-            + s.low;
+            + s.low
+            + s.unsafe_backups;
         if found > 0 {
             Outcome::Found
         } else {
@@ -286,6 +369,35 @@ fn plural(n: usize, word: &str) -> String {
     }
 }
 
+fn verdict_style(v: BackupVerdict) -> Style {
+    match v {
+        BackupVerdict::VerifiedClean => GREEN,
+        BackupVerdict::SameAsCurrent | BackupVerdict::Unsafe => RED,
+        BackupVerdict::Unverified => YELLOW,
+    }
+}
+
+/// What a backup verdict means for the user, naming the reference it was judged by.
+fn verdict_meaning(b: &BackupReport) -> String {
+    let by = b.reference.as_deref().unwrap_or("no reference");
+    match b.verdict {
+        BackupVerdict::VerifiedClean => format!("matches {by}; usable to restore"),
+        BackupVerdict::SameAsCurrent => {
+            "a copy of the file as it is now, not a clean backup; never used to restore".into()
+        }
+        BackupVerdict::Unsafe => {
+            "contains a change a rule flags as unsafe; never used to restore".into()
+        }
+        BackupVerdict::Unverified => match &b.detail {
+            Some(d) => format!("not read: {}", d),
+            None if b.reference.is_some() => {
+                format!("matches neither {by} nor the current file: another version; not used to restore")
+            }
+            None => "no reference to judge it by; not used to restore".into(),
+        },
+    }
+}
+
 /// Renders the report for a person: the summary first, then each tree's changes.
 pub fn render_text(r: &Report, color: bool, verbose: bool) -> String {
     let p = Painter { color };
@@ -312,6 +424,13 @@ pub fn render_text(r: &Report, color: bool, verbose: bool) -> String {
             String::new()
         }
     );
+    if s.backups > 0 {
+        let _ = writeln!(
+            out,
+            "backups: {} found next to tree files ({} unsafe), listed under the file each backs up",
+            s.backups, s.unsafe_backups
+        );
+    }
     if s.findings > 0 {
         let _ = writeln!(
             out,
@@ -394,12 +513,57 @@ pub fn render_text(r: &Report, color: bool, verbose: bool) -> String {
                 let _ = writeln!(out, "        fix: {}", term::escape(finding.fix.trim()));
             }
             for b in &f.backups {
-                let verdict = serde_json::to_value(b.verdict)
-                    .ok()
-                    .and_then(|v| v.as_str().map(String::from))
-                    .unwrap_or_default();
-                let _ = writeln!(out, "      backup {}: {}", term::escape(&b.path), verdict);
+                let _ = writeln!(
+                    out,
+                    "      backup {}: {} ({})",
+                    term::escape(&b.path),
+                    p.paint(verdict_style(b.verdict), b.verdict.as_str()),
+                    verdict_meaning(b)
+                );
             }
+            if let Some(c) = &f.clean {
+                let _ = writeln!(out, "      clean copy: {}", term::escape(&c.origin));
+            } else if matches!(f.status, FileStatus::Modified | FileStatus::Missing)
+                && t.content_checked
+            {
+                let _ = writeln!(
+                    out,
+                    "      no clean copy: no baseline copy, package archive or verified backup has it (see 'kfd-audit diff')"
+                );
+            }
+            if let Some(d) = &f.diff {
+                let marks: std::collections::BTreeSet<usize> =
+                    f.findings.iter().map(|x| x.line).collect();
+                let text = d.render(&crate::diff::Render {
+                    color,
+                    escape: true,
+                    headers: false,
+                    indent: "      ",
+                    marks: Some(&marks),
+                });
+                out.push_str(&String::from_utf8_lossy(&text));
+            }
+        }
+    }
+    if !r.module_backups.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n{}",
+            p.paint(BOLD, "module backups under /lib/modules")
+        );
+        for m in &r.module_backups {
+            let by = m
+                .reference
+                .as_deref()
+                .unwrap_or("no package lists the module");
+            let _ = writeln!(
+                out,
+                "  {}: {} (copy of {}; judged by {})",
+                term::escape(&m.path),
+                p.paint(verdict_style(m.verdict), m.verdict.as_str()),
+                term::escape(&m.original),
+                term::escape(by)
+            );
         }
     }
     if let Some(d) = &r.dkms {
@@ -460,7 +624,33 @@ pub fn render_markdown(r: &Report) -> String {
                 f.reference.as_deref().unwrap_or("-")
             );
         }
+        let backups: Vec<(&FileReport, &BackupReport)> = t
+            .files
+            .iter()
+            .flat_map(|f| f.backups.iter().map(move |b| (f, b)))
+            .collect();
+        if !backups.is_empty() {
+            let _ = writeln!(out, "\n| backup | of | verdict |\n|---|---|---|");
+            for (f, b) in backups {
+                let _ = writeln!(
+                    out,
+                    "| `{}` | `{}` | {} |",
+                    b.path.replace('|', "\\|"),
+                    f.path.replace('|', "\\|"),
+                    b.verdict.as_str()
+                );
+            }
+        }
         for f in &listed {
+            if let Some(d) = &f.diff {
+                let _ = writeln!(
+                    out,
+                    "\n### `{}` against {}\n\n```diff\n{}```",
+                    f.path,
+                    f.clean.as_ref().map(|c| c.origin.as_str()).unwrap_or("?"),
+                    String::from_utf8_lossy(&d.unified())
+                );
+            }
             for finding in &f.findings {
                 let _ = writeln!(
                     out,

@@ -68,6 +68,23 @@ pub struct Backup {
     /// Path relative to the tree.
     pub path: PathBuf,
     pub verdict: BackupVerdict,
+    /// The reference the backup's hash was compared with (None: no reference lists
+    /// the file it backs up).
+    pub reference: Option<ReferenceKind>,
+    pub size: Option<u64>,
+    /// Why the backup could not be read, when it could not.
+    pub detail: Option<String>,
+}
+
+impl BackupVerdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupVerdict::VerifiedClean => "verified-clean",
+            BackupVerdict::SameAsCurrent => "same-as-current",
+            BackupVerdict::Unsafe => "unsafe",
+            BackupVerdict::Unverified => "unverified",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -84,6 +101,11 @@ pub struct FileResult {
     pub detail: Option<String>,
     pub findings: Vec<Finding>,
     pub backups: Vec<Backup>,
+    /// Where verified clean content of a modified or missing file is (set when the
+    /// scan looks for clean content).
+    pub clean: Option<crate::content::CleanSource>,
+    /// The file against its clean content (`scan --diff`).
+    pub diff: Option<crate::diff::FileDiff>,
 }
 
 impl FileResult {
@@ -98,6 +120,8 @@ impl FileResult {
             detail: None,
             findings: Vec::new(),
             backups: Vec::new(),
+            clean: None,
+            diff: None,
         }
     }
 
@@ -113,6 +137,11 @@ pub struct TreeScan {
     /// Every file of the tree (and every missing one), amd/amdkfd first, then by path.
     pub files: Vec<FileResult>,
     pub bytes_hashed: u64,
+    /// Problems met looking for clean content (a corrupt package archive, a refused
+    /// member) that did not stop the scan.
+    pub problems: Vec<String>,
+    /// Whether clean content was looked for (`ScanOptions::clean_content`).
+    pub content_checked: bool,
 }
 
 impl TreeScan {
@@ -130,6 +159,11 @@ pub struct ScanOptions {
     /// Only files under this tree-relative prefix (`amd/amdkfd`).
     pub scope: Option<PathBuf>,
     pub refs: LoadOptions,
+    /// Look for clean content of modified and missing files (baseline copies, the
+    /// package archive, verified backups) and name it in the report.
+    pub clean_content: bool,
+    /// Also diff each modified file against its clean content (implies clean_content).
+    pub diff: bool,
 }
 
 /// Turns the user's `--scope` into a tree-relative prefix: `amdkfd` is short for
@@ -306,6 +340,19 @@ pub fn scan_tree(root: &Root, tree: &Tree, opts: &ScanOptions) -> Result<TreeSca
     }
     files.extend(missing);
     files.sort_by_cached_key(|f| order_key(&f.path));
+    // Backups are listed under the file they back up, not as added files. The rule
+    // engine's "contains an unsafe change" check belongs in place of no_rule_engine.
+    crate::content::backup::attach(
+        tree,
+        &refs,
+        &mut files,
+        &crate::content::backup::no_rule_engine,
+    );
+    let problems = if opts.clean_content || opts.diff {
+        crate::content::annotate(root, tree, &refs, &mut files, opts.diff)
+    } else {
+        Vec::new()
+    };
     let bytes_hashed = files
         .iter()
         .filter(|f| f.actual.is_some())
@@ -316,6 +363,8 @@ pub fn scan_tree(root: &Root, tree: &Tree, opts: &ScanOptions) -> Result<TreeSca
         refs,
         files,
         bytes_hashed,
+        problems,
+        content_checked: opts.clean_content || opts.diff,
     })
 }
 

@@ -199,3 +199,73 @@ pub fn json_file<'a>(report: &'a serde_json::Value, path: &str) -> Option<&'a se
         .flat_map(|t| t["files"].as_array().into_iter().flatten())
         .find(|f| f["path"] == path)
 }
+
+/// The files of the standard tree as `amdgpu_tree()` writes them (tree-relative).
+pub fn amdgpu_tree_files() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("dkms.conf", DKMS_CONF),
+        ("amd/amdkfd/kfd_crat.c", CRAT_C),
+        ("amd/amdkfd/Makefile", "amdkfd-y += kfd_crat.o\n"),
+        (
+            "amd/amdgpu/amdgpu_drv.c",
+            "// amdgpu driver entry\nint amdgpu_x;\n",
+        ),
+        ("Makefile", "obj-m += amd/amdgpu/\n"),
+    ]
+}
+
+impl Fixture {
+    /// Records `package` at `version` as installed in dpkg's status file.
+    pub fn dpkg_status(&self, package: &str, version: &str) {
+        let path = self.path("var/lib/dpkg/status");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let mut text = std::fs::read_to_string(&path).unwrap_or_default();
+        text.push_str(&format!(
+            "Package: {package}\nStatus: install ok installed\nPriority: optional\nArchitecture: all\nVersion: {version}\nDescription: test package\n\n"
+        ));
+        std::fs::write(path, text).unwrap();
+    }
+
+    /// Builds a real package with `dpkg-deb --build -Z<compression>` holding `files`
+    /// (root-relative paths) and returns it; it is written to `out` (a host path).
+    pub fn build_deb(
+        &self,
+        package: &str,
+        version: &str,
+        compression: &str,
+        files: &[(String, Vec<u8>)],
+        out: &Path,
+    ) {
+        let stage = tempfile::tempdir().unwrap();
+        let debian = stage.path().join("DEBIAN");
+        std::fs::create_dir_all(&debian).unwrap();
+        std::fs::write(
+            debian.join("control"),
+            format!(
+                "Package: {package}\nVersion: {version}\nArchitecture: all\nMaintainer: kfd-audit tests <tests@example.invalid>\nDescription: test package\n"
+            ),
+        )
+        .unwrap();
+        let mut sums = String::new();
+        for (rel, data) in files {
+            let p = stage.path().join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, data).unwrap();
+            sums.push_str(&format!("{}  {rel}\n", md5_hex(data)));
+        }
+        std::fs::write(debian.join("md5sums"), sums).unwrap();
+        std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+        let o = Command::new("dpkg-deb")
+            .arg(format!("-Z{compression}"))
+            .args(["--root-owner-group", "--build"])
+            .arg(stage.path())
+            .arg(out)
+            .output()
+            .expect("run dpkg-deb");
+        assert!(
+            o.status.success(),
+            "dpkg-deb failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+}

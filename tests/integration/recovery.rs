@@ -877,6 +877,8 @@ fn run_rebuilds_when_only_a_backup_file_was_added() {
     let (run, calls) = run_with_fakes(&fx, "", &["plan", "--run", "--yes"]);
     run.expect_code(0);
     let out = run.stdout();
-    assert!(out.contains(&format!("note: step 1 (kfd-audit --root {r} restore --tree {r}/{TREE}) is not run by plan --run: only files that are not compiled differ in /{TREE}", r = fx.root().display())), "{out}");
+    // The copy is reported as a backup of kfd_crat.c, not as a changed tree file:
+    // there is nothing to restore, only the rebuild.
+    assert!(!out.contains("restore --tree"), "{out}");
     assert!(calls.contains("dkms build"), "{calls}");
 }

@@ -1,0 +1,573 @@
+//! Backups people leave next to a file (`kfd_crat.c.orig`, `.bak`, `.bak.1`, `~`,
+//! `.backup.20251108_120000`), whole directory copies (`amd/amdkfd.bak/`), and
+//! `*.backup` copies of installed modules under `/lib/modules`.
+//!
+//! A backup is judged by its bytes, never by its name. In the incident the user ran
+//! `cp kfd_crat.c kfd_crat.c.patched` *after* patching and later believed it clean.
+//! Verdicts, first that applies:
+//! - `verified-clean`: its hash matches the file's clean reference (usable to restore);
+//! - `same-as-current`: a copy of the file as it is now, so not a backup of anything clean;
+//! - `unsafe`: the rule engine finds an unsafe change in it;
+//! - `unverified`: none of the above, e.g. an older version or an earlier attempt.
+//!
+//! In the scan a backup is not a file of the tree: it is listed under the file it
+//! backs up (`FileResult::backups`) and counted apart (`summary.backups`), instead of
+//! showing up as an unexplained added file. A backup-looking name whose original is
+//! neither in the tree nor in a reference stays an added file.
+
+use super::{read_limited, shown, Candidate, ContentProvider, MAX_SOURCE_FILE};
+use crate::error::Result;
+use crate::hash::{Algorithm, Digest};
+use crate::reference::{dpkg, Expected, ReferenceKind, TreeReferences};
+use crate::root::Root;
+use crate::scan::{Backup, BackupVerdict, FileResult, FileStatus};
+use crate::tree::Tree;
+use rayon::prelude::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+/// Suffixes people and tools give backups, most deliberate first.
+pub const BACKUP_SUFFIXES: &[&str] = &[
+    ".orig",
+    ".bak",
+    ".backup",
+    ".old",
+    ".save",
+    ".dist",
+    ".dpkg-old",
+    ".dpkg-dist",
+    ".patched",
+    "~",
+];
+
+/// Whether `rest` (what follows the original name) makes a backup name.
+pub fn is_backup_suffix(rest: &str) -> bool {
+    BACKUP_SUFFIXES.iter().any(|s| {
+        let Some(tail) = rest.strip_prefix(s) else {
+            return false;
+        };
+        // `.bak`, `.bak.1`, `.backup.20251108_120000`, `.orig-2025-11-08`
+        tail.is_empty()
+            || (tail.len() > 1
+                && tail.starts_with(['.', '-', '_'])
+                && tail[1..]
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || c == '_' || c == '-' || c == '.'))
+    })
+}
+
+/// The names `name` may be a backup of (`kfd_crat.c.bak.1` → `kfd_crat.c`),
+/// longest first. Works on bytes: tree names need not be UTF-8.
+pub fn original_names(name: &OsStr) -> Vec<&OsStr> {
+    let bytes = name.as_bytes();
+    let mut out = Vec::new();
+    for i in (1..bytes.len()).rev() {
+        if let Ok(rest) = std::str::from_utf8(&bytes[i..]) {
+            if is_backup_suffix(rest) {
+                out.push(OsStr::from_bytes(&bytes[..i]));
+            }
+        }
+    }
+    out
+}
+
+/// Whether a backup is a sibling copy of one file or part of a directory copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackupKind {
+    Sibling,
+    DirCopy,
+}
+
+/// The file `rel` is a backup of, if it is one: a sibling (`x.c.orig` of `x.c`) or
+/// a file in a directory copy (`amd/amdkfd.bak/x.c` of `amd/amdkfd/x.c`).
+/// `is_original` says whether a tree-relative path is a file the backup can be of.
+pub fn backup_target(
+    rel: &Path,
+    is_original: &dyn Fn(&Path) -> bool,
+) -> Option<(PathBuf, BackupKind)> {
+    if let Some(name) = rel.file_name() {
+        for orig in original_names(name) {
+            let cand = rel.with_file_name(orig);
+            if is_original(&cand) {
+                return Some((cand, BackupKind::Sibling));
+            }
+        }
+    }
+    let parts: Vec<&OsStr> = rel
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(p) => Some(p),
+            _ => None,
+        })
+        .collect();
+    for (i, part) in parts.iter().enumerate().take(parts.len().saturating_sub(1)) {
+        for orig in original_names(part) {
+            let cand: PathBuf = parts
+                .iter()
+                .enumerate()
+                .map(|(j, p)| if j == i { orig } else { *p })
+                .collect();
+            if is_original(&cand) {
+                return Some((cand, BackupKind::DirCopy));
+            }
+        }
+    }
+    None
+}
+
+/// Whether a name looks like a backup at all (by file name or a directory on its path).
+fn backup_looking(rel: &Path) -> bool {
+    rel.components().any(|c| match c {
+        Component::Normal(p) => !original_names(p).is_empty(),
+        _ => false,
+    })
+}
+
+/// Backups next to the file and in directory copies, as a content provider. Which
+/// of them is clean is decided by hash in [`super::CleanContent`], never by name.
+pub struct SiblingBackups {
+    root: Root,
+    tree_dir: PathBuf,
+}
+
+fn is_regular(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file())
+}
+
+fn is_real_dir(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
+}
+
+impl SiblingBackups {
+    pub fn new(root: &Root, tree: &Tree) -> SiblingBackups {
+        SiblingBackups {
+            root: root.clone(),
+            tree_dir: tree.host_path.clone(),
+        }
+    }
+
+    /// Backups of `rel` that exist, as tree-relative paths: `name<suffix>` and
+    /// numbered or timestamped variants (`name.bak.1`, `name.backup.20251108_120000`)
+    /// in the same directory, then the same file in directory copies of any directory
+    /// on its path (`amd/amdkfd.bak/kfd_crat.c`). Symlinks are never taken.
+    pub fn find(&self, rel: &Path) -> Vec<PathBuf> {
+        let mut found = BTreeSet::new();
+        let host = self.tree_dir.join(rel);
+        if let (Some(dir), Some(name)) = (host.parent(), rel.file_name()) {
+            for other in list_dir(dir) {
+                let Some(rest) = other.as_bytes().strip_prefix(name.as_bytes()) else {
+                    continue;
+                };
+                if std::str::from_utf8(rest).is_ok_and(is_backup_suffix)
+                    && is_regular(&dir.join(&other))
+                {
+                    found.insert(rel.with_file_name(&other));
+                }
+            }
+        }
+        let parts: Vec<&OsStr> = rel.iter().collect();
+        for i in 0..parts.len().saturating_sub(1) {
+            let parent: PathBuf = parts[..i].iter().collect();
+            let rest: PathBuf = parts[i + 1..].iter().collect();
+            let dir_name = parts[i].as_bytes();
+            for other in list_dir(&self.tree_dir.join(&parent)) {
+                let Some(suffix) = other.as_bytes().strip_prefix(dir_name) else {
+                    continue;
+                };
+                if !std::str::from_utf8(suffix).is_ok_and(is_backup_suffix) {
+                    continue;
+                }
+                let copy_dir = self.tree_dir.join(&parent).join(&other);
+                if is_real_dir(&copy_dir) && is_regular(&copy_dir.join(&rest)) {
+                    found.insert(parent.join(&other).join(&rest));
+                }
+            }
+        }
+        found.into_iter().collect()
+    }
+}
+
+fn list_dir(dir: &Path) -> Vec<std::ffi::OsString> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok().map(|e| e.file_name()))
+        .collect()
+}
+
+impl ContentProvider for SiblingBackups {
+    fn kind(&self) -> ReferenceKind {
+        ReferenceKind::Backup
+    }
+
+    fn describe(&self) -> String {
+        "backups next to each file".to_string()
+    }
+
+    fn candidates(&self, rel: &Path) -> Result<Vec<(Vec<u8>, String)>> {
+        let mut out = Vec::new();
+        self.candidates_many(&[rel.to_path_buf()], &mut |_, c| {
+            out.push((c.bytes, c.origin))
+        })?;
+        Ok(out)
+    }
+
+    fn candidates_many(
+        &self,
+        rels: &[PathBuf],
+        visit: &mut dyn FnMut(&Path, Candidate),
+    ) -> Result<()> {
+        for rel in rels {
+            for b in self.find(rel) {
+                let host = self.tree_dir.join(&b);
+                // An unreadable backup is just not a source; its verdict says why.
+                let Ok(bytes) = read_limited(&host, MAX_SOURCE_FILE) else {
+                    continue;
+                };
+                visit(
+                    rel,
+                    Candidate {
+                        bytes,
+                        origin: format!("backup {}", shown(&self.root, &host)),
+                        source_path: host,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// "Does this content contain an unsafe change?" for a backup of the file at the
+/// tree-relative path: the rule engine's answer. [`no_rule_engine`] until it is wired.
+pub type UnsafeCheck<'a> = &'a (dyn Fn(&Path, &[u8]) -> bool + Sync);
+
+/// The unsafe check to use where no rule engine is available: never says unsafe.
+pub fn no_rule_engine(_rel: &Path, _bytes: &[u8]) -> bool {
+    false
+}
+
+/// Judges one backup of `original` (both tree-relative) by its bytes.
+pub fn judge(
+    tree_dir: &Path,
+    backup: &Path,
+    original: &Path,
+    expected: Option<&Expected>,
+    unsafe_change: UnsafeCheck,
+) -> Backup {
+    let mut b = Backup {
+        path: backup.to_path_buf(),
+        verdict: BackupVerdict::Unverified,
+        reference: expected.map(|e| e.kind),
+        size: None,
+        detail: None,
+    };
+    let bytes = match read_limited(&tree_dir.join(backup), MAX_SOURCE_FILE) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            b.detail = Some(e.to_string());
+            return b;
+        }
+    };
+    b.size = Some(bytes.len() as u64);
+    if expected.is_some_and(|e| Digest::of_bytes(e.digest.algorithm(), &bytes) == e.digest) {
+        b.verdict = BackupVerdict::VerifiedClean;
+    } else if read_limited(&tree_dir.join(original), MAX_SOURCE_FILE).is_ok_and(|c| c == bytes) {
+        b.verdict = BackupVerdict::SameAsCurrent;
+    } else if unsafe_change(original, &bytes) {
+        b.verdict = BackupVerdict::Unsafe;
+    }
+    b
+}
+
+/// Moves the backups among the scanned files under the files they back up, with a
+/// verdict each. Candidates are regular files no reference lists (status added or
+/// unverified) whose name is a backup name of a file that is in the tree or in a
+/// reference. Returns how many were attached.
+pub fn attach(
+    tree: &Tree,
+    refs: &TreeReferences,
+    files: &mut Vec<FileResult>,
+    unsafe_change: UnsafeCheck,
+) -> usize {
+    let index: BTreeMap<PathBuf, usize> = files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (f.path.clone(), i))
+        .collect();
+    let is_candidate = |f: &FileResult| {
+        matches!(f.status, FileStatus::Added | FileStatus::Unverified) && f.detail.is_none()
+    };
+    // An original is a file of the package, or a file that does not look like a
+    // backup itself (a user's own added file can have backups too).
+    let is_original =
+        |p: &Path| index.contains_key(p) && (refs.get(p).is_some() || !backup_looking(p));
+    let pairs: Vec<(usize, PathBuf)> = files
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| is_candidate(f) && backup_looking(&f.path))
+        .filter_map(|(i, f)| backup_target(&f.path, &is_original).map(|(t, _)| (i, t)))
+        .collect();
+    if pairs.is_empty() {
+        return 0;
+    }
+    let judged: Vec<(usize, PathBuf, Backup)> = pairs
+        .par_iter()
+        .map(|(i, target)| {
+            let b = judge(
+                &tree.host_path,
+                &files[*i].path,
+                target,
+                refs.get(target),
+                unsafe_change,
+            );
+            (*i, target.clone(), b)
+        })
+        .collect();
+    let remove: BTreeSet<usize> = judged.iter().map(|(i, _, _)| *i).collect();
+    let mut by_target: BTreeMap<PathBuf, Vec<Backup>> = BTreeMap::new();
+    for (_, target, b) in judged {
+        by_target.entry(target).or_default().push(b);
+    }
+    let mut kept = Vec::with_capacity(files.len() - remove.len());
+    for (i, f) in std::mem::take(files).into_iter().enumerate() {
+        if !remove.contains(&i) {
+            kept.push(f);
+        }
+    }
+    for f in &mut kept {
+        if let Some(mut bs) = by_target.remove(&f.path) {
+            f.backups.append(&mut bs);
+            f.backups.sort_by(|a, b| a.path.cmp(&b.path));
+        }
+    }
+    *files = kept;
+    remove.len()
+}
+
+/// A `*.backup` (or other backup-named) copy of an amd module under `/lib/modules`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleBackup {
+    /// The backup as the audited system names it.
+    pub path: PathBuf,
+    /// The module it is a copy of.
+    pub original: PathBuf,
+    pub verdict: BackupVerdict,
+    /// What the verdict was judged against (`dpkg-md5sums linux-image-6.1.0-56-amd64`).
+    pub reference: Option<String>,
+}
+
+fn is_module_name(name: &OsStr) -> bool {
+    let n = name.as_bytes();
+    n.starts_with(b"amd")
+        && [&b".ko"[..], b".ko.xz", b".ko.zst", b".ko.gz"]
+            .iter()
+            .any(|s| n.ends_with(s))
+}
+
+/// Backup copies of amd modules (`amdgpu.ko.xz.backup`, ...) anywhere under
+/// `<root>/lib/modules`, judged against the md5sums of the package that ships the
+/// module (a kernel image package for the in-tree driver) and the module in place.
+pub fn module_backups(root: &Root) -> Vec<ModuleBackup> {
+    let base = root.path("/lib/modules");
+    let mut found: Vec<(PathBuf, PathBuf)> = Vec::new();
+    for entry in walkdir::WalkDir::new(&base)
+        .follow_links(false)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_map(|e| e.ok())
+    {
+        if !entry.file_type().is_file() {
+            continue;
+        }
+        let name = entry.file_name();
+        if let Some(orig) = original_names(name).into_iter().find(|o| is_module_name(o)) {
+            let host = entry.path().to_path_buf();
+            found.push((host.clone(), host.with_file_name(orig)));
+        }
+    }
+    if found.is_empty() {
+        return Vec::new();
+    }
+    let sys = |host: &Path| root.system_path(host).unwrap_or_else(|| host.to_path_buf());
+    let wanted: Vec<PathBuf> = found.iter().map(|(_, o)| sys(o)).collect();
+    let packaged = dpkg_md5_of(root, &wanted);
+    found
+        .into_iter()
+        .map(|(host, orig_host)| {
+            let original = sys(&orig_host);
+            let listed = packaged.get(&original);
+            let mut verdict = BackupVerdict::Unverified;
+            let md5 = super::digest_file(&host, Algorithm::Md5).ok();
+            if let (Some((_, want)), Some(have)) = (listed, &md5) {
+                if want == have {
+                    verdict = BackupVerdict::VerifiedClean;
+                }
+            }
+            if verdict == BackupVerdict::Unverified && is_regular(&orig_host) {
+                let a = super::digest_file(&host, Algorithm::Sha256).ok();
+                let b = super::digest_file(&orig_host, Algorithm::Sha256).ok();
+                if a.is_some() && a == b {
+                    verdict = BackupVerdict::SameAsCurrent;
+                }
+            }
+            ModuleBackup {
+                path: sys(&host),
+                original,
+                verdict,
+                reference: listed.map(|(pkg, _)| format!("dpkg-md5sums {pkg}")),
+            }
+        })
+        .collect()
+}
+
+/// dpkg's md5 of each wanted system path, from whichever package lists it (under
+/// `/lib` or, on merged-/usr systems, `/usr/lib`). Reads every md5sums file, so it is
+/// only called when there is something to look up.
+fn dpkg_md5_of(root: &Root, wanted: &[PathBuf]) -> BTreeMap<PathBuf, (String, Digest)> {
+    let mut keys: BTreeMap<PathBuf, PathBuf> = BTreeMap::new();
+    for w in wanted {
+        let rel = w.strip_prefix("/").unwrap_or(w).to_path_buf();
+        keys.insert(Path::new("usr").join(&rel), w.clone());
+        keys.insert(rel, w.clone());
+    }
+    let mut out = BTreeMap::new();
+    let dir = root.path(dpkg::INFO_DIR);
+    let mut lists: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension() == Some(OsStr::new("md5sums")))
+        .collect();
+    lists.sort();
+    for list in lists {
+        let Ok(bytes) = std::fs::read(&list) else {
+            continue;
+        };
+        let pkg = list.file_stem().unwrap_or_default().to_string_lossy();
+        let pkg = pkg.split(':').next().unwrap_or_default().to_string();
+        for line in bytes.split(|b| *b == b'\n') {
+            if let Ok(l) = dpkg::parse_line(line) {
+                if let Some(w) = keys.get(&l.path) {
+                    out.entry(w.clone()).or_insert((pkg.clone(), l.digest));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backup_suffixes() {
+        for ok in [
+            ".orig",
+            ".bak",
+            ".bak.1",
+            ".backup.20251108_120000",
+            "~",
+            ".patched",
+            ".dpkg-old",
+        ] {
+            assert!(is_backup_suffix(ok), "{ok}");
+        }
+        for no in ["", ".c", ".bakery", ".o", "_x"] {
+            assert!(!is_backup_suffix(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn originals_of_backup_names() {
+        let names = |n: &str| -> Vec<String> {
+            original_names(OsStr::new(n))
+                .into_iter()
+                .map(|o| o.to_string_lossy().into_owned())
+                .collect()
+        };
+        assert_eq!(names("kfd_crat.c.bak.1"), ["kfd_crat.c"]);
+        assert_eq!(names("kfd_crat.c~"), ["kfd_crat.c"]);
+        assert_eq!(names("amdkfd.backup.20251108_120000"), ["amdkfd"]);
+        assert_eq!(names("amdgpu.ko.xz.backup"), ["amdgpu.ko.xz"]);
+        assert!(names("kfd_crat.c").is_empty());
+        assert!(names(".bak").is_empty());
+    }
+
+    #[test]
+    fn verdicts_by_content_first_clean_then_current_then_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("f.c"), "patched\n").unwrap();
+        std::fs::write(d.join("f.c.orig"), "clean\n").unwrap();
+        std::fs::write(d.join("f.c.patched"), "patched\n").unwrap();
+        std::fs::write(d.join("f.c.bak"), "other unsafe\n").unwrap();
+        let expected = Expected {
+            digest: Digest::of_bytes(Algorithm::Md5, b"clean\n"),
+            kind: ReferenceKind::DpkgMd5sums,
+        };
+        let rules = |rel: &Path, bytes: &[u8]| {
+            assert_eq!(rel, Path::new("f.c"));
+            bytes.windows(6).any(|w| w == b"unsafe")
+        };
+        let v = |name: &str| {
+            judge(
+                d,
+                Path::new(name),
+                Path::new("f.c"),
+                Some(&expected),
+                &rules,
+            )
+            .verdict
+        };
+        assert_eq!(v("f.c.orig"), BackupVerdict::VerifiedClean);
+        assert_eq!(v("f.c.patched"), BackupVerdict::SameAsCurrent);
+        assert_eq!(v("f.c.bak"), BackupVerdict::Unsafe);
+        let none = judge(
+            d,
+            Path::new("f.c.bak"),
+            Path::new("f.c"),
+            None,
+            &no_rule_engine,
+        );
+        assert_eq!(none.verdict, BackupVerdict::Unverified);
+        assert_eq!(none.reference, None);
+        let gone = judge(
+            d,
+            Path::new("nope.bak"),
+            Path::new("f.c"),
+            None,
+            &no_rule_engine,
+        );
+        assert!(gone.detail.is_some());
+    }
+
+    #[test]
+    fn targets_of_siblings_and_dir_copies() {
+        let known = [
+            PathBuf::from("amd/amdkfd/kfd_crat.c"),
+            PathBuf::from("amd/amdkfd/Makefile"),
+        ];
+        let is_orig = |p: &Path| known.iter().any(|k| k == p);
+        assert_eq!(
+            backup_target(Path::new("amd/amdkfd/kfd_crat.c.orig"), &is_orig),
+            Some((known[0].clone(), BackupKind::Sibling))
+        );
+        assert_eq!(
+            backup_target(Path::new("amd/amdkfd.bak/Makefile"), &is_orig),
+            Some((known[1].clone(), BackupKind::DirCopy))
+        );
+        assert_eq!(
+            backup_target(Path::new("amd/amdkfd/other.c.orig"), &is_orig),
+            None
+        );
+        assert_eq!(
+            backup_target(Path::new("amd/amdkfd.bak/other.c"), &is_orig),
+            None
+        );
+    }
+}

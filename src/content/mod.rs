@@ -1,0 +1,345 @@
+//! Clean *content*: where the bytes of a clean file can be had, for diffs, for
+//! diff-aware rules and for restores. A hash reference says *that* a file changed;
+//! a content provider supplies what it was.
+//!
+//! Nothing is trusted for its name: every candidate is hashed and accepted only if it
+//! matches the file's expected digest from the strongest hash reference (see
+//! [`crate::reference`]). Providers are asked in a fixed order of trust, and the first
+//! verified candidate wins:
+//!
+//! 1. **Baseline copies** ([`baseline_copies`]): compressed copies kfd-audit stored
+//!    with its own baseline, each checked against the baseline manifest's SHA-256.
+//!    Strongest because the manifest is SHA-256 and was taken on a tree known clean.
+//! 2. **The package archive** ([`archive`]): the `.deb` of the installed version in
+//!    apt's cache, read member by member without extracting; a member is accepted only
+//!    if it matches dpkg's md5sums for the package. It is what the package installed.
+//! 3. **Backups** ([`backup`]): copies next to the file (`.orig`, `.bak`, `~`, ...) or in
+//!    a directory copy (`amd/amdkfd.bak/`), accepted only when their hash matches. In
+//!    the incident the "backup" was a copy of the patched file: a name proves nothing.
+//!
+//! A candidate that fails verification from a baseline copy or the archive is a
+//! problem worth telling the user (the copy or the archive was tampered with or is
+//! of another version); a backup that fails it is just not clean, which the backup
+//! verdicts report.
+
+pub mod archive;
+pub mod backup;
+pub mod baseline_copies;
+
+pub use backup::{is_backup_suffix, SiblingBackups, BACKUP_SUFFIXES};
+
+use crate::error::{Error, Result};
+use crate::hash::{self, Digest};
+use crate::reference::{ReferenceKind, TreeReferences};
+use crate::root::Root;
+use crate::scan;
+use crate::tree::Tree;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Verified clean bytes of one file and where they came from.
+#[derive(Debug, Clone)]
+pub struct CleanCopy {
+    pub bytes: Vec<u8>,
+    /// Which kind of source supplied the bytes.
+    pub source: ReferenceKind,
+    /// Human-readable origin: a backup's path, an archive, a baseline copy, as the
+    /// audited system names them (`dpkg archive /var/cache/apt/archives/x.deb`).
+    pub origin: String,
+    /// The digest the bytes were verified against.
+    pub verified: Digest,
+    /// Where the source is on this host (the backup, the `.zst` copy, the `.deb`), so
+    /// that a restore can check it again right before use.
+    pub source_path: PathBuf,
+}
+
+/// One candidate a provider offers for a file.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub bytes: Vec<u8>,
+    /// See [`CleanCopy::origin`].
+    pub origin: String,
+    /// See [`CleanCopy::source_path`].
+    pub source_path: PathBuf,
+}
+
+/// A place clean bytes may be found. Implementations return candidates; the
+/// [`CleanContent`] checks them against the references before anyone sees them.
+pub trait ContentProvider: Send + Sync {
+    fn kind(&self) -> ReferenceKind;
+
+    /// Candidate bytes for the tree-relative path, with a description of their origin.
+    fn candidates(&self, rel: &Path) -> Result<Vec<(Vec<u8>, String)>>;
+
+    /// Candidates for many files at once, handed to `visit` in any order. A provider
+    /// that must read through a container to find members (a `.deb`) overrides this
+    /// to serve every file in one pass and to keep one member in memory at a time.
+    fn candidates_many(
+        &self,
+        rels: &[PathBuf],
+        visit: &mut dyn FnMut(&Path, Candidate),
+    ) -> Result<()> {
+        for rel in rels {
+            for (bytes, origin) in self.candidates(rel)? {
+                visit(
+                    rel,
+                    Candidate {
+                        bytes,
+                        origin,
+                        source_path: PathBuf::new(),
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// What this provider is, for the report (`dpkg archive /var/cache/...deb`).
+    fn describe(&self) -> String {
+        self.kind().to_string()
+    }
+
+    /// Problems met that did not stop the work (refused members, ...).
+    fn problems(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// How a system path under the root is shown: as the audited system sees it.
+pub(crate) fn shown(root: &Root, host: &Path) -> String {
+    crate::term::path(&root.system_path(host).unwrap_or_else(|| host.to_path_buf()))
+}
+
+/// All content providers of one tree, in order of trust.
+pub struct CleanContent<'a> {
+    refs: &'a TreeReferences,
+    providers: Vec<Box<dyn ContentProvider + 'a>>,
+    problems: Mutex<Vec<String>>,
+}
+
+impl<'a> CleanContent<'a> {
+    /// The providers available for a tree, strongest first: baseline copies, the
+    /// package archive of the installed version, backups. Problems found while
+    /// looking for them (an unreadable dpkg status) are kept for [`Self::problems`].
+    pub fn for_tree(root: &Root, tree: &Tree, refs: &'a TreeReferences) -> CleanContent<'a> {
+        let mut c = CleanContent::new(refs);
+        if let Some(copies) = baseline_copies::BaselineCopies::for_tree(root, tree, refs) {
+            c.push(Box::new(copies));
+        }
+        match archive::DebArchive::for_tree(root, tree, refs) {
+            Ok(archives) => {
+                for a in archives {
+                    c.push(Box::new(a));
+                }
+            }
+            Err(e) => c.note(e.to_string()),
+        }
+        c.push(Box::new(SiblingBackups::new(root, tree)));
+        c
+    }
+
+    /// No providers yet; add them with [`Self::push`].
+    pub fn new(refs: &'a TreeReferences) -> CleanContent<'a> {
+        CleanContent {
+            refs,
+            providers: Vec::new(),
+            problems: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Adds a provider (kept in the order added; earlier ones are preferred).
+    pub fn push(&mut self, p: Box<dyn ContentProvider + 'a>) {
+        self.providers.push(p);
+    }
+
+    /// The sources in order of trust, described for a report.
+    pub fn sources(&self) -> Vec<String> {
+        self.providers.iter().map(|p| p.describe()).collect()
+    }
+
+    fn note(&self, message: String) {
+        let mut p = self.problems.lock().unwrap_or_else(|e| e.into_inner());
+        if !p.contains(&message) {
+            p.push(message);
+        }
+    }
+
+    /// Problems met so far: unreadable or corrupt archives, refused members and
+    /// copies. They did not stop anything; the report shows them.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = self
+            .problems
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for p in &self.providers {
+            for m in p.problems() {
+                if !out.contains(&m) {
+                    out.push(m);
+                }
+            }
+        }
+        out
+    }
+
+    /// The clean content of one file: the first candidate, from the most trusted
+    /// provider, whose hash matches the file's expected digest. `None` when no
+    /// reference lists the file or no source has verified bytes for it. A provider
+    /// that fails (a corrupt archive) is recorded in [`Self::problems`] and skipped.
+    pub fn get(&self, rel: &Path) -> Result<Option<CleanCopy>> {
+        let mut found = None;
+        self.get_many(&[rel.to_path_buf()], &mut |_, copy| found = copy);
+        Ok(found)
+    }
+
+    /// The clean content of many files, each handed to `visit` once (in no fixed
+    /// order) with its verified copy or `None`. Each provider is asked once for all
+    /// files it may still serve, so a package archive is read through only once.
+    pub fn get_many(&self, rels: &[PathBuf], visit: &mut dyn FnMut(&Path, Option<CleanCopy>)) {
+        let mut pending: BTreeSet<PathBuf> = BTreeSet::new();
+        for rel in rels {
+            if self.refs.get(rel).is_some() {
+                pending.insert(rel.clone());
+            } else {
+                visit(rel, None);
+            }
+        }
+        for p in &self.providers {
+            if pending.is_empty() {
+                break;
+            }
+            let ask: Vec<PathBuf> = pending.iter().cloned().collect();
+            let kind = p.kind();
+            let result = p.candidates_many(&ask, &mut |rel, cand| {
+                if !pending.contains(rel) {
+                    return;
+                }
+                let Some(expected) = self.refs.get(rel) else {
+                    return;
+                };
+                if Digest::of_bytes(expected.digest.algorithm(), &cand.bytes) == expected.digest {
+                    pending.remove(rel);
+                    visit(
+                        rel,
+                        Some(CleanCopy {
+                            bytes: cand.bytes,
+                            source: kind,
+                            origin: cand.origin,
+                            verified: expected.digest.clone(),
+                            source_path: cand.source_path,
+                        }),
+                    );
+                } else if kind != ReferenceKind::Backup {
+                    // A backup that does not match is simply not clean; a baseline copy
+                    // or package member that does not match is worth telling.
+                    self.note(format!(
+                        "{}: does not match the {} hash of {}; not used",
+                        cand.origin,
+                        expected.kind,
+                        crate::term::path(rel)
+                    ));
+                }
+            });
+            if let Err(e) = result {
+                self.note(e.to_string());
+            }
+        }
+        for rel in pending {
+            visit(&rel, None);
+        }
+    }
+
+    /// Whether the bytes are the clean content of `rel` by the references.
+    pub fn is_clean(&self, rel: &Path, bytes: &[u8]) -> bool {
+        self.refs
+            .get(rel)
+            .is_some_and(|e| Digest::of_bytes(e.digest.algorithm(), bytes) == e.digest)
+    }
+}
+
+/// Hash helper for callers that verify a file on disk again right before use.
+pub fn digest_file(path: &Path, algorithm: hash::Algorithm) -> Result<Digest> {
+    let f = scan::open_nofollow(path).map_err(|e| Error::io(path, e))?;
+    let (mut d, _) = hash::digest_reader(f, &[algorithm]).map_err(|e| Error::io(path, e))?;
+    Ok(d.remove(0))
+}
+
+/// Reads a regular file without following a symlink, refusing files larger than
+/// `limit` bytes (source files are small; a huge "backup" is not read into memory).
+pub fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let f = scan::open_nofollow(path).map_err(|e| Error::io(path, e))?;
+    let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    if len > limit {
+        return Err(Error::Refused {
+            path: path.to_path_buf(),
+            message: format!("{len} bytes, more than the {limit} a source file may have; not read"),
+        });
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    f.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, e))?;
+    Ok(bytes)
+}
+
+/// Largest file kfd-audit reads whole into memory (the biggest amdgpu source files,
+/// register headers, are a few megabytes).
+pub const MAX_SOURCE_FILE: u64 = 64 * 1024 * 1024;
+
+/// Where a file's verified clean content is, for the report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CleanSource {
+    pub kind: ReferenceKind,
+    /// See [`CleanCopy::origin`].
+    pub origin: String,
+}
+
+/// Looks up clean content for every modified or missing file of a scan (one pass
+/// per provider), records where it is on each file and, with `diff`, the diff
+/// against it. Returns the problems met (a corrupt archive...), for the report.
+pub fn annotate(
+    root: &Root,
+    tree: &Tree,
+    refs: &TreeReferences,
+    files: &mut [scan::FileResult],
+    diff: bool,
+) -> Vec<String> {
+    use scan::FileStatus;
+    let index: std::collections::BTreeMap<PathBuf, usize> = files
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| matches!(f.status, FileStatus::Modified | FileStatus::Missing))
+        .map(|(i, f)| (f.path.clone(), i))
+        .collect();
+    if index.is_empty() {
+        return Vec::new();
+    }
+    let wanted: Vec<PathBuf> = index.keys().cloned().collect();
+    let content = CleanContent::for_tree(root, tree, refs);
+    content.get_many(&wanted, &mut |rel, copy| {
+        let (Some(copy), Some(i)) = (copy, index.get(rel)) else {
+            return;
+        };
+        let f = &mut files[*i];
+        if diff {
+            let current = match f.status {
+                FileStatus::Missing => None,
+                _ => read_limited(&tree.host_path.join(rel), MAX_SOURCE_FILE).ok(),
+            };
+            f.diff = Some(crate::diff::FileDiff::compute(
+                rel,
+                &copy,
+                &tree.system_path,
+                current.as_deref(),
+                crate::diff::CONTEXT,
+            ));
+        }
+        f.clean = Some(CleanSource {
+            kind: copy.source,
+            origin: copy.origin,
+        });
+    });
+    content.problems()
+}
