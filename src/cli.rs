@@ -61,6 +61,10 @@ pub enum Command {
     /// Record or show kfd-audit's own trusted manifest of a clean tree
     #[command(subcommand)]
     Baseline(BaselineCommand),
+    /// Restore modified and missing files from verified clean sources (asks first)
+    Restore(crate::restore::RestoreArgs),
+    /// Put back what the last (or a named) restore replaced, from the quarantine
+    Undo(crate::restore::UndoArgs),
 }
 
 #[derive(Debug, Args, Clone, Default)]
@@ -180,6 +184,8 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<Outcome> {
     match &cli.command {
         Command::Scan(args) => cmd_scan(cli, args, out),
         Command::Baseline(cmd) => cmd_baseline(cli, cmd, out),
+        Command::Restore(args) => crate::restore::command::restore(cli, args, out),
+        Command::Undo(args) => crate::restore::command::undo(cli, args, out),
     }
 }
 

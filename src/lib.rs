@@ -16,6 +16,7 @@ pub mod hash;
 pub mod mounts;
 pub mod reference;
 pub mod report;
+pub mod restore;
 pub mod root;
 pub mod scan;
 pub mod term;
