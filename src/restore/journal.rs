@@ -205,13 +205,15 @@ pub fn read_run(path: &Path) -> Result<Run> {
         let entry: Entry = match serde_json::from_slice(line) {
             Ok(e) => e,
             Err(_) if last && !complete => break,
-            Err(e) => return Err(Error::malformed(
-                path,
-                i + 1,
-                format!(
+            Err(e) => {
+                return Err(Error::malformed(
+                    path,
+                    i + 1,
+                    format!(
                     "not a journal entry ({e}); the journal is damaged, see it with a text editor"
                 ),
-            )),
+                ))
+            }
         };
         match (entry, run.as_mut()) {
             (

@@ -3,4 +3,7 @@
 
 mod corpus;
 mod fixture;
+mod restore;
+mod restore_crash;
+mod restore_pty;
 mod scan;
