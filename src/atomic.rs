@@ -428,28 +428,29 @@ pub fn process_alive(pid: u32) -> bool {
 /// `dir` (symlinks not followed). A temp file of a process still alive is left.
 /// Only kfd-audit's own half-written files are removed, never anything else.
 pub fn remove_stale_temps(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut removed = Vec::new();
-    if !dir.exists() {
-        return Ok(removed);
-    }
-    for entry in walkdir::WalkDir::new(dir).follow_links(false) {
-        let Ok(entry) = entry else { continue };
-        if !entry.file_type().is_file() {
-            continue;
-        }
-        let Some(pid) = temp_owner(entry.file_name()) else {
-            continue;
-        };
-        if pid != std::process::id() && process_alive(pid) {
-            continue;
-        }
-        std::fs::remove_file(entry.path()).map_err(|e| Error::io(entry.path(), e))?;
-        if let Some(parent) = entry.path().parent() {
+    let stale = find_stale_temps(dir);
+    for p in &stale {
+        std::fs::remove_file(p).map_err(|e| Error::io(p, e))?;
+        if let Some(parent) = p.parent() {
             sync_dir(parent)?;
         }
-        removed.push(entry.path().to_path_buf());
     }
-    Ok(removed)
+    Ok(stale)
+}
+
+/// Temporary files under `dir` whose process is gone (symlinks not followed).
+pub fn find_stale_temps(dir: &Path) -> Vec<PathBuf> {
+    walkdir::WalkDir::new(dir)
+        .follow_links(false)
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_file())
+        .filter(|e| {
+            temp_owner(e.file_name())
+                .is_some_and(|pid| pid == std::process::id() || !process_alive(pid))
+        })
+        .map(|e| e.path().to_path_buf())
+        .collect()
 }
 
 #[cfg(test)]

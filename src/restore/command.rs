@@ -275,6 +275,27 @@ pub fn restore(cli: &Cli, args: &RestoreArgs, out: &mut dyn Write) -> anyhow::Re
         }
         return Ok(plan_outcome(&plan));
     }
+    // Trees to write in: those with files to restore or temp files of a killed run.
+    let write_trees: Vec<&plan::TreePlan> = plan
+        .trees
+        .iter()
+        .filter(|t| !t.items.is_empty() || !t.leftover_temps.is_empty())
+        .collect();
+    let state_temps = !atomic::find_stale_temps(&root.path(STATE_DIR)).is_empty();
+    let _lock = if !write_trees.is_empty() || state_temps {
+        let sys: Vec<PathBuf> = write_trees
+            .iter()
+            .map(|t| t.tree.system_path.clone())
+            .collect();
+        check_writable(&root, &sys)?;
+        let hosts: Vec<PathBuf> = write_trees
+            .iter()
+            .map(|t| t.tree.host_path.clone())
+            .collect();
+        Some(lock_and_clean(&root, &hosts)?)
+    } else {
+        None
+    };
     if plan.item_count() == 0 {
         print_plan(&root, &plan, cli.format, false, out)?;
         if cli.format == Format::Text {
@@ -282,19 +303,6 @@ pub fn restore(cli: &Cli, args: &RestoreArgs, out: &mut dyn Write) -> anyhow::Re
         }
         return Ok(plan_outcome(&plan));
     }
-
-    let write_trees: Vec<&plan::TreePlan> =
-        plan.trees.iter().filter(|t| !t.items.is_empty()).collect();
-    let sys: Vec<PathBuf> = write_trees
-        .iter()
-        .map(|t| t.tree.system_path.clone())
-        .collect();
-    check_writable(&root, &sys)?;
-    let hosts: Vec<PathBuf> = write_trees
-        .iter()
-        .map(|t| t.tree.host_path.clone())
-        .collect();
-    let _lock = lock_and_clean(&root, &hosts)?;
 
     // The plan a person reads goes to stdout in text; with another format it goes
     // to stderr beside the prompts, so stdout stays parseable.
@@ -507,6 +515,12 @@ pub fn undo(cli: &Cli, args: &UndoArgs, out: &mut dyn Write) -> anyhow::Result<O
     }
 
     let run = undo::pick(&runs, args.id.as_deref())?;
+    // Lock first, so that the files cannot change between the check and the write.
+    let trees: BTreeSet<PathBuf> = run.intents.iter().map(|i| i.tree.clone()).collect();
+    let sys: Vec<PathBuf> = trees.iter().cloned().collect();
+    check_writable(&root, &sys)?;
+    let hosts: Vec<PathBuf> = trees.iter().map(|t| root.path(t)).collect();
+    let _lock = lock_and_clean(&root, &hosts)?;
     let up = undo::plan(&root, run);
     if !up.problems.is_empty() {
         for p in &up.problems {
@@ -543,19 +557,6 @@ pub fn undo(cli: &Cli, args: &UndoArgs, out: &mut dyn Write) -> anyhow::Result<O
         writeln!(out, "nothing to put back for {}", run.id)?;
         return Ok(Outcome::Clean);
     }
-    let sys: Vec<PathBuf> = up
-        .changes
-        .iter()
-        .map(|(c, _)| c.tree_system.clone())
-        .collect();
-    check_writable(&root, &sys)?;
-    let hosts: BTreeSet<PathBuf> = up
-        .changes
-        .iter()
-        .map(|(c, _)| c.tree_host.clone())
-        .collect();
-    let hosts: Vec<PathBuf> = hosts.into_iter().collect();
-    let _lock = lock_and_clean(&root, &hosts)?;
     let result = undo::apply(&root, run, &up);
     match cli.format {
         Format::Json => {
