@@ -12,7 +12,7 @@ use crate::restore::failpoint;
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Component, Path, PathBuf};
@@ -368,11 +368,6 @@ impl TreeFile {
             fsync_fd(&self.dir).map_err(|e| Error::io(&self.path, e))?;
         }
         Ok(!existed)
-    }
-
-    /// The open directory, for callers that need `fstat` on it.
-    pub fn dir_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.dir.as_fd()
     }
 }
 

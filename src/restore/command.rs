@@ -9,7 +9,7 @@ use super::{dkms_steps, lock, render, undo, Review};
 use crate::atomic;
 use crate::cli::{select_trees, Cli, Format, TreeArgs};
 use crate::exit::Outcome;
-use crate::mounts::{self, Writability};
+use crate::mounts;
 use crate::reference::LoadOptions;
 use crate::root::Root;
 use crate::scan::{self, ScanOptions, TreeScan};
@@ -60,11 +60,9 @@ fn check_writable(root: &Root, system_paths: &[PathBuf]) -> anyhow::Result<()> {
     let mut commands = BTreeSet::new();
     let mut first = None;
     for p in &paths {
-        if let Writability::ReadOnly { .. } = mounts::writability(root, p) {
-            let w = mounts::writability(root, p);
-            if let Some(cmd) = w.remount_command() {
-                commands.insert(cmd);
-            }
+        let w = mounts::writability(root, p);
+        if let Some(cmd) = w.remount_command() {
+            commands.insert(cmd);
             first.get_or_insert_with(|| p.clone());
         }
     }

@@ -178,3 +178,118 @@ pub fn apply_plan(
         &mut fetch,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::prompt::{Choice, Scripted};
+    use super::*;
+    use crate::scan::ScanOptions;
+    use md5::Digest as _;
+
+    const TREE: &str = "usr/src/amdgpu-6.8.5";
+
+    /// A root with one tree of `n` patched files, each with a clean `.orig` beside it.
+    fn root_with(n: usize) -> (tempfile::TempDir, Root) {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join(TREE);
+        std::fs::create_dir_all(tree.join("amd/amdkfd")).unwrap();
+        std::fs::create_dir_all(dir.path().join("var/lib/dpkg/info")).unwrap();
+        std::fs::write(
+            tree.join("dkms.conf"),
+            "PACKAGE_NAME=amdgpu\nPACKAGE_VERSION=6.8.5\n",
+        )
+        .unwrap();
+        let mut sums = String::new();
+        for i in 0..n {
+            let rel = format!("amd/amdkfd/f{i}.c");
+            let clean = format!("int f{i};\n");
+            std::fs::write(tree.join(format!("{rel}.orig")), &clean).unwrap();
+            std::fs::write(tree.join(&rel), format!("// patched\n{clean}")).unwrap();
+            sums.push_str(&format!(
+                "{}  {TREE}/{rel}\n",
+                hex::encode(md5::Md5::digest(clean.as_bytes()))
+            ));
+        }
+        std::fs::write(
+            dir.path().join("var/lib/dpkg/info/amdgpu-dkms.md5sums"),
+            sums,
+        )
+        .unwrap();
+        let root = Root::open(dir.path()).unwrap();
+        (dir, root)
+    }
+
+    fn scans(root: &Root) -> Vec<TreeScan> {
+        crate::tree::discover(root)
+            .unwrap()
+            .iter()
+            .map(|t| crate::scan::scan_tree(root, t, &ScanOptions::default()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn scripted_review_selects_what_was_chosen() {
+        let (_dir, root) = root_with(4);
+        let scans = scans(&root);
+        let plan = plan::build(&root, &scans, &[]).unwrap();
+        assert_eq!(plan.item_count(), 4);
+
+        let mut p = Scripted::new(
+            &[
+                Choice::ShowDiff,
+                Choice::Accept,
+                Choice::Skip,
+                Choice::AcceptAll,
+            ],
+            true,
+        );
+        let mut out = Vec::new();
+        let got = review(&root, &plan, &mut p, &mut out).unwrap();
+        assert_eq!(got, Review::Selected(vec![(0, 0), (0, 2), (0, 3)]));
+        let diff = String::from_utf8(out).unwrap();
+        assert!(diff.contains("-// patched\n"), "{diff}");
+        // Asked about file 1 twice (diff, then accept), files 2 and 3, then the summary.
+        assert_eq!(p.asked.len(), 5);
+        assert!(p.asked[0].starts_with("[1/4] Restore /usr/src/amdgpu-6.8.5/amd/amdkfd/f0.c"));
+        assert!(p.asked[4].starts_with("Restore 3 file(s) now (1 skipped)?"));
+
+        let mut quit = Scripted::new(&[Choice::Accept, Choice::Quit], true);
+        assert_eq!(
+            review(&root, &plan, &mut quit, &mut Vec::new()).unwrap(),
+            Review::Cancelled
+        );
+        let mut no = Scripted::new(&[Choice::AcceptAll], false);
+        assert_eq!(
+            review(&root, &plan, &mut no, &mut Vec::new()).unwrap(),
+            Review::Cancelled
+        );
+    }
+
+    #[test]
+    fn a_source_changed_during_the_review_is_refused() {
+        let (dir, root) = root_with(2);
+        let scans = scans(&root);
+        let plan = plan::build(&root, &scans, &[]).unwrap();
+        let orig = dir.path().join(TREE).join("amd/amdkfd/f0.c.orig");
+        let mut p = Scripted::new(&[Choice::AcceptAll], true);
+        p.before_confirm = Some(Box::new(move || {
+            std::fs::write(&orig, "tampered\n").unwrap()
+        }));
+        let Review::Selected(sel) = review(&root, &plan, &mut p, &mut Vec::new()).unwrap() else {
+            panic!("cancelled")
+        };
+        let result = apply_plan(&root, &plan, &scans, &sel);
+        assert_eq!(result.applied.len(), 1);
+        assert_eq!(result.not_applied.len(), 1);
+        assert!(result.not_applied[0].reason.contains("no longer matches"));
+        let tree = dir.path().join(TREE);
+        assert_eq!(
+            std::fs::read(tree.join("amd/amdkfd/f0.c")).unwrap(),
+            b"// patched\nint f0;\n"
+        );
+        assert_eq!(
+            std::fs::read(tree.join("amd/amdkfd/f1.c")).unwrap(),
+            b"int f1;\n"
+        );
+    }
+}

@@ -560,8 +560,27 @@ fn write_error_midway_stops_and_reports_each_file() {
         ["begin", "intent", "done", "intent", "failed", "end"]
     );
 
-    // The next run finishes the job.
-    s.run(&["restore", "--yes"]).expect_code(0);
+    // The next run finishes the job, and says so in JSON too.
+    let j = s.run(&["--format", "json", "restore", "--yes"]);
+    j.expect_code(0);
+    let j = j.json();
+    assert_eq!(j["dry_run"], false);
+    assert_eq!(j["summary"]["restore"], 2);
+    let restored: Vec<&str> = j["result"]["restored"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        restored,
+        [
+            format!("/{TREE}/amd/amdkfd/kfd_f1.c"),
+            format!("/{TREE}/amd/amdkfd/kfd_f2.c")
+        ]
+    );
+    assert_eq!(j["result"]["not_restored"], serde_json::json!([]));
+    assert_eq!(j["result"]["stopped"], serde_json::Value::Null);
     s.assert_files(&[true, true, true]);
 }
 
@@ -595,5 +614,63 @@ fn only_limits_and_files_without_a_source_get_advice() {
         run.stderr().contains("amd/nope.c: --only matches no"),
         "{}",
         run.stderr()
+    );
+}
+
+#[test]
+fn corpus_unsafe_patch_is_restored_from_orig_and_undone() {
+    use crate::corpus::{corpus, manifest, CorpusRoot, PRIMARY};
+    let Some(corpus) = corpus() else { return };
+    let cr = CorpusRoot::new(&corpus, false);
+    let m = manifest("6.12")
+        .into_iter()
+        .find(|m| m.id == "U01")
+        .unwrap();
+    let rel = &m.files[0];
+    let file = cr.path(&format!("{PRIMARY}/{rel}"));
+    cr.unshare(&format!("{PRIMARY}/{rel}"));
+    let clean = std::fs::read(&file).unwrap();
+    std::fs::write(file.with_extension("c.orig"), &clean).unwrap();
+    cr.apply(PRIMARY, &m);
+    let patched = std::fs::read(&file).unwrap();
+    assert_ne!(clean, patched);
+    // The incident's "backup": a copy of the patched file, which must never be used.
+    std::fs::write(file.with_extension("c.patched"), &patched).unwrap();
+
+    let tree = cr.path(PRIMARY);
+    let tree = tree.to_str().unwrap();
+    let run = cr.run(&["--format", "json", "restore", "--yes", "--tree", tree]);
+    run.expect_code(0);
+    let j = run.json();
+    let restored = j["result"]["restored"].as_array().unwrap();
+    assert_eq!(restored.len(), 1);
+    assert_eq!(restored[0]["path"], format!("/{PRIMARY}/{rel}"));
+    assert_eq!(
+        j["trees"][0]["restore"][0]["origin"],
+        format!("/{PRIMARY}/{rel}.orig")
+    );
+    assert!(j["result"]["recovery"][0]
+        .as_str()
+        .unwrap()
+        .contains("chroot"));
+    assert!(j["result"]["recovery"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c == "dkms remove -m amdgpu -v 6.12.117-debian --all"));
+    assert_eq!(std::fs::read(&file).unwrap(), clean);
+    let scan = cr
+        .run(&[
+            "--format", "json", "scan", "--tree", tree, "--scope", "amdkfd",
+        ])
+        .json();
+    assert_eq!(scan["summary"]["modified"], 0);
+
+    cr.run(&["undo"]).expect_code(0);
+    assert_eq!(std::fs::read(&file).unwrap(), patched);
+    // The shared corpus itself was never written through the hard links.
+    assert_eq!(
+        std::fs::read(corpus.join(PRIMARY).join(rel)).unwrap(),
+        clean
     );
 }
