@@ -394,12 +394,29 @@ pub fn write(target: &Path, data: &[u8], mode: u32) -> Result<()> {
 
 /// Creates a directory and its parents with mode 0700 where they do not exist,
 /// for kfd-audit's own state (baselines, quarantine, journal).
+/// The parents of the new directories are fsync'd, so that the journal and the
+/// quarantine cannot vanish in a crash while the files they protect survive.
 pub fn create_private_dir(dir: &Path) -> Result<()> {
+    let mut missing = Vec::new();
+    let mut cur = Some(dir);
+    while let Some(d) = cur {
+        if d.as_os_str().is_empty() || d.exists() {
+            break;
+        }
+        missing.push(d);
+        cur = d.parent();
+    }
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|e| Error::io(dir, e))
+        .map_err(|e| Error::io(dir, e))?;
+    for d in missing.iter().rev() {
+        if let Some(parent) = d.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
+    }
+    Ok(())
 }
 
 /// Whether a file name is a temporary file of kfd-audit, and of which process.
