@@ -65,6 +65,10 @@ pub enum Command {
     Plan(PlanArgs),
     /// Show what changed: unified diff of modified files against their clean content
     Diff(DiffArgs),
+    /// Restore modified and missing files from verified clean sources (asks first)
+    Restore(crate::restore::RestoreArgs),
+    /// Put back what the last (or a named) restore replaced, from the quarantine
+    Undo(crate::restore::UndoArgs),
 }
 
 #[derive(Debug, Args)]
@@ -233,6 +237,8 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<Outcome> {
         Command::Baseline(cmd) => cmd_baseline(cli, cmd, out),
         Command::Plan(args) => crate::recovery::cmd_plan(cli, args, out),
         Command::Diff(args) => crate::diff::cmd(cli, &args.trees, &args.paths, args.context, out),
+        Command::Restore(args) => crate::restore::command::restore(cli, args, out),
+        Command::Undo(args) => crate::restore::command::undo(cli, args, out),
     }
 }
 

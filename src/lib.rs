@@ -19,6 +19,7 @@ pub mod mounts;
 pub mod recovery;
 pub mod reference;
 pub mod report;
+pub mod restore;
 pub mod root;
 pub mod scan;
 pub mod term;

@@ -75,6 +75,21 @@ struct Cleanup {
     name: String,
     src: PathBuf,
     state_dir_existed: bool,
+    /// Journal and quarantine entries that were there before: only newer ones are ours.
+    state_before: Vec<PathBuf>,
+}
+
+/// Entries of kfd-audit's journal and quarantine directories on this machine.
+fn state_entries() -> Vec<PathBuf> {
+    ["journal", "quarantine"]
+        .iter()
+        .flat_map(|d| {
+            std::fs::read_dir(Path::new("/var/lib/kfd-audit").join(d))
+                .into_iter()
+                .flatten()
+        })
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect()
 }
 
 impl Cleanup {
@@ -91,6 +106,13 @@ impl Cleanup {
         let _ = std::fs::remove_dir_all(format!("/var/lib/kfd-audit/baseline/{}-{VER}", self.name));
         if !self.state_dir_existed {
             let _ = std::fs::remove_dir_all("/var/lib/kfd-audit");
+        } else {
+            // The restore in this test journaled and quarantined under the real state dir.
+            for p in state_entries() {
+                if !self.state_before.contains(&p) {
+                    let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
+                }
+            }
         }
     }
 }
@@ -153,6 +175,7 @@ fn plan_run_rebuilds_the_clean_module_with_the_real_dkms() {
         name: name.clone(),
         src: src.clone(),
         state_dir_existed: Path::new("/var/lib/kfd-audit").exists(),
+        state_before: state_entries(),
     };
     guard.run();
 
@@ -186,7 +209,8 @@ fn plan_run_rebuilds_the_clean_module_with_the_real_dkms() {
     .unwrap();
 
     // A reference while it is clean, then registered, built and installed.
-    kfd(&["baseline", "create", "--tree", &tree]).expect_code(0);
+    // --all keeps a clean copy of every file, so the restore below has a source.
+    kfd(&["baseline", "create", "--all", "--tree", &tree]).expect_code(0);
     sh(&["dkms", "add", "-m", &name, "-v", VER]);
     sh(&["dkms", "build", "-m", &name, "-v", VER, "-k", &kver]);
     sh(&["dkms", "install", "-m", &name, "-v", VER, "-k", &kver]);
@@ -248,8 +272,15 @@ fn plan_run_rebuilds_the_clean_module_with_the_real_dkms() {
         .contains("plan --run does not restore files"));
     assert_eq!(marker(&kver, &name), "PATCHED", "nothing may have run");
 
-    // The clean file back (the restore command's job; a plain copy here).
-    std::fs::write(&c_file, &clean_c).unwrap();
+    // The clean file back, by the restore command from the baseline's copy.
+    let restored = kfd(&["restore", "--yes", "--tree", &tree]);
+    restored.expect_code(0);
+    assert!(
+        restored.stdout().contains("restored 1 of 1 file(s)"),
+        "{}",
+        restored.stdout()
+    );
+    assert_eq!(std::fs::read(&c_file).unwrap(), clean_c.as_bytes());
     let j = kfd(&["--format", "json", "scan", "--tree", &tree]).json();
     assert_eq!(j["summary"]["modified"], 0);
     assert_eq!(

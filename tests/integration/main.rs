@@ -6,4 +6,7 @@ mod corpus;
 mod dkms_real;
 mod fixture;
 mod recovery;
+mod restore;
+mod restore_crash;
+mod restore_pty;
 mod scan;

@@ -1,0 +1,312 @@
+//! Applying changes, per the restore safety protocol. For each file, in order:
+//!
+//! 1. fetch the new bytes and verify their hash again, right before use;
+//! 2. open the file's directory from the tree down without following links, refuse
+//!    a symlink at the target, and check the file is still what was planned;
+//! 3. copy the current file into the quarantine (atomic write, read back, hash checked);
+//! 4. journal the intent (fsync'd);
+//! 5. replace the file atomically, keeping its mode and owner;
+//! 6. journal that it is done.
+//!
+//! A refusal (the source no longer verifies, a symlink, a file changed since the
+//! plan) skips that file and goes on. A write error (disk full, I/O error) stops
+//! the run at once: every file is whole, and the result says which were replaced.
+//! Restore and undo both go through here, so an undo is journaled like a restore.
+
+use super::failpoint;
+use super::journal::{sha256_hex, Entry, Intent, JournalWriter, RunKind};
+use super::plan::{quarantine_path, STATE_DIR};
+use crate::atomic::{Ownership, TreeFile};
+use crate::hash::Digest;
+use crate::root::Root;
+use std::path::PathBuf;
+
+/// What the file must be right before it is replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expect {
+    /// Its content must have this digest.
+    Digest(Digest),
+    /// It must not exist.
+    Absent,
+}
+
+/// One file to write.
+#[derive(Debug, Clone)]
+pub struct Change {
+    /// The tree (system path and host path) and the file's path inside it.
+    pub tree_system: PathBuf,
+    pub tree_host: PathBuf,
+    pub rel: PathBuf,
+    pub expect: Expect,
+    /// Kind of source (`backup`, `baseline`, `quarantine`, ...) and where it is.
+    pub source: String,
+    pub origin: String,
+}
+
+impl Change {
+    pub fn system_path(&self) -> PathBuf {
+        self.tree_system.join(&self.rel)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub system_path: PathBuf,
+    pub rel: PathBuf,
+    /// System path of the quarantined previous version.
+    pub quarantine: Option<PathBuf>,
+    /// Set when the file was replaced but making it durable failed.
+    pub warning: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NotApplied {
+    pub system_path: PathBuf,
+    pub rel: PathBuf,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ApplyResult {
+    pub run: Option<String>,
+    /// System path of the journal.
+    pub journal: Option<PathBuf>,
+    pub applied: Vec<Applied>,
+    pub not_applied: Vec<NotApplied>,
+    /// The write error that stopped the run, if one did.
+    pub stopped: Option<String>,
+}
+
+/// The new bytes for a change, verified, or why there are none.
+pub type Fetch<'a> = dyn FnMut(&Change) -> Result<Vec<u8>, String> + 'a;
+
+enum Step {
+    Applied(Applied),
+    Refused(String),
+    Stop(String, Option<Applied>),
+}
+
+struct Ctx<'a> {
+    state_host: PathBuf,
+    journal: &'a JournalWriter,
+    seq: usize,
+}
+
+fn io_stop(e: impl std::fmt::Display) -> Step {
+    Step::Stop(e.to_string(), None)
+}
+
+fn apply_one(ctx: &mut Ctx, c: &Change, fetch: &mut Fetch) -> Step {
+    let system_path = c.system_path();
+    let new = match fetch(c) {
+        Ok(b) => b,
+        Err(reason) => return Step::Refused(reason),
+    };
+    if let Err(e) = failpoint::hit("source-verified") {
+        return io_stop(e);
+    }
+    let create_dirs = (c.expect == Expect::Absent).then_some(0o755);
+    let tf = match TreeFile::open(&c.tree_host, &c.rel, create_dirs) {
+        Ok(tf) => tf,
+        Err(e) => return Step::Refused(e.to_string()),
+    };
+    let meta = match tf.stat() {
+        Ok(m) => m,
+        Err(e) => return Step::Refused(e.to_string()),
+    };
+    let current = match meta {
+        Some(_) => match tf.read() {
+            Ok(b) => b,
+            Err(e) => return Step::Refused(e.to_string()),
+        },
+        None => None,
+    };
+    let as_planned = match (&c.expect, &current) {
+        (Expect::Absent, None) => true,
+        (Expect::Digest(d), Some(b)) => Digest::of_bytes(d.algorithm(), b) == *d,
+        _ => false,
+    };
+    if !as_planned {
+        return Step::Refused(
+            "changed since the plan was made; not touched (run again to see the new plan)".into(),
+        );
+    }
+
+    // The current version goes to the quarantine first, verified.
+    let quarantine = current
+        .as_ref()
+        .map(|_| quarantine_path(ctx.journal.id.as_str(), &system_path));
+    if let (Some(bytes), Some(q)) = (&current, &quarantine) {
+        let rel = q.strip_prefix(STATE_DIR).unwrap_or(q);
+        let qf = match TreeFile::open(&ctx.state_host, rel, Some(0o700)) {
+            Ok(f) => f,
+            Err(e) => return io_stop(e),
+        };
+        let own = Ownership {
+            mode: 0o600,
+            owner: None,
+        };
+        if let Err(e) = qf.replace(bytes, own, "quarantine") {
+            return io_stop(e);
+        }
+        match qf.read() {
+            Ok(Some(back)) if sha256_hex(&back) == sha256_hex(bytes) => {}
+            Ok(_) => {
+                return io_stop(format!(
+                    "{}: the quarantine copy does not read back as written",
+                    qf.path().display()
+                ))
+            }
+            Err(e) => return io_stop(e),
+        }
+        if let Err(e) = failpoint::hit("quarantined") {
+            return io_stop(e);
+        }
+    }
+
+    // Keep mode and owner; a created file gets 0644 and its directory's owner.
+    let own = match (meta, tf.dir_meta()) {
+        (Some(m), _) => Ownership {
+            mode: m.mode,
+            owner: Some((m.uid, m.gid)),
+        },
+        (None, Ok(d)) => Ownership {
+            mode: 0o644,
+            owner: Some((d.uid, d.gid)),
+        },
+        (None, Err(e)) => return io_stop(e),
+    };
+    let seq = ctx.seq;
+    ctx.seq += 1;
+    let new_sha = sha256_hex(&new);
+    let intent = Intent {
+        seq,
+        path: system_path.clone(),
+        tree: c.tree_system.clone(),
+        rel: c.rel.clone(),
+        old_sha256: current.as_deref().map(sha256_hex),
+        new_sha256: new_sha.clone(),
+        source: c.source.clone(),
+        origin: c.origin.clone(),
+        quarantine: quarantine.as_ref().map(|q| q.display().to_string()),
+        mode: own.mode,
+        uid: own.owner.map_or(0, |o| o.0),
+        gid: own.owner.map_or(0, |o| o.1),
+    };
+    if let Err(e) = ctx.journal.append(&Entry::Intent(intent)) {
+        return io_stop(e);
+    }
+    if let Err(e) = failpoint::hit("journaled") {
+        return io_stop(e);
+    }
+    let applied = Applied {
+        system_path: system_path.clone(),
+        rel: c.rel.clone(),
+        quarantine: quarantine.clone(),
+        warning: None,
+    };
+    if let Err(e) = tf.replace(&new, own, "replace") {
+        let _ = ctx.journal.append(&Entry::Failed {
+            seq,
+            error: e.to_string(),
+        });
+        // Say what is really on disk now: the rename may have happened.
+        let now_new = matches!(tf.read(), Ok(Some(b)) if sha256_hex(&b) == new_sha);
+        let applied = now_new.then(|| Applied {
+            warning: Some(format!("replaced, but not yet safe on disk: {e}")),
+            ..applied
+        });
+        return Step::Stop(e.to_string(), applied);
+    }
+    if let Err(e) = ctx.journal.append(&Entry::Done { seq }) {
+        return Step::Stop(
+            e.to_string(),
+            Some(Applied {
+                warning: Some("replaced; its 'done' line could not be journaled".into()),
+                ..applied
+            }),
+        );
+    }
+    if let Err(e) = failpoint::hit("done") {
+        return Step::Stop(e.to_string(), Some(applied));
+    }
+    Step::Applied(applied)
+}
+
+/// Applies the changes in order as one journaled run.
+pub fn apply(
+    root: &Root,
+    kind: RunKind,
+    undoes: Option<String>,
+    changes: &[Change],
+    fetch: &mut Fetch,
+) -> ApplyResult {
+    let mut result = ApplyResult::default();
+    let state_host = root.path(STATE_DIR);
+    let journal = match crate::atomic::create_private_dir(&state_host).and_then(|_| {
+        JournalWriter::create(&state_host, |id| Entry::Begin {
+            id: id.to_string(),
+            kind,
+            undoes: undoes.clone(),
+            time: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            pid: std::process::id(),
+            tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        })
+    }) {
+        Ok(j) => j,
+        Err(e) => {
+            result.stopped = Some(e.to_string());
+            result.not_applied = changes
+                .iter()
+                .map(|c| NotApplied {
+                    system_path: c.system_path(),
+                    rel: c.rel.clone(),
+                    reason: "not attempted: the journal could not be created".into(),
+                })
+                .collect();
+            return result;
+        }
+    };
+    result.run = Some(journal.id.clone());
+    result.journal = root.system_path(journal.path());
+    let mut ctx = Ctx {
+        state_host,
+        journal: &journal,
+        seq: 0,
+    };
+    let mut iter = changes.iter();
+    for c in iter.by_ref() {
+        match apply_one(&mut ctx, c, fetch) {
+            Step::Applied(a) => result.applied.push(a),
+            Step::Refused(reason) => result.not_applied.push(NotApplied {
+                system_path: c.system_path(),
+                rel: c.rel.clone(),
+                reason,
+            }),
+            Step::Stop(err, applied) => {
+                match applied {
+                    Some(a) => result.applied.push(a),
+                    None => result.not_applied.push(NotApplied {
+                        system_path: c.system_path(),
+                        rel: c.rel.clone(),
+                        reason: format!("stopped here: {err}; the file is unchanged"),
+                    }),
+                }
+                result.stopped = Some(err);
+                break;
+            }
+        }
+    }
+    for c in iter {
+        result.not_applied.push(NotApplied {
+            system_path: c.system_path(),
+            rel: c.rel.clone(),
+            reason: "not attempted: the run stopped before it".into(),
+        });
+    }
+    let _ = journal.append(&Entry::End {
+        restored: result.applied.len(),
+        not_restored: result.not_applied.len(),
+    });
+    result
+}

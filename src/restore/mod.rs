@@ -1,0 +1,294 @@
+//! The restore engine: plan → review (prompts) → confirm → apply → journal → undo.
+//!
+//! Nothing is ever lost: every replaced file is first copied into the quarantine
+//! and journaled (see DESIGN.md, "Restore safety protocol"); nothing is deleted;
+//! a kill at any instant leaves each file either old or new, and the journal says
+//! which. `undo` puts back what a run replaced, itself as a journaled run.
+
+pub mod apply;
+pub mod command;
+pub mod failpoint;
+pub mod journal;
+pub mod lock;
+pub mod plan;
+pub mod prompt;
+pub mod render;
+pub mod undo;
+
+pub use command::{RestoreArgs, UndoArgs};
+
+use crate::error::Result;
+use crate::root::Root;
+use crate::scan::TreeScan;
+use apply::{ApplyResult, Change, Expect};
+use plan::{clean_content, display_origin, PlanItem, RestorePlan};
+use prompt::{Choice, Prompter, Question};
+use std::io::Write;
+
+/// Which planned files to restore: `(tree index, item index)`.
+pub type Selection = Vec<(usize, usize)>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Review {
+    Selected(Selection),
+    /// The user quit or said no at the end: nothing is restored.
+    Cancelled,
+}
+
+/// Every planned file.
+pub fn select_all(plan: &RestorePlan) -> Selection {
+    plan.trees
+        .iter()
+        .enumerate()
+        .flat_map(|(t, tp)| (0..tp.items.len()).map(move |i| (t, i)))
+        .collect()
+}
+
+/// Asks about each planned file, then for a final confirmation.
+pub fn review(
+    root: &Root,
+    plan: &RestorePlan,
+    prompter: &mut dyn Prompter,
+    out: &mut dyn Write,
+) -> Result<Review> {
+    let all = select_all(plan);
+    let total = all.len();
+    let mut selected = Selection::new();
+    let mut skipped = 0;
+    let mut accept_rest = false;
+    for (n, &(t, i)) in all.iter().enumerate() {
+        let tp = &plan.trees[t];
+        let item = &tp.items[i];
+        if accept_rest {
+            selected.push((t, i));
+            continue;
+        }
+        let q = Question {
+            index: n,
+            total,
+            path: crate::term::path(&tp.system_path(&item.rel)),
+            action: item.action.as_str(),
+            origin: display_origin(root, &item.origin),
+        };
+        loop {
+            match prompter.choose(&q)? {
+                Choice::Accept => selected.push((t, i)),
+                Choice::Skip => skipped += 1,
+                Choice::AcceptAll => {
+                    selected.push((t, i));
+                    accept_rest = true;
+                }
+                Choice::Quit => return Ok(Review::Cancelled),
+                Choice::ShowDiff => {
+                    let current = plan::current_bytes(tp, item)?;
+                    let diff = render::unified_diff(&item.rel, &current, &item.clean);
+                    out.write_all(diff.as_bytes())
+                        .and_then(|_| out.flush())
+                        .map_err(|e| crate::error::Error::io("<stdout>", e))?;
+                    continue;
+                }
+            }
+            break;
+        }
+    }
+    if selected.is_empty() {
+        return Ok(Review::Cancelled);
+    }
+    let summary = format!(
+        "Restore {} file(s) now ({} skipped)? Each current version is kept in the quarantine under {}/quarantine and can be put back with 'kfd-audit undo'",
+        selected.len(),
+        skipped,
+        plan::STATE_DIR
+    );
+    if prompter.confirm(&summary)? {
+        Ok(Review::Selected(selected))
+    } else {
+        Ok(Review::Cancelled)
+    }
+}
+
+/// Whether bytes hash to the digest.
+pub fn verifies(bytes: &[u8], d: &crate::hash::Digest) -> bool {
+    crate::hash::Digest::of_bytes(d.algorithm(), bytes) == *d
+}
+
+fn change_for(tp: &plan::TreePlan, item: &PlanItem, root: &Root) -> Change {
+    Change {
+        tree_system: tp.tree.system_path.clone(),
+        tree_host: tp.tree.host_path.clone(),
+        rel: item.rel.clone(),
+        expect: match &item.current {
+            Some(d) => Expect::Digest(d.clone()),
+            None => Expect::Absent,
+        },
+        source: item.source.to_string(),
+        origin: display_origin(root, &item.origin),
+    }
+}
+
+/// Applies the selected items of a plan. `scans` are the scans the plan was built
+/// from (same order); each source is fetched and verified again right before use.
+pub fn apply_plan(
+    root: &Root,
+    plan: &RestorePlan,
+    scans: &[TreeScan],
+    selection: &Selection,
+) -> ApplyResult {
+    let contents: Vec<_> = scans.iter().map(|s| clean_content(root, s)).collect();
+    let changes: Vec<(usize, usize, Change)> = selection
+        .iter()
+        .map(|&(t, i)| {
+            (
+                t,
+                i,
+                change_for(&plan.trees[t], &plan.trees[t].items[i], root),
+            )
+        })
+        .collect();
+    let only_changes: Vec<Change> = changes.iter().map(|(_, _, c)| c.clone()).collect();
+    let mut next = 0usize;
+    let mut fetch = |c: &Change| -> std::result::Result<Vec<u8>, String> {
+        // Changes are applied in order; find this one's plan item.
+        let pos = changes[next..]
+            .iter()
+            .position(|(_, _, x)| x.rel == c.rel && x.tree_host == c.tree_host)
+            .map(|p| p + next)
+            .ok_or_else(|| "internal: change not in plan".to_string())?;
+        next = pos + 1;
+        let (t, i, _) = &changes[pos];
+        let item = &plan.trees[*t].items[*i];
+        let fresh = contents[*t].get(&item.rel).map_err(|e| e.to_string())?;
+        match fresh {
+            Some(copy) if copy.verified == item.expected && verifies(&copy.bytes, &item.expected) => {
+                Ok(copy.bytes)
+            }
+            _ => Err(format!(
+                "refused: the clean source {} no longer matches {} (verified when planned); not restored",
+                display_origin(root, &item.origin),
+                item.expected
+            )),
+        }
+    };
+    apply::apply(
+        root,
+        journal::RunKind::Restore,
+        None,
+        &only_changes,
+        &mut fetch,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prompt::{Choice, Scripted};
+    use super::*;
+    use crate::scan::ScanOptions;
+    use md5::Digest as _;
+
+    const TREE: &str = "usr/src/amdgpu-6.8.5";
+
+    /// A root with one tree of `n` patched files, each with a clean `.orig` beside it.
+    fn root_with(n: usize) -> (tempfile::TempDir, Root) {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join(TREE);
+        std::fs::create_dir_all(tree.join("amd/amdkfd")).unwrap();
+        std::fs::create_dir_all(dir.path().join("var/lib/dpkg/info")).unwrap();
+        std::fs::write(
+            tree.join("dkms.conf"),
+            "PACKAGE_NAME=amdgpu\nPACKAGE_VERSION=6.8.5\n",
+        )
+        .unwrap();
+        let mut sums = String::new();
+        for i in 0..n {
+            let rel = format!("amd/amdkfd/f{i}.c");
+            let clean = format!("int f{i};\n");
+            std::fs::write(tree.join(format!("{rel}.orig")), &clean).unwrap();
+            std::fs::write(tree.join(&rel), format!("// patched\n{clean}")).unwrap();
+            sums.push_str(&format!(
+                "{}  {TREE}/{rel}\n",
+                hex::encode(md5::Md5::digest(clean.as_bytes()))
+            ));
+        }
+        std::fs::write(
+            dir.path().join("var/lib/dpkg/info/amdgpu-dkms.md5sums"),
+            sums,
+        )
+        .unwrap();
+        let root = Root::open(dir.path()).unwrap();
+        (dir, root)
+    }
+
+    fn scans(root: &Root) -> Vec<TreeScan> {
+        crate::tree::discover(root)
+            .unwrap()
+            .iter()
+            .map(|t| crate::scan::scan_tree(root, t, &ScanOptions::default()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn scripted_review_selects_what_was_chosen() {
+        let (_dir, root) = root_with(4);
+        let scans = scans(&root);
+        let plan = plan::build(&root, &scans, &[]).unwrap();
+        assert_eq!(plan.item_count(), 4);
+
+        let mut p = Scripted::new(
+            &[
+                Choice::ShowDiff,
+                Choice::Accept,
+                Choice::Skip,
+                Choice::AcceptAll,
+            ],
+            true,
+        );
+        let mut out = Vec::new();
+        let got = review(&root, &plan, &mut p, &mut out).unwrap();
+        assert_eq!(got, Review::Selected(vec![(0, 0), (0, 2), (0, 3)]));
+        let diff = String::from_utf8(out).unwrap();
+        assert!(diff.contains("-// patched\n"), "{diff}");
+        // Asked about file 1 twice (diff, then accept), files 2 and 3, then the summary.
+        assert_eq!(p.asked.len(), 5);
+        assert!(p.asked[0].starts_with("[1/4] Restore /usr/src/amdgpu-6.8.5/amd/amdkfd/f0.c"));
+        assert!(p.asked[4].starts_with("Restore 3 file(s) now (1 skipped)?"));
+
+        let mut quit = Scripted::new(&[Choice::Accept, Choice::Quit], true);
+        assert_eq!(
+            review(&root, &plan, &mut quit, &mut Vec::new()).unwrap(),
+            Review::Cancelled
+        );
+        let mut no = Scripted::new(&[Choice::AcceptAll], false);
+        assert_eq!(
+            review(&root, &plan, &mut no, &mut Vec::new()).unwrap(),
+            Review::Cancelled
+        );
+    }
+
+    #[test]
+    fn a_source_changed_during_the_review_is_refused() {
+        let (dir, root) = root_with(2);
+        let scans = scans(&root);
+        let plan = plan::build(&root, &scans, &[]).unwrap();
+        let orig = dir.path().join(TREE).join("amd/amdkfd/f0.c.orig");
+        let mut p = Scripted::new(&[Choice::AcceptAll], true);
+        p.before_confirm = Some(Box::new(move || {
+            std::fs::write(&orig, "tampered\n").unwrap()
+        }));
+        let Review::Selected(sel) = review(&root, &plan, &mut p, &mut Vec::new()).unwrap() else {
+            panic!("cancelled")
+        };
+        let result = apply_plan(&root, &plan, &scans, &sel);
+        assert_eq!(result.applied.len(), 1);
+        assert_eq!(result.not_applied.len(), 1);
+        assert!(result.not_applied[0].reason.contains("no longer matches"));
+        let tree = dir.path().join(TREE);
+        assert_eq!(
+            std::fs::read(tree.join("amd/amdkfd/f0.c")).unwrap(),
+            b"// patched\nint f0;\n"
+        );
+        assert_eq!(
+            std::fs::read(tree.join("amd/amdkfd/f1.c")).unwrap(),
+            b"int f1;\n"
+        );
+    }
+}

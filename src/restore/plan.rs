@@ -1,0 +1,433 @@
+//! The restore plan: for each modified or missing file, the verified clean source
+//! chosen, its hash, and what happens to the current file. Built from a scan and
+//! read-only; applying it is [`super::apply`]'s job.
+
+use crate::atomic::{self, TEMP_PREFIX};
+use crate::content::CleanContent;
+use crate::error::{Error, Result};
+use crate::hash::{Algorithm, Digest};
+use crate::reference::ReferenceKind;
+use crate::root::Root;
+use crate::scan::{FileStatus, TreeScan};
+use crate::tree::Tree;
+use serde::Serialize;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+/// kfd-audit's state directory as the audited system names it.
+pub const STATE_DIR: &str = crate::baseline::STATE_DIR;
+
+/// The clean content providers of a scanned tree. The one place the restore
+/// engine asks for them, so that new providers arrive here only.
+pub fn clean_content<'a>(root: &Root, scan: &'a TreeScan) -> CleanContent<'a> {
+    CleanContent::for_tree(root, &scan.tree, &scan.refs)
+}
+
+/// What will happen to one file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    /// The file exists and differs: its current version is quarantined, then replaced.
+    Replace,
+    /// The file is missing: it is created.
+    Create,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Replace => "replace",
+            Action::Create => "create",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PlanItem {
+    /// Path inside the tree.
+    pub rel: PathBuf,
+    pub action: Action,
+    /// Digest of the current file when planned (reference algorithm); `None` if missing.
+    pub current: Option<Digest>,
+    /// The digest the clean bytes were verified against, and the reference vouching for it.
+    pub expected: Digest,
+    pub reference: ReferenceKind,
+    /// The provider that had verified bytes, and where exactly they are.
+    pub source: ReferenceKind,
+    pub origin: String,
+    /// The verified clean bytes (fetched and verified again right before use).
+    pub clean: Vec<u8>,
+}
+
+/// A modified or missing file for which no verified clean bytes exist.
+#[derive(Debug, Clone)]
+pub struct NoSource {
+    pub rel: PathBuf,
+    pub status: FileStatus,
+    pub reference: Option<ReferenceKind>,
+    pub detail: Option<String>,
+}
+
+/// A file the restore will not touch, and why.
+#[derive(Debug, Clone)]
+pub struct RefusedFile {
+    pub rel: PathBuf,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct TreePlan {
+    pub tree: Tree,
+    pub dpkg_package: Option<String>,
+    pub references: Vec<ReferenceKind>,
+    pub items: Vec<PlanItem>,
+    pub no_source: Vec<NoSource>,
+    pub refused: Vec<RefusedFile>,
+    /// Files in no reference (added): listed, never deleted.
+    pub kept: Vec<PathBuf>,
+    /// Temporary files of a killed run; the next restore removes them.
+    pub leftover_temps: Vec<PathBuf>,
+}
+
+impl TreePlan {
+    /// The system path of a file of this tree.
+    pub fn system_path(&self, rel: &Path) -> PathBuf {
+        self.tree.system_path.join(rel)
+    }
+
+    /// Whether anything is to be done or reported for this tree.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty() && self.no_source.is_empty() && self.refused.is_empty()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RestorePlan {
+    pub root: PathBuf,
+    pub trees: Vec<TreePlan>,
+}
+
+impl RestorePlan {
+    pub fn item_count(&self) -> usize {
+        self.trees.iter().map(|t| t.items.len()).sum()
+    }
+
+    pub fn no_source_count(&self) -> usize {
+        self.trees.iter().map(|t| t.no_source.len()).sum()
+    }
+
+    pub fn refused_count(&self) -> usize {
+        self.trees.iter().map(|t| t.refused.len()).sum()
+    }
+
+    pub fn kept_count(&self) -> usize {
+        self.trees.iter().map(|t| t.kept.len()).sum()
+    }
+}
+
+/// Whether a file is selected by the `--only` paths: a path relative to the tree
+/// (or a directory prefix of it), or an absolute system or host path.
+fn only_matches(only: &[PathBuf], tree: &Tree, rel: &Path) -> bool {
+    only.is_empty()
+        || only.iter().any(|o| {
+            if o.is_absolute() {
+                tree.system_path.join(rel).starts_with(o) || tree.host_path.join(rel).starts_with(o)
+            } else {
+                let o = crate::scan::scope_prefix(&o.to_string_lossy());
+                rel.starts_with(o)
+            }
+        })
+}
+
+fn is_temp(rel: &Path) -> bool {
+    rel.file_name()
+        .is_some_and(|n| n.as_bytes().starts_with(TEMP_PREFIX.as_bytes()))
+}
+
+/// Shows an origin (a host path under the root) as the audited system names it.
+pub fn display_origin(root: &Root, origin: &str) -> String {
+    let p = Path::new(origin);
+    match root.system_path(p) {
+        Some(sys) if p.is_absolute() => crate::term::path(&sys),
+        _ => crate::term::escape(origin).into_owned(),
+    }
+}
+
+/// Builds the plan from scans. `only` limits it; a path in `only` that matches no
+/// modified, missing or refused file is an error (a typo must not look like "clean").
+pub fn build(root: &Root, scans: &[TreeScan], only: &[PathBuf]) -> Result<RestorePlan> {
+    let mut trees = Vec::new();
+    let mut matched = vec![false; only.len()];
+    for scan in scans {
+        let content = clean_content(root, scan);
+        let tree = &scan.tree;
+        let mut tp = TreePlan {
+            tree: tree.clone(),
+            dpkg_package: scan.refs.dpkg_package.clone(),
+            references: scan.refs.kinds.clone(),
+            items: Vec::new(),
+            no_source: Vec::new(),
+            refused: Vec::new(),
+            kept: Vec::new(),
+            leftover_temps: Vec::new(),
+        };
+        for f in &scan.files {
+            if is_temp(&f.path) {
+                tp.leftover_temps.push(f.path.clone());
+                continue;
+            }
+            if !only_matches(only, tree, &f.path) {
+                continue;
+            }
+            let counts = match f.status {
+                FileStatus::Modified | FileStatus::Missing => {
+                    let expected = scan.refs.get(&f.path).cloned();
+                    match (content.get(&f.path), expected) {
+                        (Ok(Some(copy)), Some(exp)) => tp.items.push(PlanItem {
+                            rel: f.path.clone(),
+                            action: if f.status == FileStatus::Missing {
+                                Action::Create
+                            } else {
+                                Action::Replace
+                            },
+                            current: f.actual.clone(),
+                            expected: copy.verified,
+                            reference: exp.kind,
+                            source: copy.source,
+                            origin: copy.origin,
+                            clean: copy.bytes,
+                        }),
+                        (res, _) => tp.no_source.push(NoSource {
+                            rel: f.path.clone(),
+                            status: f.status,
+                            reference: f.reference,
+                            detail: res.err().map(|e| e.to_string()),
+                        }),
+                    }
+                    true
+                }
+                FileStatus::Symlink if scan.refs.get(&f.path).is_some() => {
+                    tp.refused.push(RefusedFile {
+                        rel: f.path.clone(),
+                        reason: format!(
+                            "a symbolic link{} where a file belongs; kfd-audit never writes through a link: remove the link and run again, or restore the file by hand",
+                            f.detail.as_deref().map(|d| format!(" ({d})")).unwrap_or_default()
+                        ),
+                    });
+                    true
+                }
+                FileStatus::Unreadable if scan.refs.get(&f.path).is_some() => {
+                    tp.refused.push(RefusedFile {
+                        rel: f.path.clone(),
+                        reason: format!(
+                            "unreadable ({}); fix its permissions or type and run again",
+                            f.detail.as_deref().unwrap_or("unknown error")
+                        ),
+                    });
+                    true
+                }
+                FileStatus::Added | FileStatus::Symlink | FileStatus::Unreadable => {
+                    tp.kept.push(f.path.clone());
+                    false
+                }
+                FileStatus::Ok | FileStatus::Unverified => false,
+            };
+            if counts {
+                for (i, o) in only.iter().enumerate() {
+                    if only_matches(std::slice::from_ref(o), tree, &f.path) {
+                        matched[i] = true;
+                    }
+                }
+            }
+        }
+        trees.push(tp);
+    }
+    if let Some(i) = matched.iter().position(|m| !m) {
+        return Err(Error::Refused {
+            path: only[i].clone(),
+            message: "--only matches no modified, missing or refused file of any tree; see 'kfd-audit scan' for what differs".into(),
+        });
+    }
+    Ok(RestorePlan {
+        root: root.dir().to_path_buf(),
+        trees,
+    })
+}
+
+/// Where the quarantine copy of a file goes, as the audited system names it.
+pub fn quarantine_path(run: &str, system_path: &Path) -> PathBuf {
+    let rel = system_path.strip_prefix("/").unwrap_or(system_path);
+    Path::new(STATE_DIR).join("quarantine").join(run).join(rel)
+}
+
+fn algorithm_name(a: Algorithm) -> &'static str {
+    match a {
+        Algorithm::Md5 => "md5",
+        Algorithm::Sha256 => "sha256",
+    }
+}
+
+// ---- JSON view (extend, never rename) ----
+
+#[derive(Debug, Serialize)]
+pub struct PlanJson {
+    pub version: u32,
+    pub root: String,
+    pub dry_run: bool,
+    pub trees: Vec<TreePlanJson>,
+    pub summary: PlanSummary,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PlanSummary {
+    pub restore: usize,
+    pub no_source: usize,
+    pub refused: usize,
+    pub kept: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TreePlanJson {
+    pub path: String,
+    pub package: String,
+    pub version: String,
+    pub references: Vec<String>,
+    pub restore: Vec<ItemJson>,
+    pub no_source: Vec<NoSourceJson>,
+    pub refused: Vec<RefusedJson>,
+    pub kept: Vec<String>,
+    pub leftover_temps: Vec<String>,
+    pub advice: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ItemJson {
+    pub path: String,
+    pub action: Action,
+    pub source: ReferenceKind,
+    pub origin: String,
+    pub reference: ReferenceKind,
+    pub algorithm: &'static str,
+    pub verified: String,
+    pub current: Option<String>,
+    /// Where the current file goes before it is replaced (`<run>` is the run id).
+    pub quarantine: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NoSourceJson {
+    pub path: String,
+    pub status: FileStatus,
+    pub reference: Option<ReferenceKind>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RefusedJson {
+    pub path: String,
+    pub reason: String,
+}
+
+fn text(p: &Path) -> String {
+    String::from_utf8_lossy(p.as_os_str().as_bytes()).into_owned()
+}
+
+/// What the user can do about files without a verified clean source.
+pub fn advice(tp: &TreePlan) -> Vec<String> {
+    if tp.no_source.is_empty() {
+        return Vec::new();
+    }
+    let mut a = Vec::new();
+    if let Some(pkg) = &tp.dpkg_package {
+        a.push(format!(
+            "reinstall the package: apt-get install --reinstall {pkg} (dpkg overwrites every changed file of it; copy any you want to keep first)"
+        ));
+    }
+    a.push(format!(
+        "put a verified clean copy next to the file (e.g. FILE.orig from an unpacked {} {} package) and run restore again",
+        tp.tree.package(),
+        tp.tree.version()
+    ));
+    a.push("restore the file by hand, then check it with 'kfd-audit scan'".into());
+    a.push(
+        "next time, record a baseline while the tree is clean: 'kfd-audit baseline create'".into(),
+    );
+    a
+}
+
+impl RestorePlan {
+    pub fn to_json(&self, root: &Root, dry_run: bool) -> PlanJson {
+        let trees = self
+            .trees
+            .iter()
+            .map(|tp| TreePlanJson {
+                path: text(&tp.tree.system_path),
+                package: tp.tree.package(),
+                version: tp.tree.version(),
+                references: tp.references.iter().map(|k| k.to_string()).collect(),
+                restore: tp
+                    .items
+                    .iter()
+                    .map(|i| ItemJson {
+                        path: text(&i.rel),
+                        action: i.action,
+                        source: i.source,
+                        origin: display_origin(root, &i.origin),
+                        reference: i.reference,
+                        algorithm: algorithm_name(i.expected.algorithm()),
+                        verified: i.expected.to_hex(),
+                        current: i.current.as_ref().map(|d| d.to_hex()),
+                        quarantine: (i.action == Action::Replace)
+                            .then(|| text(&quarantine_path("<run>", &tp.system_path(&i.rel)))),
+                    })
+                    .collect(),
+                no_source: tp
+                    .no_source
+                    .iter()
+                    .map(|n| NoSourceJson {
+                        path: text(&n.rel),
+                        status: n.status,
+                        reference: n.reference,
+                        detail: n.detail.clone(),
+                    })
+                    .collect(),
+                refused: tp
+                    .refused
+                    .iter()
+                    .map(|r| RefusedJson {
+                        path: text(&r.rel),
+                        reason: r.reason.clone(),
+                    })
+                    .collect(),
+                kept: tp.kept.iter().map(|p| text(p)).collect(),
+                leftover_temps: tp.leftover_temps.iter().map(|p| text(p)).collect(),
+                advice: advice(tp),
+            })
+            .collect();
+        PlanJson {
+            version: 1,
+            root: self.root.display().to_string(),
+            dry_run,
+            trees,
+            summary: PlanSummary {
+                restore: self.item_count(),
+                no_source: self.no_source_count(),
+                refused: self.refused_count(),
+                kept: self.kept_count(),
+            },
+            result: None,
+        }
+    }
+}
+
+/// The current bytes of a planned file (empty when missing), for diffs.
+pub fn current_bytes(tp: &TreePlan, item: &PlanItem) -> Result<Vec<u8>> {
+    if item.action == Action::Create {
+        return Ok(Vec::new());
+    }
+    let f = atomic::TreeFile::open(&tp.tree.host_path, &item.rel, None)?;
+    Ok(f.read()?.unwrap_or_default())
+}
