@@ -16,6 +16,8 @@ pub mod exit;
 pub mod finding;
 pub mod hash;
 pub mod mounts;
+pub mod patch;
+pub mod recipe;
 pub mod recovery;
 pub mod reference;
 pub mod report;
