@@ -9,6 +9,7 @@ pub mod atomic;
 pub mod baseline;
 pub mod cli;
 pub mod content;
+pub mod demo;
 pub mod diff;
 pub mod dkms;
 pub mod error;
