@@ -175,6 +175,12 @@ fn cmd_scan(cli: &Cli, args: &ScanArgs, out: &mut dyn Write) -> anyhow::Result<O
     let mut report = Report::build(root.dir(), &scans, args.all_files)
         .with_module_backups(&crate::content::backup::module_backups(&root));
     report.attach_dkms(crate::dkms::DkmsState::collect(&root, &scans));
+    report.attach_build(
+        scans
+            .iter()
+            .map(|s| crate::recipe::audit(&root, s, &crate::recipe::no_content_rules))
+            .collect(),
+    );
     match cli.format {
         Format::Json => out.write_all(report.to_json().as_bytes())?,
         Format::Markdown => out.write_all(report::render_markdown(&report).as_bytes())?,

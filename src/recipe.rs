@@ -124,6 +124,11 @@ pub struct BuildAudit {
 /// returns the rule engine's findings (line numbers in the patched text).
 pub type ContentCheck<'a> = dyn Fn(&str, &str, Option<&str>) -> Vec<Finding> + 'a;
 
+/// A content check that finds nothing, for callers without a rule engine.
+pub fn no_content_rules(_target: &str, _new: &str, _old: Option<&str>) -> Vec<Finding> {
+    Vec::new()
+}
+
 fn finding(
     rule: &str,
     severity: Severity,

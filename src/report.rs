@@ -53,6 +53,10 @@ pub struct TreeReport {
     #[serde(skip)]
     pub content_checked: bool,
     pub files: Vec<FileReport>,
+    /// What dkms will really compile: overrides, build-time patches, and findings
+    /// about them (see `recipe.rs`). Absent when nothing changes the build.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub build: Option<crate::recipe::BuildAudit>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -249,6 +253,7 @@ impl Report {
                     .count(),
                 backups: s.files.iter().map(|f| f.backups.len()).sum(),
                 content_checked: s.content_checked,
+                build: None,
                 files: s
                     .files
                     .iter()
@@ -308,6 +313,28 @@ impl Report {
         } else {
             Outcome::Clean
         }
+    }
+
+    /// Adds each tree's build-recipe audit (same order as the trees); its findings
+    /// count in the summary and the exit code like findings in files.
+    pub fn attach_build(&mut self, audits: Vec<crate::recipe::BuildAudit>) {
+        for (t, a) in self.trees.iter_mut().zip(audits) {
+            if a.overrides.is_empty() && a.patches.is_empty() && a.findings.is_empty() {
+                continue;
+            }
+            for f in &a.findings {
+                self.summary.findings += 1;
+                match f.finding.severity {
+                    Severity::Critical => self.summary.critical += 1,
+                    Severity::High => self.summary.high += 1,
+                    Severity::Medium => self.summary.medium += 1,
+                    Severity::Low => self.summary.low += 1,
+                    Severity::Info => self.summary.info += 1,
+                }
+            }
+            t.build = Some(a);
+        }
+        self.exit_code = self.outcome().code();
     }
 
     pub fn outcome(&self) -> Outcome {
@@ -543,6 +570,66 @@ pub fn render_text(r: &Report, color: bool, verbose: bool) -> String {
                 });
                 out.push_str(&String::from_utf8_lossy(&text));
             }
+        }
+    }
+    for t in &r.trees {
+        let Some(b) = &t.build else { continue };
+        let _ = writeln!(
+            out,
+            "\n{} {}",
+            p.paint(BOLD, "what dkms will build for"),
+            term::escape(&t.path)
+        );
+        for o in &b.overrides {
+            let _ = writeln!(
+                out,
+                "  override {} sets {}",
+                term::escape(&o.path),
+                if o.sets.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    term::escape(&o.sets.join(", ")).into_owned()
+                }
+            );
+        }
+        for bp in &b.patches {
+            let _ = writeln!(
+                out,
+                "  patch {}:{}{} changes {}",
+                term::escape(&bp.path),
+                bp.line,
+                if bp.inline {
+                    " (inline here-document)"
+                } else {
+                    ""
+                },
+                term::escape(&bp.targets.join(", "))
+            );
+        }
+        for f in &b.findings {
+            let target = f
+                .target
+                .as_ref()
+                .map(|t| format!(" (in the patch to {})", term::escape(t)))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "      {} {} {}:{}{}: {}",
+                p.paint(
+                    severity_style(f.finding.severity),
+                    &f.finding.severity.as_str().to_uppercase()
+                ),
+                f.finding.rule,
+                term::escape(&f.path),
+                f.finding.line,
+                target,
+                term::escape(&f.finding.text)
+            );
+            if !f.finding.title.is_empty() {
+                let _ = writeln!(out, "        {}", term::escape(&f.finding.title));
+            }
+            let _ = writeln!(out, "        why: {}", term::escape(f.finding.why.trim()));
+            let _ = writeln!(out, "        fix: {}", term::escape(f.finding.fix.trim()));
         }
     }
     if !r.module_backups.is_empty() {
