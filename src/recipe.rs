@@ -153,6 +153,21 @@ fn key_base(key: &str) -> &str {
     key.split('[').next().unwrap_or(key)
 }
 
+/// Whether setting this dkms.conf key changes what is compiled or run at build time.
+pub fn changes_build(key: &str) -> bool {
+    BUILD_KEYS.contains(&key_base(key))
+}
+
+/// The per-module override files (not framework.conf) that change the build of a
+/// module version, as system paths: what the recovery plan moves aside.
+pub fn build_overrides(root: &Root, module: &str, version: &str) -> Vec<String> {
+    find_overrides(root, module, version)
+        .into_iter()
+        .filter(|o| o.kind != OverrideKind::Framework && o.sets.iter().any(|k| changes_build(k)))
+        .map(|o| o.path)
+        .collect()
+}
+
 /// The override files dkms would read for this module and version, under the root.
 pub fn find_overrides(root: &Root, module: &str, version: &str) -> Vec<Override> {
     let etc = root.path("/etc/dkms");

@@ -36,6 +36,7 @@ pub enum StepKind {
     Remount,
     BindMount,
     Restore,
+    MoveAside,
     DkmsRemove,
     DkmsBuild,
     DkmsInstall,
@@ -83,6 +84,8 @@ pub struct TreePlan {
     pub findings: usize,
     /// The kernels the module is rebuilt for.
     pub rebuild_for: Vec<String>,
+    /// /etc/dkms override files that change the build; the plan moves them aside.
+    pub overrides: Vec<String>,
     pub dkms: PackageState,
     pub notes: Vec<String>,
 }
@@ -374,6 +377,13 @@ pub fn build(
                 reasons.push(format!("kernel {}: {}", k.kernel, k.verdict));
             }
         }
+        let overrides = crate::recipe::build_overrides(root, &pkg.name, &pkg.version);
+        if !overrides.is_empty() {
+            reasons.push(format!(
+                "dkms reads override(s) that change how the module is built: {}",
+                overrides.join(", ")
+            ));
+        }
         let rebuild_due = pkg.rebuild_due();
         if !restore && !rebuild_due && !pkg.changes.verified {
             tnotes.push(
@@ -382,7 +392,7 @@ pub fn build(
                     .to_string(),
             );
         }
-        let needs = restore || rebuild_due;
+        let needs = restore || rebuild_due || !overrides.is_empty();
         let mut rebuild_for = Vec::new();
         if needs {
             for k in &pkg.kernels {
@@ -415,6 +425,7 @@ pub fn build(
             added,
             findings,
             rebuild_for,
+            overrides,
             dkms: pkg,
             notes: tnotes,
         });
@@ -460,6 +471,9 @@ pub fn build(
         if trees[*i].needs_restore {
             writes.push(PathBuf::from(&trees[*i].path));
         }
+    }
+    if active.iter().any(|i| !trees[*i].overrides.is_empty()) {
+        writes.push(PathBuf::from("/etc/dkms"));
     }
     writes.push(PathBuf::from(dkms::DKMS_TREE));
     writes.push(PathBuf::from(dkms::MODULES_DIR));
@@ -525,6 +539,37 @@ pub fn build(
                 ),
             );
             step.tree = Some(t.path.clone());
+        }
+    }
+
+    // 2b. Move aside overrides that change the build: renamed, never deleted, and a
+    // name dkms does not read (it reads exact `<module>...conf` names and `*.conf`).
+    for i in &active {
+        let t = &trees[*i];
+        for o in &t.overrides {
+            let mut n = 0;
+            let aside = loop {
+                let candidate = if n == 0 {
+                    format!("{o}.disabled-by-kfd-audit")
+                } else {
+                    format!("{o}.disabled-by-kfd-audit.{n}")
+                };
+                if !root.path(&candidate).exists() {
+                    break candidate;
+                }
+                n += 1;
+            };
+            let argv = b.in_system(vec![s("mv"), o.clone(), aside.clone()]);
+            b.push(
+                StepKind::MoveAside,
+                argv,
+                format!(
+                    "dkms would apply this override's build changes again; kept as {aside} (rename it back to use it again)"
+                ),
+            );
+            if let Some(step) = b.steps.last_mut() {
+                step.tree = Some(t.path.clone());
+            }
         }
     }
 
@@ -1007,6 +1052,10 @@ fn advice(plan: &RecoveryPlan, st: &RecoveryStep) -> Vec<String> {
         StepKind::Remount => vec![
             "the filesystem could not be made writable: look at 'dmesg | tail' for filesystem errors; \
              a filesystem with errors must be checked (fsck) from a live USB first"
+                .to_string(),
+        ],
+        StepKind::MoveAside => vec![
+            "the override could not be renamed: check that /etc/dkms is writable (mount -o remount,rw /) and rename it by hand"
                 .to_string(),
         ],
         StepKind::BindMount | StepKind::Unmount => vec![

@@ -209,3 +209,42 @@ fn per_kernel_override_and_unrelated_module_override() {
     );
     assert_eq!(build(&j)["overrides"][0]["kind"], "module-version-kernel");
 }
+
+#[test]
+fn plan_moves_the_override_aside_before_rebuilding() {
+    let fx = Fixture::new();
+    fx.amdgpu_tree();
+    let conf = format!("/etc/dkms/amdgpu-{VERSION}.conf");
+    fx.write(&conf, "MAKE[0]=\"make -j4\"\n");
+    // A copy disabled earlier is kept: the new name must not overwrite it.
+    fx.write(
+        &format!("{conf}.disabled-by-kfd-audit"),
+        "MAKE[0]=\"older\"\n",
+    );
+    let j = fx.run(&["--format", "json", "plan"]).expect_code(1).json();
+    let steps: Vec<&Value> = j["steps"].as_array().unwrap().iter().collect();
+    let mv = steps
+        .iter()
+        .find(|s| s["kind"] == "move-aside")
+        .unwrap_or_else(|| panic!("{j}"));
+    assert_eq!(
+        mv["argv"],
+        // With --root the command runs inside the mounted system.
+        serde_json::json!([
+            "chroot",
+            fx.root(),
+            "mv",
+            conf,
+            format!("{conf}.disabled-by-kfd-audit.1")
+        ])
+    );
+    assert!(
+        j["trees"][0]["reasons"].to_string().contains("override"),
+        "{j}"
+    );
+    let mv_at = mv["number"].as_u64().unwrap();
+    assert!(steps
+        .iter()
+        .filter(|s| s["kind"] == "dkms-remove")
+        .all(|s| s["number"].as_u64().unwrap() > mv_at));
+}
