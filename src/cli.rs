@@ -10,7 +10,7 @@ use crate::root::Root;
 use crate::scan::{self, ScanOptions, TreeScan};
 use crate::term::{self, ColorChoice};
 use crate::tree::{self, Tree};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -52,6 +52,8 @@ pub enum Format {
     Text,
     Json,
     Markdown,
+    /// node_exporter textfile metrics (scan only)
+    Prometheus,
 }
 
 #[derive(Debug, Subcommand)]
@@ -69,6 +71,15 @@ pub enum Command {
     Restore(crate::restore::RestoreArgs),
     /// Put back what the last (or a named) restore replaced, from the quarantine
     Undo(crate::restore::UndoArgs),
+    /// Reproduce the incident in a throw-away sandbox and show what kfd-audit does
+    Demo(crate::demo::DemoArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) to stdout: kfd-audit man > /usr/local/share/man/man1/kfd-audit.1
+    Man,
 }
 
 #[derive(Debug, Args)]
@@ -184,6 +195,9 @@ fn cmd_scan(cli: &Cli, args: &ScanArgs, out: &mut dyn Write) -> anyhow::Result<O
     match cli.format {
         Format::Json => out.write_all(report.to_json().as_bytes())?,
         Format::Markdown => out.write_all(report::render_markdown(&report).as_bytes())?,
+        Format::Prometheus => out.write_all(
+            crate::metrics::render(&report, &scans, std::time::SystemTime::now()).as_bytes(),
+        )?,
         Format::Text => {
             let text = report::render_text(&report, term::use_color(cli.color), cli.verbose > 0);
             if cli.quiet {
@@ -238,6 +252,11 @@ fn cmd_baseline(cli: &Cli, cmd: &BaselineCommand, out: &mut dyn Write) -> anyhow
 
 /// Runs a parsed command line, writing the command's output to `out`.
 pub fn run(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<Outcome> {
+    if cli.format == Format::Prometheus && !matches!(cli.command, Command::Scan(_)) {
+        anyhow::bail!(
+            "--format prometheus is for 'kfd-audit scan' only; use text, json or markdown here"
+        );
+    }
     match &cli.command {
         Command::Scan(args) => cmd_scan(cli, args, out),
         Command::Baseline(cmd) => cmd_baseline(cli, cmd, out),
@@ -245,6 +264,15 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<Outcome> {
         Command::Diff(args) => crate::diff::cmd(cli, &args.trees, &args.paths, args.context, out),
         Command::Restore(args) => crate::restore::command::restore(cli, args, out),
         Command::Undo(args) => crate::restore::command::undo(cli, args, out),
+        Command::Demo(args) => crate::demo::cmd(cli, args, out),
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Cli::command(), "kfd-audit", out);
+            Ok(Outcome::Clean)
+        }
+        Command::Man => {
+            clap_mangen::Man::new(Cli::command()).render(out)?;
+            Ok(Outcome::Clean)
+        }
     }
 }
 

@@ -262,9 +262,28 @@ pub fn build(root: &Path) -> Result<Sandbox> {
     )?;
     write(
         root,
-        &format!("{dkms}/build/make.log"),
+        &format!("{dkms}/{KERNEL}/x86_64/log/make.log"),
         b"DKMS make.log for amdgpu (demo)\n",
         built_at,
+    )?;
+    // The kernel's headers and the tools the plan names exist on the demo system.
+    write(
+        root,
+        &format!("/lib/modules/{KERNEL}/build/Makefile"),
+        b"# kernel headers (demo)\n",
+        installed,
+    )?;
+    write(
+        root,
+        &format!("/boot/initrd.img-{KERNEL}"),
+        b"initramfs (demo)\n",
+        built_at,
+    )?;
+    write(
+        root,
+        "/usr/sbin/dkms",
+        b"#!/bin/sh\n# dkms (demo stand-in)\n",
+        installed,
     )?;
     write(
         root,
@@ -317,4 +336,102 @@ mod tests {
         assert_eq!(crat, patched);
         assert!(build(&root).is_err(), "refuses a non-empty directory");
     }
+}
+
+/// Arguments of `kfd-audit demo`.
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Build the sandbox in DIR (empty or new) and keep it, to try restore and undo in it
+    #[arg(long, value_name = "DIR")]
+    pub keep: Option<PathBuf>,
+}
+
+fn color_word(c: crate::term::ColorChoice) -> &'static str {
+    match c {
+        crate::term::ColorChoice::Auto => "auto",
+        crate::term::ColorChoice::Always => "always",
+        crate::term::ColorChoice::Never => "never",
+    }
+}
+
+/// Runs one kfd-audit command line inside the sandbox, echoing it like a shell would.
+fn show(
+    cli: &crate::cli::Cli,
+    root: &Path,
+    args: &[&str],
+    out: &mut dyn std::io::Write,
+) -> anyhow::Result<()> {
+    use clap::Parser as _;
+    let shown_root = root.display().to_string();
+    writeln!(
+        out,
+        "\n$ kfd-audit --root {shown_root} {}\n",
+        args.join(" ")
+    )?;
+    let mut argv = vec![
+        "kfd-audit",
+        "--root",
+        &shown_root,
+        "--color",
+        color_word(cli.color),
+    ];
+    argv.extend_from_slice(args);
+    let inner = crate::cli::Cli::try_parse_from(argv)?;
+    crate::cli::run(&inner, out)?;
+    Ok(())
+}
+
+/// `kfd-audit demo`: build the sandbox, run the scan and the plan on it, and say how
+/// to try the interactive restore and undo.
+pub fn cmd(
+    cli: &crate::cli::Cli,
+    args: &DemoArgs,
+    out: &mut dyn std::io::Write,
+) -> anyhow::Result<crate::exit::Outcome> {
+    if cli.format != crate::cli::Format::Text {
+        anyhow::bail!("kfd-audit demo prints text only; drop --format");
+    }
+    let temp;
+    let root = match &args.keep {
+        Some(dir) => std::path::absolute(dir)?,
+        None => {
+            temp = tempfile::Builder::new()
+                .prefix("kfd-audit-demo.")
+                .tempdir()?;
+            temp.path().join("root")
+        }
+    };
+    build(&root)?;
+    writeln!(
+        out,
+        "kfd-audit demo: a sandbox system at {} reproduces the incident kfd-audit was written for.\n\
+         Someone with an RDNA1 card (Navi 10, PCI id 0x731F) patched kfd_crat.c in the amdgpu {VERSION} DKMS\n\
+         sources so that ROCm would believe the card's VRAM supports fine-grained access, rebuilt the module\n\
+         with dkms, and kept a \"backup\" made after patching (kfd_crat.c.patched). The first GPU kernel froze\n\
+         the machine. This is what kfd-audit tells them:",
+        root.display()
+    )?;
+    show(cli, &root, &["scan", "--diff"], out)?;
+    show(cli, &root, &["restore", "--dry-run"], out)?;
+    show(cli, &root, &["plan"], out)?;
+    let r = root.display();
+    match &args.keep {
+        Some(_) => writeln!(
+            out,
+            "\nThe sandbox is kept at {r}. Try the rest yourself:\n  \
+             kfd-audit --root {r} restore   # asks per file: accept, skip, show diff, all, quit\n  \
+             kfd-audit --root {r} scan      # the sources are clean again; the module still needs a rebuild\n  \
+             kfd-audit --root {r} undo      # puts the patched file back from the quarantine\n\
+             Remove it with: rm -r {r}"
+        )?,
+        None => writeln!(
+            out,
+            "\nThe sandbox above was temporary. To try the interactive restore and undo yourself:\n  \
+             kfd-audit demo --keep /tmp/kfd-demo\n  \
+             kfd-audit --root /tmp/kfd-demo restore   # asks per file: accept, skip, show diff, all, quit\n  \
+             kfd-audit --root /tmp/kfd-demo scan\n  \
+             kfd-audit --root /tmp/kfd-demo undo"
+        )?,
+    }
+    Ok(crate::exit::Outcome::Clean)
 }

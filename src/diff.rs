@@ -541,7 +541,7 @@ pub fn cmd(
                 writeln!(out, "> note: {p}\n")?;
             }
         }
-        Format::Text => {
+        Format::Text | Format::Prometheus => {
             let color = term::use_color(cli.color);
             let several = targets.len() > 1;
             let mut last_tree = String::new();

@@ -16,6 +16,7 @@ pub mod error;
 pub mod exit;
 pub mod finding;
 pub mod hash;
+pub mod metrics;
 pub mod mounts;
 pub mod patch;
 pub mod recipe;

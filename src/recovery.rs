@@ -1284,7 +1284,7 @@ pub fn cmd_plan(cli: &Cli, args: &PlanArgs, out: &mut dyn Write) -> anyhow::Resu
         return run_command(&plan, args.yes, tty, out, &mut TerminalConfirm);
     }
     match cli.format {
-        Format::Text => out.write_all(render_text(&plan).as_bytes())?,
+        Format::Text | Format::Prometheus => out.write_all(render_text(&plan).as_bytes())?,
         Format::Markdown => out.write_all(render_markdown(&plan).as_bytes())?,
         Format::Json => out.write_all(render_json(&plan).as_bytes())?,
     }

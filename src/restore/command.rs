@@ -244,7 +244,9 @@ fn print_plan(
             out.write_all(b"\n")?;
         }
         Format::Markdown => out.write_all(render::plan_markdown(root, plan).as_bytes())?,
-        Format::Text => out.write_all(render::plan_text(root, plan, "<run>").as_bytes())?,
+        Format::Text | Format::Prometheus => {
+            out.write_all(render::plan_text(root, plan, "<run>").as_bytes())?
+        }
     }
     Ok(())
 }
@@ -411,7 +413,7 @@ pub fn restore(cli: &Cli, args: &RestoreArgs, out: &mut dyn Write) -> anyhow::Re
             out.write_all(serde_json::to_string_pretty(&j)?.as_bytes())?;
             out.write_all(b"\n")?;
         }
-        Format::Text | Format::Markdown => {
+        Format::Text | Format::Markdown | Format::Prometheus => {
             out.write_all(result_text(&result, "restored").as_bytes())?;
             out.write_all(recovery_text(&recovery).as_bytes())?;
         }
@@ -513,7 +515,7 @@ pub fn undo(cli: &Cli, args: &UndoArgs, out: &mut dyn Write) -> anyhow::Result<O
                 out.write_all(serde_json::to_string_pretty(&j)?.as_bytes())?;
                 out.write_all(b"\n")?;
             }
-            Format::Text | Format::Markdown => {
+            Format::Text | Format::Markdown | Format::Prometheus => {
                 if list.is_empty() {
                     writeln!(out, "no restore has been journaled under {}", text(&state))?;
                 }

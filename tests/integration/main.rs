@@ -5,6 +5,7 @@ mod content;
 mod corpus;
 mod dkms_real;
 mod fixture;
+mod newcomer;
 mod recipe;
 mod recovery;
 mod restore;
