@@ -43,6 +43,10 @@ pub struct Cli {
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
+    /// Add the rules in DIR/*.toml to the built-in ones (repeatable)
+    #[arg(long = "rules", global = true, value_name = "DIR")]
+    pub rules: Vec<PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -61,6 +65,9 @@ pub enum Command {
     /// Record or show kfd-audit's own trusted manifest of a clean tree
     #[command(subcommand)]
     Baseline(BaselineCommand),
+    /// List the rules, or check rule files (syntax, regexes, ids, examples)
+    #[command(subcommand)]
+    Rules(crate::rules_cli::RulesCommand),
 }
 
 #[derive(Debug, Args, Clone, Default)]
@@ -125,7 +132,12 @@ fn cmd_scan(cli: &Cli, args: &ScanArgs, out: &mut dyn Write) -> anyhow::Result<O
             lenient: args.trees.lenient,
         },
     };
-    let scans = scan_all(&root, &trees, &opts)?;
+    let rules = crate::rules_cli::load(&cli.rules)?;
+    let mut scans = scan_all(&root, &trees, &opts)?;
+    for s in &mut scans {
+        let tree = s.tree.clone();
+        crate::rules::apply(&rules, &tree, s);
+    }
     let report = Report::build(root.dir(), &scans, args.all_files);
     match cli.format {
         Format::Json => out.write_all(report.to_json().as_bytes())?,
@@ -180,6 +192,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<Outcome> {
     match &cli.command {
         Command::Scan(args) => cmd_scan(cli, args, out),
         Command::Baseline(cmd) => cmd_baseline(cli, cmd, out),
+        Command::Rules(cmd) => crate::rules_cli::run(cli, cmd, out),
     }
 }
 

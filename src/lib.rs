@@ -17,6 +17,8 @@ pub mod mounts;
 pub mod reference;
 pub mod report;
 pub mod root;
+pub mod rules;
+pub mod rules_cli;
 pub mod scan;
 pub mod term;
 pub mod tree;
