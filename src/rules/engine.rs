@@ -14,7 +14,7 @@
 //! lines the line diff marks as changed are preferred.
 
 use super::cfile::{CFile, CondKind, Kind, Stmt};
-use super::{checks, Check, On, Rule, Scope};
+use super::{checks, Check, On, Removal, Rule, Scope};
 use crate::finding::Finding;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -87,6 +87,8 @@ impl Parsed {
 #[derive(Debug, Clone)]
 pub struct Hit {
     pub line: usize,
+    /// Index of the statement it came from (code rules).
+    pub stmt: Option<usize>,
     pub key: String,
     pub detail: Option<String>,
 }
@@ -198,7 +200,7 @@ pub fn match_hits(rule: &Rule, p: &Parsed) -> Vec<Hit> {
             if ranges.is_empty() {
                 return out;
             }
-            for stmt in &p.file.stmts {
+            for (si, stmt) in p.file.stmts.iter().enumerate() {
                 if !overlaps(&ranges, stmt.line, stmt.last_line) || stmt.ctx.dead {
                     continue;
                 }
@@ -233,6 +235,7 @@ pub fn match_hits(rule: &Rule, p: &Parsed) -> Vec<Hit> {
                     }
                     out.push(Hit {
                         line,
+                        stmt: Some(si),
                         key: format!("{cond}\u{1}{whole}\u{1}{}", squash(m.as_str())),
                         detail: verdict.detail,
                     });
@@ -275,6 +278,7 @@ pub fn match_hits(rule: &Rule, p: &Parsed) -> Vec<Hit> {
                     }
                     out.push(Hit {
                         line: at,
+                        stmt: None,
                         key: squash(p.line_text(view, at)),
                         detail: None,
                     });
@@ -338,11 +342,57 @@ fn presence(rule: &Rule, p: &Parsed) -> Vec<(String, usize, bool)> {
         .collect()
 }
 
+/// Whether a removed statement was cut out of code that otherwise survived: its
+/// function still exists in the changed file, and so do the statements just before
+/// and just after the `if` block that held it. A check deleted on its own is a removed
+/// safety check; a check that went away with the code it protected (a feature removed,
+/// a function rewritten) is not.
+fn targeted(old: &Parsed, new: &Parsed, stmt: Option<usize>) -> bool {
+    let Some(i) = stmt else { return true };
+    let stmts = &old.file.stmts;
+    let s = &stmts[i];
+    let Some(func) = s.ctx.function.as_deref() else {
+        return true;
+    };
+    let in_new: std::collections::HashSet<String> = new
+        .file
+        .stmts
+        .iter()
+        .filter(|t| t.ctx.function.as_deref() == Some(func) && !t.ctx.dead)
+        .map(|t| squash(&t.text))
+        .collect();
+    if in_new.is_empty() {
+        return false;
+    }
+    // The block: from the innermost `if` header to the first statement outside it.
+    let cond = s.ctx.conds.iter().rev().find(|c| c.kind == CondKind::If);
+    let (mut first, mut last) = (i, i);
+    if let Some(c) = cond {
+        let inside = |t: &Stmt| t.ctx.conds.iter().any(|x| x.line == c.line && x.text == c.text);
+        while first > 0 && inside(&stmts[first - 1]) {
+            first -= 1;
+        }
+        if first > 0 && stmts[first - 1].kind == Kind::Control && stmts[first - 1].line == c.line {
+            first -= 1;
+        }
+        while last + 1 < stmts.len() && inside(&stmts[last + 1]) {
+            last += 1;
+        }
+    }
+    let same_fn = |t: &Stmt| t.ctx.function.as_deref() == Some(func) && t.kind != Kind::Preproc;
+    let before = stmts[..first].iter().rev().find(|t| same_fn(t));
+    let after = stmts[last + 1..].iter().find(|t| same_fn(t));
+    before.is_none_or(|t| in_new.contains(&squash(&t.text)))
+        && after.is_none_or(|t| in_new.contains(&squash(&t.text)))
+}
+
 /// The line diff of clean → current: which current lines were inserted or
 /// replaced, which clean lines were deleted, and where each clean line is now.
 struct LineDiff {
     changed_new: Vec<bool>,
     deleted_old: Vec<bool>,
+    /// Deleted with nothing put in their place (not part of a replaced block).
+    only_deleted_old: Vec<bool>,
     old_to_new: Vec<usize>,
 }
 
@@ -354,6 +404,7 @@ fn line_diff(old: &str, new: &str, old_lines: usize, new_lines: usize) -> LineDi
     let mut d = LineDiff {
         changed_new: vec![false; new_lines + 2],
         deleted_old: vec![false; old_lines + 2],
+        only_deleted_old: vec![false; old_lines + 2],
         old_to_new: vec![0; old_lines + 2],
     };
     for op in diff.ops() {
@@ -379,6 +430,9 @@ fn line_diff(old: &str, new: &str, old_lines: usize, new_lines: usize) -> LineDi
                         *x = new_index + 1;
                     }
                     if let Some(x) = d.deleted_old.get_mut(old_index + i + 1) {
+                        *x = true;
+                    }
+                    if let Some(x) = d.only_deleted_old.get_mut(old_index + i + 1) {
                         *x = true;
                     }
                 }
@@ -518,6 +572,13 @@ pub fn evaluate(rules: &[&Rule], rel: &Path, current: &str, clean: Option<&str>)
                 }
                 let a = match_hits(rule, &new);
                 for h in surplus(b, &a, &d.deleted_old) {
+                    let only = d.only_deleted_old.get(h.line).copied().unwrap_or(false);
+                    match rule.removal {
+                        Removal::Any => {}
+                        Removal::Deleted if !only || !targeted(o, &new, h.stmt) => continue,
+                        Removal::Replaced if only => continue,
+                        _ => {}
+                    }
                     let at = d.old_to_new.get(h.line).copied().unwrap_or(0).max(1);
                     out.push(finding(rule, at, o.raw_line(h.line), h.detail));
                 }

@@ -56,6 +56,17 @@ impl Scope {
     }
 }
 
+/// For `removed` rules: which kind of removal counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    /// Any line the change removed or rewrote.
+    Any,
+    /// Lines removed with nothing put in their place (a deleted check).
+    Deleted,
+    /// Lines rewritten into something else (a check replaced by other code).
+    Replaced,
+}
+
 /// Which text a rule's `match` runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum On {
@@ -95,6 +106,7 @@ pub struct Rule {
     pub title: String,
     pub severity: Severity,
     pub scope: Scope,
+    pub removal: Removal,
     pub on: On,
     pub file_globs: Vec<String>,
     files: GlobSet,

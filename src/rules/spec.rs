@@ -3,7 +3,7 @@
 //! syntax error, an unknown key, a bad regex or glob, an unknown severity, scope or
 //! check, a duplicate id.
 
-use super::{Check, Example, On, Rule, Scope};
+use super::{Check, Example, On, Removal, Rule, Scope};
 use crate::error::Error;
 use crate::finding::Severity;
 use globset::{GlobSet, GlobSetBuilder};
@@ -47,6 +47,8 @@ struct RuleSpec {
     exclude: Vec<Spanned<String>>,
     #[serde(default)]
     scope: Option<Spanned<String>>,
+    #[serde(default)]
+    removal: Option<Spanned<String>>,
     #[serde(default)]
     on: Option<Spanned<String>>,
     #[serde(default, rename = "match")]
@@ -190,6 +192,23 @@ fn compile(cx: &Ctx, r: RuleSpec) -> Result<Rule, Error> {
             )
         }
     };
+    let removal = match r.removal.as_ref().map(|s| s.get_ref().as_str()) {
+        None | Some("any") => Removal::Any,
+        Some("deleted") => Removal::Deleted,
+        Some("replaced") => Removal::Replaced,
+        Some(other) => {
+            return cx.err(
+                r.removal.as_ref().unwrap().span(),
+                format!("rule {id}: unknown `removal` value `{other}` (any, deleted, replaced)"),
+            )
+        }
+    };
+    if r.removal.is_some() && scope != Scope::Removed {
+        return cx.err(
+            r.removal.as_ref().unwrap().span(),
+            format!("rule {id}: `removal` only applies to scope = \"removed\""),
+        );
+    }
     let on = match r.on.as_ref().map(|s| s.get_ref().as_str()) {
         None | Some("code") => On::Code,
         Some("line") => On::Line,
@@ -332,6 +351,7 @@ fn compile(cx: &Ctx, r: RuleSpec) -> Result<Rule, Error> {
         title: r.title.trim().to_string(),
         severity,
         scope,
+        removal,
         on,
         file_globs: r.files.iter().map(|g| g.get_ref().clone()).collect(),
         files,
