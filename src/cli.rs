@@ -93,6 +93,10 @@ pub struct ScanArgs {
     /// List every file in the report, not only those with something to say
     #[arg(long)]
     pub all_files: bool,
+
+    /// Only compare files with their references; do not run the rules
+    #[arg(long)]
+    pub no_rules: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -134,9 +138,11 @@ fn cmd_scan(cli: &Cli, args: &ScanArgs, out: &mut dyn Write) -> anyhow::Result<O
     };
     let rules = crate::rules_cli::load(&cli.rules)?;
     let mut scans = scan_all(&root, &trees, &opts)?;
-    for s in &mut scans {
-        let tree = s.tree.clone();
-        crate::rules::apply(&rules, &tree, s);
+    if !args.no_rules {
+        for s in &mut scans {
+            let tree = s.tree.clone();
+            crate::rules::apply(&rules, &tree, s);
+        }
     }
     let report = Report::build(root.dir(), &scans, args.all_files);
     match cli.format {

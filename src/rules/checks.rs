@@ -138,6 +138,19 @@ pub fn gfx_target(rule: &Rule, stmt: &Stmt, m: &Captures) -> Verdict {
         return QUIET;
     }
     let keys = chip_keys(stmt, whole.start());
+    // An arm of a switch that is not over chips (e.g. `case 0x731F:` of a switch on
+    // the PCI device id) is no table entry.
+    let chip_arm = stmt.ctx.labels.is_empty()
+        || stmt.ctx.labels.iter().any(|l| {
+            l.starts_with("IP_VERSION(") || l.starts_with("CHIP_") || l == "default"
+        });
+    if !chip_arm {
+        return fire(format!(
+            "Here gfx_target_version is hard-coded to {} for case {}, outside the per-chip table.",
+            join(&values),
+            stmt.ctx.labels.join(", case ")
+        ));
+    }
     if keys.is_empty() {
         return fire(format!(
             "Here gfx_target_version is hard-coded to {} outside the per-chip table, so every GPU gets it.",

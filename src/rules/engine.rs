@@ -364,15 +364,25 @@ fn targeted(old: &Parsed, new: &Parsed, stmt: Option<usize>) -> bool {
     if in_new.is_empty() {
         return false;
     }
-    // The block: from the innermost `if` header to the first statement outside it.
-    let cond = s.ctx.conds.iter().rev().find(|c| c.kind == CondKind::If);
+    // The block: from the innermost `if` header (the statement itself when it is
+    // one, as in `if (WARN_ON(x))`) to the first statement outside it.
+    let own = (s.kind == Kind::Control && s.text.starts_with("if ")).then_some(s.line);
+    let cond_line = own.or_else(|| {
+        s.ctx
+            .conds
+            .iter()
+            .rev()
+            .find(|c| c.kind == CondKind::If)
+            .map(|c| c.line)
+    });
     let (mut first, mut last) = (i, i);
-    if let Some(c) = cond {
-        let inside = |t: &Stmt| t.ctx.conds.iter().any(|x| x.line == c.line && x.text == c.text);
+    if let Some(line) = cond_line {
+        let inside =
+            |t: &Stmt| t.ctx.conds.iter().any(|x| x.kind == CondKind::If && x.line == line);
         while first > 0 && inside(&stmts[first - 1]) {
             first -= 1;
         }
-        if first > 0 && stmts[first - 1].kind == Kind::Control && stmts[first - 1].line == c.line {
+        if first > 0 && stmts[first - 1].kind == Kind::Control && stmts[first - 1].line == line {
             first -= 1;
         }
         while last + 1 < stmts.len() && inside(&stmts[last + 1]) {
@@ -572,7 +582,11 @@ pub fn evaluate(rules: &[&Rule], rel: &Path, current: &str, clean: Option<&str>)
                 }
                 let a = match_hits(rule, &new);
                 for h in surplus(b, &a, &d.deleted_old) {
-                    let only = d.only_deleted_old.get(h.line).copied().unwrap_or(false);
+                    let mapped = d.old_to_new.get(h.line).copied().unwrap_or(0);
+                    // Put under `#if 0` counts as deleted: the line is there, dead.
+                    let only = d.only_deleted_old.get(h.line).copied().unwrap_or(false)
+                        || (!d.deleted_old.get(h.line).copied().unwrap_or(true)
+                            && new.file.ctx_of_line(mapped).is_some_and(|c| c.dead));
                     match rule.removal {
                         Removal::Any => {}
                         Removal::Deleted if !only || !targeted(o, &new, h.stmt) => continue,

@@ -3,4 +3,5 @@
 
 mod corpus;
 mod fixture;
+mod rules;
 mod scan;
