@@ -190,9 +190,13 @@ pub struct CFile {
 
 impl CFile {
     pub fn parse(raw: &str) -> CFile {
-        let views = Views::of_c(raw);
+        CFile::from_views(Views::of_c(raw))
+    }
+
+    /// Parses the statements of views made by [`Views::of_c`].
+    pub fn from_views(views: Views) -> CFile {
         let stmts = Parser::new(views.code.as_bytes()).run();
-        let lines = raw.lines().count().max(1);
+        let lines = views.raw.lines().count().max(1);
         let mut line_stmt = vec![None; lines + 1];
         for (i, s) in stmts.iter().enumerate() {
             for l in s.line..=s.last_line.min(lines) {
@@ -210,7 +214,13 @@ impl CFile {
 
     /// A file that is not C: every non-empty line is a statement without context.
     pub fn plain(raw: &str) -> CFile {
-        let views = Views::of_plain(raw);
+        CFile::plain_from_views(Views::of_plain(raw))
+    }
+
+    /// A file that is not C, from views made by [`Views::of_plain`].
+    pub fn plain_from_views(views: Views) -> CFile {
+        let raw = views.raw.clone();
+        let raw = raw.as_str();
         let ctx = Arc::new(Ctx::default());
         let mut stmts = Vec::new();
         let mut line_stmt = Vec::new();
@@ -918,7 +928,9 @@ impl<'a> Parser<'a> {
                             self.else_branch();
                             continue;
                         }
-                        "do" if matches!(next_c, Some(b'{')) || next_c.is_some_and(is_ident_start) => {
+                        "do" if matches!(next_c, Some(b'{'))
+                            || next_c.is_some_and(is_ident_start) =>
+                        {
                             let line = self.line;
                             self.pos += 2;
                             self.last_popped.clear();
@@ -1145,7 +1157,8 @@ pub fn strip_parens(mut s: &str) -> &str {
 pub fn always_true(cond: &str) -> bool {
     disjuncts(strip_parens(cond)).iter().any(|d| {
         let d = strip_parens(d);
-        matches!(d, "1" | "true" | "!0" | "!false" | "1U" | "1u") || d.chars().all(|c| c.is_ascii_digit()) && d != "0" && !d.is_empty()
+        matches!(d, "1" | "true" | "!0" | "!false" | "1U" | "1u")
+            || d.chars().all(|c| c.is_ascii_digit()) && d != "0" && !d.is_empty()
     })
 }
 
@@ -1348,6 +1361,37 @@ int after(void) { return 1; }
         assert!(!stmt(&f, "x = 1").ctx.dead);
         assert_eq!(stmt(&f, "return 1").ctx.function.as_deref(), Some("after"));
         assert!(stmt(&f, "t[] =").text.ends_with("3, };"));
+    }
+
+    #[test]
+    fn malformed_input_degrades_quietly() {
+        for src in [
+            "}}}} int a; {{{{",
+            "if (",
+            "\"unterminated\n int x = 1;",
+            "/* never closed",
+            "#if 0\n#else\n#else\n#endif\n#endif\n}",
+            "else else do do while",
+            "case 1: default: x:",
+            "int f() { switch (x) { case 0x731F: y = 1; } } }",
+            "\u{feff}int \u{e9}t\u{e9} = 1; /* \u{2603} */",
+        ] {
+            let f = CFile::parse(src);
+            for s in &f.stmts {
+                assert!(s.line >= 1 && s.last_line >= s.line, "{src:?}: {s:?}");
+            }
+        }
+        let f = CFile::parse("int f() { switch (x) { case 0x731F: y = 1; } }");
+        assert_eq!(stmt(&f, "y = 1").ctx.labels, vec!["0x731F"]);
+    }
+
+    #[test]
+    fn do_while_and_nested_braceless() {
+        let src = "int f(void)\n{\n\tdo {\n\t\ta = 1;\n\t} while (a < 3);\n\tif (p)\n\t\tfor (i = 0; i < n; i++)\n\t\t\tb = i;\n\tc = 2;\n}\n";
+        let f = CFile::parse(src);
+        assert!(stmt(&f, "c = 2").ctx.conds.is_empty());
+        assert_eq!(stmt(&f, "b = i").ctx.conds.len(), 2);
+        assert!(stmt(&f, "while (a < 3)").ctx.conds.is_empty());
     }
 
     #[test]

@@ -58,14 +58,12 @@ pub fn parse_int(t: &str) -> Option<i128> {
     Some(if neg { -v } else { v })
 }
 
-static INT: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"\b(0[xX][0-9a-fA-F]+|[0-9]+)[uUlL]*\b").expect("integer regex")
-});
+static INT: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\b(0[xX][0-9a-fA-F]+|[0-9]+)[uUlL]*\b").expect("integer regex"));
 static INIT_NAME: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"(\w+)\s*(\[[^\]]*\])?\s*=\s*\{").expect("initializer regex"));
-static IP: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"^IP_VERSION\((\d+),(\d+),(\d+)\)$").expect("ip version regex")
-});
+static IP: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^IP_VERSION\((\d+),(\d+),(\d+)\)$").expect("ip version regex"));
 
 /// The result of a check on one match: fire or not, with a sentence for the user.
 pub struct Verdict {
@@ -141,9 +139,11 @@ pub fn gfx_target(rule: &Rule, stmt: &Stmt, m: &Captures) -> Verdict {
     // An arm of a switch that is not over chips (e.g. `case 0x731F:` of a switch on
     // the PCI device id) is no table entry.
     let chip_arm = stmt.ctx.labels.is_empty()
-        || stmt.ctx.labels.iter().any(|l| {
-            l.starts_with("IP_VERSION(") || l.starts_with("CHIP_") || l == "default"
-        });
+        || stmt
+            .ctx
+            .labels
+            .iter()
+            .any(|l| l.starts_with("IP_VERSION(") || l.starts_with("CHIP_") || l == "default");
     if !chip_arm {
         return fire(format!(
             "Here gfx_target_version is hard-coded to {} for case {}, outside the per-chip table.",
@@ -159,7 +159,9 @@ pub fn gfx_target(rule: &Rule, stmt: &Stmt, m: &Captures) -> Verdict {
     }
     let known: Vec<&Vec<String>> = keys.iter().filter_map(|k| rule.table.get(k)).collect();
     if !known.is_empty() {
-        let allowed: Vec<&String> = known.iter().flat_map(|v| v.iter()).collect();
+        // Every chip of a shared arm gets the value: it must be right for each of
+        // them (moving Navi10's label into Sienna Cichlid's arm is spoofing too).
+        let allowed = intersect(&known);
         let bad: Vec<i128> = values
             .iter()
             .copied()
@@ -168,15 +170,15 @@ pub fn gfx_target(rule: &Rule, stmt: &Stmt, m: &Captures) -> Verdict {
         if bad.is_empty() {
             return QUIET;
         }
+        let upstream: Vec<&str> = known
+            .iter()
+            .flat_map(|v| v.iter().map(|s| s.as_str()))
+            .collect();
         return fire(format!(
-            "Here {} is given gfx_target_version {}; upstream gives it {}.",
+            "Here {} is given gfx_target_version {}; upstream gives {}.",
             pretty_keys(stmt),
             join(&bad),
-            allowed
-                .iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(" or ")
+            upstream.join(", ")
         ));
     }
     for k in &keys {
@@ -202,6 +204,14 @@ pub fn gfx_target(rule: &Rule, stmt: &Stmt, m: &Captures) -> Verdict {
     QUIET
 }
 
+/// The values every one of the lists allows.
+fn intersect<'a>(lists: &[&'a Vec<String>]) -> Vec<&'a String> {
+    lists[0]
+        .iter()
+        .filter(|v| lists[1..].iter().all(|l| l.contains(v)))
+        .collect()
+}
+
 fn pretty_keys(stmt: &Stmt) -> String {
     if stmt.ctx.labels.is_empty() {
         "this chip".to_string()
@@ -211,7 +221,10 @@ fn pretty_keys(stmt: &Stmt) -> String {
 }
 
 fn join(v: &[i128]) -> String {
-    v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ")
+    v.iter()
+        .map(|x| x.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A generic table: the value captured as `value` (or the rule's `missing` when the
@@ -226,14 +239,11 @@ pub fn table(rule: &Rule, stmt: &Stmt, m: &Captures) -> Verdict {
             .map(|k| vec![norm_key(k.as_str())])
             .unwrap_or_default()
     };
-    let allowed: Vec<&String> = keys
-        .iter()
-        .filter_map(|k| rule.table.get(k))
-        .flat_map(|v| v.iter())
-        .collect();
-    if allowed.is_empty() {
+    let known: Vec<&Vec<String>> = keys.iter().filter_map(|k| rule.table.get(k)).collect();
+    if known.is_empty() {
         return QUIET;
     }
+    let allowed = intersect(&known);
     let value = match (m.name("value"), &rule.missing) {
         (Some(v), _) => norm_value(v.as_str()),
         (None, Some(d)) => d.clone(),
@@ -248,7 +258,8 @@ pub fn table(rule: &Rule, stmt: &Stmt, m: &Captures) -> Verdict {
         .unwrap_or_else(|| pretty_keys(stmt));
     fire(format!(
         "Here {key} is {}; upstream has {}.",
-        m.name("value").map_or("left at its default", |v| v.as_str().trim()),
+        m.name("value")
+            .map_or("left at its default", |v| v.as_str().trim()),
         allowed
             .iter()
             .map(|s| s.as_str())

@@ -13,17 +13,20 @@
 //! under `#if 0`), at the line where it used to be. Of equal candidates, those on the
 //! lines the line diff marks as changed are preferred.
 
-use super::cfile::{CFile, CondKind, Kind, Stmt};
+use super::cfile::{CFile, CondKind, Kind, Stmt, Views};
 use super::{checks, Check, On, Removal, Rule, Scope};
 use crate::finding::Finding;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::OnceLock;
 
-/// A parsed file: C structure for C sources, one statement per line otherwise.
+/// A file to match: its views at once, its C structure parsed only when a rule's
+/// prefilter says it may match (most files never need it).
 pub struct Parsed {
-    pub file: CFile,
+    pub views: Views,
     pub is_c: bool,
     line_starts: Vec<usize>,
+    parsed: OnceLock<CFile>,
 }
 
 pub fn is_c_source(rel: &Path) -> bool {
@@ -39,10 +42,10 @@ pub fn is_c_source(rel: &Path) -> bool {
 impl Parsed {
     pub fn new(rel: &Path, text: &str) -> Parsed {
         let is_c = is_c_source(rel);
-        let file = if is_c {
-            CFile::parse(text)
+        let views = if is_c {
+            Views::of_c(text)
         } else {
-            CFile::plain(text)
+            Views::of_plain(text)
         };
         let mut line_starts = vec![0];
         for (i, b) in text.bytes().enumerate() {
@@ -51,10 +54,22 @@ impl Parsed {
             }
         }
         Parsed {
-            file,
+            views,
             is_c,
             line_starts,
+            parsed: OnceLock::new(),
         }
+    }
+
+    /// Statements and their contexts.
+    pub fn file(&self) -> &CFile {
+        self.parsed.get_or_init(|| {
+            if self.is_c {
+                CFile::from_views(self.views.clone())
+            } else {
+                CFile::plain_from_views(self.views.clone())
+            }
+        })
     }
 
     fn line_of(&self, offset: usize) -> usize {
@@ -79,7 +94,7 @@ impl Parsed {
     }
 
     pub fn raw_line(&self, line: usize) -> &str {
-        self.line_text(&self.file.views.raw, line)
+        self.line_text(&self.views.raw, line)
     }
 }
 
@@ -105,8 +120,7 @@ fn cond_guards(text: &str, guards: &[regex::Regex]) -> bool {
         .all(|d| {
             guards.iter().any(|re| {
                 re.find_iter(d).any(|m| {
-                    let before =
-                        d[..m.start()].trim_end_matches(|c: char| c == '(' || c == ' ');
+                    let before = d[..m.start()].trim_end_matches(['(', ' ']);
                     !before.ends_with('!')
                 })
             })
@@ -170,6 +184,9 @@ fn candidate_lines(p: &Parsed, rule: &Rule, view: &str) -> Vec<(usize, usize)> {
     let Some(pre) = &rule.prefilter else {
         return Vec::new();
     };
+    if rule.quick.as_ref().is_some_and(|q| !q.is_match(view)) {
+        return Vec::new();
+    }
     let mut out: Vec<(usize, usize)> = Vec::new();
     for m in pre.find_iter(view) {
         let a = p.line_of(m.start());
@@ -192,7 +209,7 @@ pub fn match_hits(rule: &Rule, p: &Parsed) -> Vec<Hit> {
     let Some(re) = &rule.pattern else {
         return Vec::new();
     };
-    let views = &p.file.views;
+    let views = &p.views;
     let mut out: Vec<Hit> = Vec::new();
     match rule.on {
         On::Code => {
@@ -200,7 +217,7 @@ pub fn match_hits(rule: &Rule, p: &Parsed) -> Vec<Hit> {
             if ranges.is_empty() {
                 return out;
             }
-            for (si, stmt) in p.file.stmts.iter().enumerate() {
+            for (si, stmt) in p.file().stmts.iter().enumerate() {
                 if !overlaps(&ranges, stmt.line, stmt.last_line) || stmt.ctx.dead {
                     continue;
                 }
@@ -210,7 +227,7 @@ pub fn match_hits(rule: &Rule, p: &Parsed) -> Vec<Hit> {
                 if rule.unless.iter().any(|u| u.is_match(&stmt.text)) {
                     continue;
                 }
-                let cond = innermost_if(stmt);
+                let cond = format!("{}\u{1}{}", innermost_if(stmt), stmt.ctx.labels.join(","));
                 let whole = if stmt.text.len() <= 400 {
                     squash(&stmt.text)
                 } else {
@@ -261,7 +278,7 @@ pub fn match_hits(rule: &Rule, p: &Parsed) -> Vec<Hit> {
                     if out.iter().any(|h| h.line == at) {
                         continue;
                     }
-                    if let Some(ctx) = p.file.ctx_of_line(at) {
+                    if let Some(ctx) = p.file().ctx_of_line(at) {
                         if ctx.dead {
                             continue;
                         }
@@ -269,7 +286,7 @@ pub fn match_hits(rule: &Rule, p: &Parsed) -> Vec<Hit> {
                     if rule.unless.iter().any(|u| u.is_match(&text)) {
                         continue;
                     }
-                    if let Some(stmt) = p.file.stmt_of_line(at) {
+                    if let Some(stmt) = p.file().stmt_of_line(at) {
                         if !in_function(rule, stmt) || !under(rule, stmt) || guarded(rule, stmt) {
                             continue;
                         }
@@ -297,12 +314,12 @@ fn presence(rule: &Rule, p: &Parsed) -> Vec<(String, usize, bool)> {
         return Vec::new();
     };
     if let Some(pre) = &rule.function_prefilter {
-        if !pre.is_match(&p.file.views.code) {
+        if !pre.is_match(&p.views.code) {
             return Vec::new();
         }
     }
     let mut by_fn: BTreeMap<&str, (usize, Option<usize>, bool)> = BTreeMap::new();
-    for (name, header) in p.file.functions() {
+    for (name, header) in p.file().functions() {
         if func.is_match(name) && !header.ctx.dead {
             by_fn.insert(name, (header.line, None, false));
         }
@@ -310,7 +327,7 @@ fn presence(rule: &Rule, p: &Parsed) -> Vec<(String, usize, bool)> {
     if by_fn.is_empty() {
         return Vec::new();
     }
-    for stmt in &p.file.stmts {
+    for stmt in &p.file().stmts {
         if stmt.ctx.dead {
             continue;
         }
@@ -349,13 +366,13 @@ fn presence(rule: &Rule, p: &Parsed) -> Vec<(String, usize, bool)> {
 /// a function rewritten) is not.
 fn targeted(old: &Parsed, new: &Parsed, stmt: Option<usize>) -> bool {
     let Some(i) = stmt else { return true };
-    let stmts = &old.file.stmts;
+    let stmts = &old.file().stmts;
     let s = &stmts[i];
     let Some(func) = s.ctx.function.as_deref() else {
         return true;
     };
     let in_new: std::collections::HashSet<String> = new
-        .file
+        .file()
         .stmts
         .iter()
         .filter(|t| t.ctx.function.as_deref() == Some(func) && !t.ctx.dead)
@@ -377,8 +394,12 @@ fn targeted(old: &Parsed, new: &Parsed, stmt: Option<usize>) -> bool {
     });
     let (mut first, mut last) = (i, i);
     if let Some(line) = cond_line {
-        let inside =
-            |t: &Stmt| t.ctx.conds.iter().any(|x| x.kind == CondKind::If && x.line == line);
+        let inside = |t: &Stmt| {
+            t.ctx
+                .conds
+                .iter()
+                .any(|x| x.kind == CondKind::If && x.line == line)
+        };
         while first > 0 && inside(&stmts[first - 1]) {
             first -= 1;
         }
@@ -536,14 +557,20 @@ pub fn evaluate(rules: &[&Rule], rel: &Path, current: &str, clean: Option<&str>)
     }
     let new = Parsed::new(rel, current);
     let old = clean.map(|c| Parsed::new(rel, c));
-    let diff = old
-        .as_ref()
-        .map(|o| line_diff(clean.unwrap_or(""), current, o.line_count(), new.line_count()));
+    let diff = old.as_ref().map(|o| {
+        line_diff(
+            clean.unwrap_or(""),
+            current,
+            o.line_count(),
+            new.line_count(),
+        )
+    });
     let mut out = Vec::new();
     for rule in rules {
         if rule.require.is_some() {
             let now = presence(rule, &new);
-            let before: Option<Vec<(String, usize, bool)>> = old.as_ref().map(|o| presence(rule, o));
+            let before: Option<Vec<(String, usize, bool)>> =
+                old.as_ref().map(|o| presence(rule, o));
             for (name, line, has) in now {
                 if has {
                     continue;
@@ -586,7 +613,7 @@ pub fn evaluate(rules: &[&Rule], rel: &Path, current: &str, clean: Option<&str>)
                     // Put under `#if 0` counts as deleted: the line is there, dead.
                     let only = d.only_deleted_old.get(h.line).copied().unwrap_or(false)
                         || (!d.deleted_old.get(h.line).copied().unwrap_or(true)
-                            && new.file.ctx_of_line(mapped).is_some_and(|c| c.dead));
+                            && new.file().ctx_of_line(mapped).is_some_and(|c| c.dead));
                     match rule.removal {
                         Removal::Any => {}
                         Removal::Deleted if !only || !targeted(o, &new, h.stmt) => continue,
@@ -600,6 +627,11 @@ pub fn evaluate(rules: &[&Rule], rel: &Path, current: &str, clean: Option<&str>)
             (Some(_), None, _) => {}
         }
     }
-    out.sort_by(|a, b| a.line.cmp(&b.line).then(b.severity.cmp(&a.severity)).then(a.rule.cmp(&b.rule)));
+    out.sort_by(|a, b| {
+        a.line
+            .cmp(&b.line)
+            .then(b.severity.cmp(&a.severity))
+            .then(a.rule.cmp(&b.rule))
+    });
     out
 }

@@ -114,6 +114,8 @@ pub struct Rule {
     pattern: Option<Regex>,
     /// `pattern` without `^`/`$` anchors: finds candidate lines in a whole file.
     prefilter: Option<Regex>,
+    /// Literals one of which any match must contain: skips most files at memchr speed.
+    quick: Option<Regex>,
     window: usize,
     unless: Vec<Regex>,
     unless_guard: Vec<Regex>,
@@ -195,15 +197,14 @@ fn prefilter(re: &Regex) -> std::result::Result<Regex, String> {
                 }
                 Hir::concat(parts)
             }
-            HirKind::Look(l) => match l {
+            HirKind::Look(
                 Look::Start
                 | Look::End
                 | Look::StartLF
                 | Look::EndLF
                 | Look::StartCRLF
-                | Look::EndCRLF => Hir::empty(),
-                _ => h.clone(),
-            },
+                | Look::EndCRLF,
+            ) => Hir::empty(),
             HirKind::Repetition(r) => Hir::repetition(Repetition {
                 sub: Box::new(strip(&r.sub)),
                 ..r.clone()
@@ -221,15 +222,118 @@ fn prefilter(re: &Regex) -> std::result::Result<Regex, String> {
     Regex::new(&strip(&hir).to_string()).map_err(|e| e.to_string())
 }
 
+/// Literals of which every match of the regex contains one, as a case-insensitive
+/// regex (None when it cannot tell, or they would be too short to be worth it).
+fn required_literals(re: &Regex) -> Option<Regex> {
+    use regex_syntax::hir::{Class, Hir, HirKind};
+    /// A literal character, or the two cases of one letter (`(?i)` patterns).
+    fn char_of(h: &Hir) -> Option<Vec<u8>> {
+        match h.kind() {
+            HirKind::Literal(l) => Some(l.0.to_ascii_lowercase()),
+            HirKind::Class(Class::Unicode(c)) => {
+                let chars: Vec<char> = c
+                    .ranges()
+                    .iter()
+                    .flat_map(|r| (r.start()..=r.end()).take(3))
+                    .collect();
+                let lower: Vec<char> = chars.iter().map(|c| c.to_ascii_lowercase()).collect();
+                let ascii = chars.iter().all(|c| c.is_ascii());
+                // Unicode case folding adds the Kelvin sign to k and the long s to s.
+                let letters: Vec<char> = chars.iter().copied().filter(|c| c.is_ascii()).collect();
+                let same = lower
+                    .iter()
+                    .filter(|c| c.is_ascii())
+                    .all(|c| *c == lower[0]);
+                if (ascii || letters.len() == 2) && same && !letters.is_empty() && chars.len() <= 3
+                {
+                    Some(vec![lower[0] as u8])
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        }
+    }
+    fn req(h: &Hir) -> Option<Vec<Vec<u8>>> {
+        match h.kind() {
+            HirKind::Capture(c) => req(&c.sub),
+            HirKind::Repetition(r) if r.min >= 1 => req(&r.sub),
+            HirKind::Concat(v) => {
+                let mut best: Option<Vec<Vec<u8>>> = None;
+                let consider = |set: Vec<Vec<u8>>, best: &mut Option<Vec<Vec<u8>>>| {
+                    let min = set.iter().map(|l| l.len()).min().unwrap_or(0);
+                    let cur = best
+                        .as_ref()
+                        .map(|b| b.iter().map(|l| l.len()).min().unwrap_or(0))
+                        .unwrap_or(0);
+                    if min >= 3 && min > cur {
+                        *best = Some(set);
+                    }
+                };
+                let mut run: Vec<u8> = Vec::new();
+                for child in v {
+                    if let Some(c) = char_of(child) {
+                        run.extend(c);
+                        continue;
+                    }
+                    if !run.is_empty() {
+                        consider(vec![std::mem::take(&mut run)], &mut best);
+                    }
+                    if let Some(set) = req(child) {
+                        consider(set, &mut best);
+                    }
+                }
+                if !run.is_empty() {
+                    consider(vec![run], &mut best);
+                }
+                best
+            }
+            HirKind::Alternation(v) => {
+                let mut all = Vec::new();
+                for b in v {
+                    all.extend(req(b)?);
+                }
+                Some(all)
+            }
+            _ => char_of(h).map(|c| vec![c]),
+        }
+    }
+    let hir = regex_syntax::parse(re.as_str()).ok()?;
+    let lits = req(&hir)?;
+    if lits.is_empty() || lits.iter().any(|l| l.len() < 3) {
+        return None;
+    }
+    let alts: Vec<String> = lits
+        .iter()
+        .map(|l| regex::escape(&String::from_utf8_lossy(l)))
+        .collect();
+    Regex::new(&format!("(?i){}", alts.join("|"))).ok()
+}
+
 /// The rule files built into the binary.
 pub const BUILTIN: &[(&str, &str)] = &[
     ("memory.toml", include_str!("../../patterns/memory.toml")),
-    ("gfx-target.toml", include_str!("../../patterns/gfx-target.toml")),
-    ("capabilities.toml", include_str!("../../patterns/capabilities.toml")),
-    ("device-ids.toml", include_str!("../../patterns/device-ids.toml")),
-    ("safety-checks.toml", include_str!("../../patterns/safety-checks.toml")),
+    (
+        "gfx-target.toml",
+        include_str!("../../patterns/gfx-target.toml"),
+    ),
+    (
+        "capabilities.toml",
+        include_str!("../../patterns/capabilities.toml"),
+    ),
+    (
+        "device-ids.toml",
+        include_str!("../../patterns/device-ids.toml"),
+    ),
+    (
+        "safety-checks.toml",
+        include_str!("../../patterns/safety-checks.toml"),
+    ),
     ("markers.toml", include_str!("../../patterns/markers.toml")),
-    ("amdgpu-overrides.toml", include_str!("../../patterns/amdgpu-overrides.toml")),
+    (
+        "amdgpu-overrides.toml",
+        include_str!("../../patterns/amdgpu-overrides.toml"),
+    ),
 ];
 
 /// A set of compiled rules with unique ids.
@@ -255,7 +359,8 @@ impl RuleSet {
             let origin = PathBuf::from(format!("builtin:{name}"));
             let rules = spec::parse(&origin, text)
                 .unwrap_or_else(|e| panic!("built-in rule file is invalid: {e}"));
-            set.add(rules).unwrap_or_else(|e| panic!("built-in rules: {e}"));
+            set.add(rules)
+                .unwrap_or_else(|e| panic!("built-in rules: {e}"));
         }
         set
     }
@@ -479,13 +584,17 @@ mod tests {
                 .join("\n")
         );
         for r in set.rules() {
+            assert!(!r.examples.is_empty(), "rule {} has no examples", r.id);
             assert!(
-                !r.examples.is_empty(),
-                "rule {} has no examples",
+                r.examples.iter().any(|e| e.fires),
+                "rule {} never shown firing",
                 r.id
             );
-            assert!(r.examples.iter().any(|e| e.fires), "rule {} never shown firing", r.id);
-            assert!(r.examples.iter().any(|e| !e.fires), "rule {} never shown quiet", r.id);
+            assert!(
+                r.examples.iter().any(|e| !e.fires),
+                "rule {} never shown quiet",
+                r.id
+            );
         }
     }
 
@@ -494,6 +603,19 @@ mod tests {
         let re = Regex::new(r"^return\s+-E\w+;$").unwrap();
         let p = prefilter(&re).unwrap();
         assert!(p.is_match("\t\treturn -EINVAL;\n"));
+        let q = required_literals(
+            &Regex::new(r"(\|=|=[^=])[^;]*\bHSA_MEM_FLAGS_HOT_PLUGGABLE\b").unwrap(),
+        )
+        .unwrap();
+        assert_eq!(q.as_str(), "(?i)hsa_mem_flags_hot_pluggable");
+        let q =
+            required_literals(&Regex::new(r"^(return\s+-EINVAL|ret\s*=\s*-ERANGE)\s*;").unwrap())
+                .unwrap();
+        assert_eq!(q.as_str(), r"(?i)\-einval|\-erange");
+        let q = required_literals(&Regex::new(r"(?i)\brdna\s*[0-9]?").unwrap()).unwrap();
+        assert_eq!(q.as_str(), "(?i)rdna");
+        assert!(q.is_match("[RDNA1 Fix]"));
+        assert!(required_literals(&Regex::new(r"(?i)\b(ab|cd)\b").unwrap()).is_none());
         let re = Regex::new(r"^if \(.*&&\s*0\)$").unwrap();
         let p = prefilter(&re).unwrap();
         assert!(p.is_match("\tif (a &&\n\t    b && 0)\n"));

@@ -162,7 +162,11 @@ pub fn parse(origin: &Path, text: &str) -> Result<Vec<Rule>, Error> {
 fn compile(cx: &Ctx, r: RuleSpec) -> Result<Rule, Error> {
     let id = r.id.get_ref().trim().to_string();
     let line = line_of(cx.text, r.id.span().start);
-    if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+    if id.is_empty()
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
         return cx.err(
             r.id.span(),
             format!("rule id `{id}`: use letters, digits, '-' and '_' (e.g. KFD-MEM-001)"),
@@ -203,9 +207,9 @@ fn compile(cx: &Ctx, r: RuleSpec) -> Result<Rule, Error> {
             )
         }
     };
-    if r.removal.is_some() && scope != Scope::Removed {
+    if let (Some(rm), false) = (&r.removal, scope == Scope::Removed) {
         return cx.err(
-            r.removal.as_ref().unwrap().span(),
+            rm.span(),
             format!("rule {id}: `removal` only applies to scope = \"removed\""),
         );
     }
@@ -279,7 +283,10 @@ fn compile(cx: &Ctx, r: RuleSpec) -> Result<Rule, Error> {
         return cx.err(r.id.span(), format!("rule {id}: `check` needs `match`"));
     }
     if check == Some(Check::Table) && r.table.is_empty() {
-        return cx.err(r.id.span(), format!("rule {id}: check `table` needs a `table`"));
+        return cx.err(
+            r.id.span(),
+            format!("rule {id}: check `table` needs a `table`"),
+        );
     }
     if let (Some(Check::Table), Some(p), false) = (check, pattern.as_ref(), key_from_case) {
         if !p.capture_names().any(|n| n == Some("key")) {
@@ -299,7 +306,10 @@ fn compile(cx: &Ctx, r: RuleSpec) -> Result<Rule, Error> {
     }
     let window = match &r.window {
         Some(w) if *w.get_ref() == 0 || *w.get_ref() > 50 => {
-            return cx.err(w.span(), format!("rule {id}: `window` must be 1 to 50 lines"))
+            return cx.err(
+                w.span(),
+                format!("rule {id}: `window` must be 1 to 50 lines"),
+            )
         }
         Some(w) => *w.get_ref(),
         None => 1,
@@ -329,25 +339,35 @@ fn compile(cx: &Ctx, r: RuleSpec) -> Result<Rule, Error> {
         .map(|(k, v)| {
             (
                 super::checks::norm_key(k),
-                v.iter().map(|x| super::checks::norm_value(&x.text())).collect(),
+                v.iter()
+                    .map(|x| super::checks::norm_value(&x.text()))
+                    .collect(),
             )
         })
         .collect();
-    let prefilter = pattern.as_ref().map(super::prefilter).transpose().or_else(|e| {
-        cx.err(
-            r.pattern.as_ref().unwrap().span(),
-            format!("rule {id}: {e}"),
-        )
-    })?;
+    let prefilter = pattern
+        .as_ref()
+        .map(super::prefilter)
+        .transpose()
+        .or_else(|e| {
+            cx.err(
+                r.pattern.as_ref().unwrap().span(),
+                format!("rule {id}: {e}"),
+            )
+        })?;
     let function_prefilter = r
         .in_function
         .as_ref()
-        .map(|p| cx.regex(p, "in_function").and_then(|re| {
-            super::prefilter(&re).or_else(|e| cx.err(p.span(), format!("rule {id}: {e}")))
-        }))
+        .map(|p| {
+            cx.regex(p, "in_function").and_then(|re| {
+                super::prefilter(&re).or_else(|e| cx.err(p.span(), format!("rule {id}: {e}")))
+            })
+        })
         .transpose()?;
+    let quick = pattern.as_ref().and_then(super::required_literals);
     Ok(Rule {
         id,
+        quick,
         title: r.title.trim().to_string(),
         severity,
         scope,
@@ -374,7 +394,11 @@ fn compile(cx: &Ctx, r: RuleSpec) -> Result<Rule, Error> {
             .map(|p| cx.regex(p, "not_in_function"))
             .transpose()?,
         require,
-        anchor: r.anchor.as_ref().map(|p| cx.regex(p, "anchor")).transpose()?,
+        anchor: r
+            .anchor
+            .as_ref()
+            .map(|p| cx.regex(p, "anchor"))
+            .transpose()?,
         check,
         key_from_case,
         missing: r.missing.map(|m| super::checks::norm_value(&m)),

@@ -70,7 +70,10 @@ fn rules_list_shows_the_builtin_set() {
     }
     let text = fx.run(&["rules", "list"]).expect_code(0).stdout();
     assert!(text.contains("KFD-GFX-001        critical added"), "{text}");
-    assert!(text.ends_with(&format!("{} rules\n", rules.len())), "{text}");
+    assert!(
+        text.ends_with(&format!("{} rules\n", rules.len())),
+        "{text}"
+    );
 }
 
 #[test]
@@ -161,7 +164,7 @@ fn rules_check_names_file_and_line_of_each_problem() {
         "/rules2/a.toml",
         "[[rule]]\nid = \"B-1\"\ntitle = \"t\"\nseverity = \"low\"\nfiles = [\"*.c\"]\nmatch = 'x'\nwhy = \"w\"\nfix = \"f\"\n",
     );
-    let b = fx.write("/rules2/b.toml", &std::fs::read_to_string(&a).unwrap());
+    let b = fx.write("/rules2/b.toml", std::fs::read_to_string(&a).unwrap());
     let out = fx
         .run(&["rules", "check", a.to_str().unwrap(), b.to_str().unwrap()])
         .expect_code(2)
@@ -174,7 +177,11 @@ fn rules_check_names_file_and_line_of_each_problem() {
     fx.amdgpu_tree();
     let run = fx.run(&["--rules", fx.path("/rules").to_str().unwrap(), "scan"]);
     run.expect_code(2);
-    assert!(run.stderr().starts_with("kfd-audit: error: "), "{}", run.stderr());
+    assert!(
+        run.stderr().starts_with("kfd-audit: error: "),
+        "{}",
+        run.stderr()
+    );
     assert!(run.stderr().contains(".toml:"), "{}", run.stderr());
 }
 
@@ -505,7 +512,10 @@ fn the_incident_block_is_critical() {
     let forced = line_of(&t, "\t\t\t\t\tflags |= HSA_MEM_FLAGS_HOT_PLUGGABLE");
     for f in scan_both(CRAT, &t) {
         assert!(has(&f, "KFD-MEM-001", forced), "{f:?}");
-        assert!(has(&f, "KFD-DEVID-001", line_of(&t, "device_id == 0x731F")), "{f:?}");
+        assert!(
+            has(&f, "KFD-DEVID-001", line_of(&t, "device_id == 0x731F")),
+            "{f:?}"
+        );
         assert!(has(&f, "KFD-MARK-001", line_of(&t, "RDNA1 FIX")), "{f:?}");
         // The upstream, guarded statement above it is not a finding.
         let upstream = line_of(&t, "\t\t\t\tflags |= HSA_MEM_FLAGS_HOT_PLUGGABLE");
@@ -515,8 +525,16 @@ fn the_incident_block_is_critical() {
     let fx = driver_tree();
     fx.write(&format!("{TREE}/{CRAT}"), &t);
     let out = fx.run(&["scan"]).expect_code(1).stdout();
-    assert!(out.contains(&format!("CRITICAL KFD-MEM-001 line {forced}: flags |= HSA_MEM_FLAGS_HOT_PLUGGABLE;")), "{out}");
-    assert!(out.contains("why: amdkfd sets HSA_MEM_FLAGS_HOT_PLUGGABLE"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "CRITICAL KFD-MEM-001 line {forced}: flags |= HSA_MEM_FLAGS_HOT_PLUGGABLE;"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("why: amdkfd sets HSA_MEM_FLAGS_HOT_PLUGGABLE"),
+        "{out}"
+    );
     assert!(out.contains("fix: Restore the clean file"), "{out}");
 }
 
@@ -529,9 +547,17 @@ fn benign_changes_are_modified_without_findings() {
         "\t\t\tpr_debug(\"CRAT mem flags 0x%x -> HSA mem flags 0x%x\\n\",\n\t\t\t\t mem->flags, flags);\n\t\t\tsize_in_bytes =",
     );
     expect_quiet(CRAT, &t);
-    let t = edit(CRAT, "\t\t\t\t\t\t\tmem->length_low;", "\t\t\t\tmem->length_low;");
+    let t = edit(
+        CRAT,
+        "\t\t\t\t\t\t\tmem->length_low;",
+        "\t\t\t\tmem->length_low;",
+    );
     expect_quiet(CRAT, &t);
-    let t = edit(DEVICE, "\tkfd->gtt_sa_chunk_size = chunk_size;", "\tkfd->gtt_sa_chunk_size = chunk_size; /* in bytes */");
+    let t = edit(
+        DEVICE,
+        "\tkfd->gtt_sa_chunk_size = chunk_size;",
+        "\tkfd->gtt_sa_chunk_size = chunk_size; /* in bytes */",
+    );
     expect_quiet(DEVICE, &t);
     // A new chip's case arm that follows upstream numbering is evolution, not spoofing.
     let t = edit(
@@ -545,7 +571,11 @@ fn benign_changes_are_modified_without_findings() {
 #[test]
 fn gfx_target_spoofing_and_device_special_cases() {
     // Navi10 given gfx1030.
-    let t = edit(DEVICE, "gfx_target_version = 100100;", "gfx_target_version = 100300; /* gfx1030 */");
+    let t = edit(
+        DEVICE,
+        "gfx_target_version = 100100;",
+        "gfx_target_version = 100300; /* gfx1030 */",
+    );
     expect_rule(DEVICE, &t, "KFD-GFX-001", "critical", "100300; /* gfx1030");
     // A new arm that claims another generation's ISA.
     let t = edit(
@@ -553,10 +583,26 @@ fn gfx_target_spoofing_and_device_special_cases() {
         "\t\tdefault:\n\t\t\tbreak;\n\t\t}",
         "\t\tcase IP_VERSION(10, 1, 11):\n\t\t\tgfx_target_version = 100300;\n\t\t\tf2g = &gfx_v10_kfd2kgd;\n\t\t\tbreak;\n\t\tdefault:\n\t\t\tbreak;\n\t\t}",
     );
-    expect_rule(DEVICE, &t, "KFD-GFX-001", "critical", "gfx_target_version = 100300;\n\t\t\tf2g = &gfx_v10_kfd2kgd");
+    expect_rule(
+        DEVICE,
+        &t,
+        "KFD-GFX-001",
+        "critical",
+        "gfx_target_version = 100300;\n\t\t\tf2g = &gfx_v10_kfd2kgd",
+    );
     // The Navi10 arm given the RDNA2 backend.
-    let t = edit(DEVICE, "\t\t\tif (!vf)\n\t\t\t\tf2g = &gfx_v10_kfd2kgd;", "\t\t\tf2g = &gfx_v10_3_kfd2kgd;");
-    expect_rule(DEVICE, &t, "KFD-GFX-002", "critical", "f2g = &gfx_v10_3_kfd2kgd;\n\t\t\tbreak;\n\t\t/* Sienna");
+    let t = edit(
+        DEVICE,
+        "\t\t\tif (!vf)\n\t\t\t\tf2g = &gfx_v10_kfd2kgd;",
+        "\t\t\tf2g = &gfx_v10_3_kfd2kgd;",
+    );
+    expect_rule(
+        DEVICE,
+        &t,
+        "KFD-GFX-002",
+        "critical",
+        "f2g = &gfx_v10_3_kfd2kgd;\n\t\t\tbreak;\n\t\t/* Sienna",
+    );
     // A device id in a switch, after the table.
     let t = edit(
         DEVICE,
@@ -564,7 +610,13 @@ fn gfx_target_spoofing_and_device_special_cases() {
         "\tkfd->adev = adev;\n\tswitch (adev->pdev->device) {\n\tcase 0x731F:\n\t\tgfx_target_version = 100300;\n\t\tbreak;\n\t}\n",
     );
     expect_rule(DEVICE, &t, "KFD-DEVID-001", "high", "case 0x731F:");
-    expect_rule(DEVICE, &t, "KFD-GFX-001", "critical", "\t\tgfx_target_version = 100300;\n\t\tbreak;\n\t}");
+    expect_rule(
+        DEVICE,
+        &t,
+        "KFD-GFX-001",
+        "critical",
+        "\t\tgfx_target_version = 100300;\n\t\tbreak;\n\t}",
+    );
     // The unsupported-device check deleted.
     let t = edit(
         DEVICE,
@@ -581,26 +633,52 @@ fn capabilities_forced() {
         "\tif (dev->gpu->adev->gmc.is_app_apu ||\n\t\tdev->gpu->adev->gmc.xgmi.connected_to_cpu)\n\t\tdev->node_props.capability |= HSA_CAP_FLAGS_COHERENTHOSTACCESS;",
         "\tdev->node_props.capability |= HSA_CAP_FLAGS_COHERENTHOSTACCESS;",
     );
-    expect_rule(TOPO, &t, "KFD-CAP-001", "critical", "HSA_CAP_FLAGS_COHERENTHOSTACCESS");
+    expect_rule(
+        TOPO,
+        &t,
+        "KFD-CAP-001",
+        "critical",
+        "HSA_CAP_FLAGS_COHERENTHOSTACCESS",
+    );
     let t = edit(
         TOPO,
         "\tif (KFD_IS_SVM_API_SUPPORTED(dev->gpu->adev))\n",
         "\tif (dev->gpu->adev->pdev->device == 0x731F || KFD_IS_SVM_API_SUPPORTED(dev->gpu->adev))\n",
     );
-    expect_rule(TOPO, &t, "KFD-CAP-003", "critical", "|= HSA_CAP_SVMAPI_SUPPORTED");
-    let t = edit(TOPO, "\treturn 0;", "\tdev->node_props.capability |= 0x18000000;\n\treturn 0;");
+    expect_rule(
+        TOPO,
+        &t,
+        "KFD-CAP-003",
+        "critical",
+        "|= HSA_CAP_SVMAPI_SUPPORTED",
+    );
+    let t = edit(
+        TOPO,
+        "\treturn 0;",
+        "\tdev->node_props.capability |= 0x18000000;\n\treturn 0;",
+    );
     expect_rule(TOPO, &t, "KFD-CAP-004", "critical", "0x18000000");
     let t = edit(
         TOPO,
         "\t\t\t\tgpu->kfd->device_info.gfx_target_version;",
         "\t\t\t\t100300;",
     );
-    expect_rule(TOPO, &t, "KFD-GFX-001", "critical", "dev->node_props.gfx_target_version =");
+    expect_rule(
+        TOPO,
+        &t,
+        "KFD-GFX-001",
+        "critical",
+        "dev->node_props.gfx_target_version =",
+    );
 }
 
 #[test]
 fn removed_safety_checks_need_the_clean_copy() {
-    let t = edit(DEVICE, "\tif (WARN_ON(buf_size == 0))\n\t\treturn -EINVAL;\n", "");
+    let t = edit(
+        DEVICE,
+        "\tif (WARN_ON(buf_size == 0))\n\t\treturn -EINVAL;\n",
+        "",
+    );
     let [whole, diff] = scan_both(DEVICE, &t);
     assert!(serious(&whole).is_empty(), "{whole:?}");
     // Reported where the check used to be: the lines above it did not move.
@@ -622,36 +700,70 @@ fn removed_safety_checks_need_the_clean_copy() {
     );
     let [_, diff] = scan_both(DEVICE, &t);
     assert!(
-        diff.iter().any(|(r, s, _)| r == "KFD-SAFE-002" && s == "high"),
+        diff.iter()
+            .any(|(r, s, _)| r == "KFD-SAFE-002" && s == "high"),
         "{diff:?}"
     );
     assert!(diff.iter().any(|(r, _, _)| r == "KFD-SAFE-021"), "{diff:?}");
     // A HACK note added is a low finding in diff mode only; upstream's is never one.
-    let t = edit(DEVICE, "\tkfd->gtt_sa_chunk_size = chunk_size;", "\tkfd->gtt_sa_chunk_size = chunk_size; /* HACK */");
+    let t = edit(
+        DEVICE,
+        "\tkfd->gtt_sa_chunk_size = chunk_size;",
+        "\tkfd->gtt_sa_chunk_size = chunk_size; /* HACK */",
+    );
     let [whole, diff] = scan_both(DEVICE, &t);
     assert!(whole.is_empty(), "{whole:?}");
-    assert_eq!(diff, vec![("KFD-MARK-005".to_string(), "low".to_string(), line_of(&t, "/* HACK */"))]);
+    assert_eq!(
+        diff,
+        vec![(
+            "KFD-MARK-005".to_string(),
+            "low".to_string(),
+            line_of(&t, "/* HACK */")
+        )]
+    );
 }
 
 #[test]
 fn driver_wide_overrides_in_amdgpu() {
     let gmc = "amd/amdgpu/gmc_v10_0.c";
     let drv = "amd/amdgpu/amdgpu_drv.c";
-    let t = edit(gmc, "\treturn 0;\n}", "\tadev->gmc.noretry = 0;\n\treturn 0;\n}");
+    let t = edit(
+        gmc,
+        "\treturn 0;\n}",
+        "\tadev->gmc.noretry = 0;\n\treturn 0;\n}",
+    );
     expect_rule(gmc, &t, "AMDGPU-GMC-001", "high", "noretry = 0");
     let t = edit(gmc, "256 * 1024, 9, 3, 48", "256 * 1024, 4, 3, 48");
     expect_rule(gmc, &t, "AMDGPU-GMC-002", "high", "amdgpu_vm_adjust_size");
     let t = edit(gmc, "\treturn 0;\n}", "\tif (adev->pdev->device == 0x731F)\n\t\tadev->gmc.xgmi.connected_to_cpu = true;\n\treturn 0;\n}");
-    expect_rule(gmc, &t, "AMDGPU-GMC-003", "critical", "connected_to_cpu = true");
+    expect_rule(
+        gmc,
+        &t,
+        "AMDGPU-GMC-003",
+        "critical",
+        "connected_to_cpu = true",
+    );
     expect_rule(gmc, &t, "AMDGPU-DEVID-001", "high", "0x731F");
     let t = edit(drv, "int amdgpu_noretry = -1;", "int amdgpu_noretry = 0;");
     expect_rule(drv, &t, "AMDGPU-PARAM-001", "high", "amdgpu_noretry = 0");
-    let t = edit(drv, "int amdgpu_exp_hw_support;", "int amdgpu_exp_hw_support = 1;");
+    let t = edit(
+        drv,
+        "int amdgpu_exp_hw_support;",
+        "int amdgpu_exp_hw_support = 1;",
+    );
     expect_rule(drv, &t, "AMDGPU-PARAM-001", "high", "amdgpu_exp_hw_support");
-    let t = edit(drv, "0x731F, PCI_ANY_ID, PCI_ANY_ID, 0, 0, CHIP_NAVI10", "0x731F, PCI_ANY_ID, PCI_ANY_ID, 0, 0, CHIP_SIENNA_CICHLID");
+    let t = edit(
+        drv,
+        "0x731F, PCI_ANY_ID, PCI_ANY_ID, 0, 0, CHIP_NAVI10",
+        "0x731F, PCI_ANY_ID, PCI_ANY_ID, 0, 0, CHIP_SIENNA_CICHLID",
+    );
     expect_rule(drv, &t, "AMDGPU-DEVID-003", "critical", "0x731F");
     // A comment naming Navi10 in upstream words is not a marker.
-    let t = edit(gmc, "\treturn 0;\n}", "\t/* Navi10 and Navi14 share this path */\n\treturn 0;\n}");
+    let t = edit(
+        gmc,
+        "\treturn 0;\n}",
+        "\t/* Navi10 and Navi14 share this path */\n\treturn 0;\n}",
+    );
     expect_quiet(gmc, &t);
 }
 
@@ -663,7 +775,11 @@ fn hunk_ranges(patch: &Path) -> Vec<(u64, u64)> {
         .unwrap()
         .lines()
         .filter_map(|l| {
-            let plus = l.strip_prefix("@@ ")?.split(' ').nth(1)?.strip_prefix('+')?;
+            let plus = l
+                .strip_prefix("@@ ")?
+                .split(' ')
+                .nth(1)?
+                .strip_prefix('+')?;
             let mut it = plus.split(',');
             let start: u64 = it.next()?.parse().ok()?;
             let len: u64 = it.next().map_or(Some(1), |n| n.parse().ok())?;
@@ -691,27 +807,43 @@ fn check_mutation(corpus: &Path, series: &str, tree: &str, m: &Mutation, with_or
     if with_orig {
         for f in &m.files {
             let p = cr.path(&format!("{tree}/{f}"));
-            std::fs::copy(&p, p.with_file_name(format!("{}.orig", p.file_name().unwrap().to_str().unwrap()))).unwrap();
+            std::fs::copy(
+                &p,
+                p.with_file_name(format!("{}.orig", p.file_name().unwrap().to_str().unwrap())),
+            )
+            .unwrap();
         }
     }
     cr.apply(tree, m);
-    let scope = Path::new(&m.files[0]).parent().unwrap().to_str().unwrap().to_string();
+    let scope = Path::new(&m.files[0])
+        .parent()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
     let j = scan_scoped(&cr, tree, &scope);
     let mode = if with_orig { "diff" } else { "md5sums" };
     let ranges = hunk_ranges(&m.patch);
     for f in &m.files {
-        let entry = json_file(&j, f).unwrap_or_else(|| panic!("{series} {} {mode}: {f} not reported", m.id));
+        let entry = json_file(&j, f)
+            .unwrap_or_else(|| panic!("{series} {} {mode}: {f} not reported", m.id));
         assert_eq!(entry["status"], "modified");
         let found = findings(&j, f);
         if m.unsafe_ {
             assert!(
-                found.iter().any(|(_, s, l)| (s == "critical" || s == "high")
-                    && ranges.iter().any(|(a, b)| l >= a && l <= b)),
+                found
+                    .iter()
+                    .any(|(_, s, l)| (s == "critical" || s == "high")
+                        && ranges.iter().any(|(a, b)| l >= a && l <= b)),
                 "{series} {} {mode}: no high/critical finding in {ranges:?}: {found:?}",
                 m.id
             );
         } else {
-            assert!(serious(&found).is_empty(), "{series} {} {mode}: {found:?}", m.id);
+            assert!(
+                serious(&found).is_empty(),
+                "{series} {} {mode}: {found:?}",
+                m.id
+            );
         }
     }
     // Nothing else in the directory is flagged.
@@ -719,7 +851,11 @@ fn check_mutation(corpus: &Path, series: &str, tree: &str, m: &Mutation, with_or
         for file in t["files"].as_array().unwrap() {
             let p = file["path"].as_str().unwrap();
             if !m.files.iter().any(|f| f == p) {
-                assert!(file["findings"].as_array().unwrap().is_empty(), "{series} {} {mode}: {file}", m.id);
+                assert!(
+                    file["findings"].as_array().unwrap().is_empty(),
+                    "{series} {} {mode}: {file}",
+                    m.id
+                );
             }
         }
     }
@@ -759,7 +895,8 @@ fn corpus_incident_block_in_both_series_and_modes() {
             let j = scan_scoped(&cr, tree, "amd/amdkfd");
             let f = findings(&j, "amd/amdkfd/kfd_crat.c");
             assert!(
-                f.iter().any(|(r, s, l)| r == "KFD-MEM-001" && s == "critical" && *l == line),
+                f.iter()
+                    .any(|(r, s, l)| r == "KFD-MEM-001" && s == "critical" && *l == line),
                 "{tree} orig={with_orig}: {f:?}"
             );
             assert_eq!(j["exit_code"], 1);
@@ -794,11 +931,7 @@ fn assert_no_medium(j: &Value, what: &str) {
         for f in t["files"].as_array().unwrap() {
             for x in f["findings"].as_array().unwrap() {
                 let s = x["severity"].as_str().unwrap();
-                assert!(
-                    s == "low" || s == "info",
-                    "{what}: {} {x}",
-                    f["path"]
-                );
+                assert!(s == "low" || s == "info", "{what}: {} {x}", f["path"]);
             }
         }
     }
@@ -823,7 +956,13 @@ fn corpus_clean_trees_raise_nothing_in_either_mode() {
     std::fs::write(&sums, wrong).unwrap();
     let tree_arg = cr.path(PRIMARY);
     let j = cr
-        .run(&["--format", "json", "scan", "--tree", tree_arg.to_str().unwrap()])
+        .run(&[
+            "--format",
+            "json",
+            "scan",
+            "--tree",
+            tree_arg.to_str().unwrap(),
+        ])
         .json();
     assert!(j["summary"]["modified"].as_u64().unwrap() > 2000);
     assert_eq!(j["summary"]["findings"], 0, "{}", j["summary"]);
@@ -834,7 +973,15 @@ fn corpus_clean_trees_raise_nothing_in_either_mode() {
             + touch_all_with_orig(&cr, tree, "amd/amdgpu");
         let tree_arg = cr.path(tree);
         let j = cr
-            .run(&["--format", "json", "scan", "--tree", tree_arg.to_str().unwrap(), "--scope", "amd"])
+            .run(&[
+                "--format",
+                "json",
+                "scan",
+                "--tree",
+                tree_arg.to_str().unwrap(),
+                "--scope",
+                "amd",
+            ])
             .json();
         assert_eq!(j["summary"]["modified"].as_u64().unwrap() as usize, n);
         assert_no_medium(&j, tree);
@@ -882,7 +1029,11 @@ fn corpus_swap_between_kernel_series_is_not_dangerous() {
                         .iter()
                         .filter(|x| x["severity"] == "critical" || x["severity"] == "high")
                         .collect();
-                    assert!(found.is_empty(), "{from} onto {onto} orig={with_orig}: {} {found:?}", f["path"]);
+                    assert!(
+                        found.is_empty(),
+                        "{from} onto {onto} orig={with_orig}: {} {found:?}",
+                        f["path"]
+                    );
                 }
             }
         }
