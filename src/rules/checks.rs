@@ -4,6 +4,7 @@
 use super::cfile::Stmt;
 use super::Rule;
 use regex::{Captures, Regex};
+use std::collections::HashMap;
 use std::sync::LazyLock;
 
 /// Normalises a table key: whitespace removed; `CHIP_NAVI10`, `navi10_device_info`
@@ -96,6 +97,32 @@ fn chip_keys(stmt: &Stmt, at: usize) -> Vec<String> {
         .unwrap_or_default()
 }
 
+static IDENT: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\b[A-Za-z_]\w*\b").expect("identifier regex"));
+
+/// Replaces names the file `#define`s by their values (a few levels deep).
+fn expand(text: &str, defines: &HashMap<String, String>) -> String {
+    let mut t = text.to_string();
+    for _ in 0..4 {
+        if defines.is_empty()
+            || !IDENT
+                .find_iter(&t)
+                .any(|m| defines.contains_key(m.as_str()))
+        {
+            break;
+        }
+        t = IDENT
+            .replace_all(&t, |c: &Captures| {
+                defines
+                    .get(&c[0])
+                    .cloned()
+                    .unwrap_or_else(|| c[0].to_string())
+            })
+            .into_owned();
+    }
+    t
+}
+
 /// The right-hand side of an assignment that starts at `from`: up to the `;`, or
 /// the `,`/`}` that ends a designated initializer, at depth 0.
 fn rhs(text: &str, from: usize) -> &str {
@@ -120,15 +147,21 @@ fn rhs(text: &str, from: usize) -> &str {
 /// know (a new `case IP_VERSION(11, 0, x)`) must at least keep the IP's major (and,
 /// from GFX10 on, minor) version, which is how upstream numbers new targets; an
 /// assignment outside any arm, or in `default:`, must not hard-code a target.
-pub fn gfx_target(rule: &Rule, stmt: &Stmt, m: &Captures) -> Verdict {
+pub fn gfx_target(
+    rule: &Rule,
+    stmt: &Stmt,
+    m: &Captures,
+    defines: &HashMap<String, String>,
+) -> Verdict {
     let whole = m.get(0).expect("match");
     let value = rhs(&stmt.text, whole.end());
     if value.trim_start().starts_with('=') {
         // `gfx_target_version == 100100` is a comparison.
         return QUIET;
     }
+    let value = expand(value, defines);
     let values: Vec<i128> = INT
-        .find_iter(value)
+        .find_iter(&value)
         .filter_map(|n| parse_int(n.as_str()))
         .filter(|n| *n >= 1000)
         .collect();
@@ -231,7 +264,7 @@ fn join(v: &[i128]) -> String {
 /// group did not take part) must be one of the table's values for the key, which is
 /// the captured `key` or, with `key = "case"`, the statement's case labels. Keys the
 /// table does not know are not judged.
-pub fn table(rule: &Rule, stmt: &Stmt, m: &Captures) -> Verdict {
+pub fn table(rule: &Rule, stmt: &Stmt, m: &Captures, defines: &HashMap<String, String>) -> Verdict {
     let keys: Vec<String> = if rule.key_from_case {
         chip_keys(stmt, m.get(0).map_or(0, |x| x.start()))
     } else {
@@ -245,7 +278,7 @@ pub fn table(rule: &Rule, stmt: &Stmt, m: &Captures) -> Verdict {
     }
     let allowed = intersect(&known);
     let value = match (m.name("value"), &rule.missing) {
-        (Some(v), _) => norm_value(v.as_str()),
+        (Some(v), _) => norm_value(&expand(v.as_str(), defines)),
         (None, Some(d)) => d.clone(),
         (None, None) => return QUIET,
     };

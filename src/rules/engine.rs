@@ -27,6 +27,7 @@ pub struct Parsed {
     pub is_c: bool,
     line_starts: Vec<usize>,
     parsed: OnceLock<CFile>,
+    defines: OnceLock<HashMap<String, String>>,
 }
 
 pub fn is_c_source(rel: &Path) -> bool {
@@ -58,7 +59,36 @@ impl Parsed {
             is_c,
             line_starts,
             parsed: OnceLock::new(),
+            defines: OnceLock::new(),
         }
+    }
+
+    /// Object-like macros the file defines (`#define NAVI10_GFX 100300`), so a check
+    /// sees through a value hidden behind a local name.
+    pub fn defines(&self) -> &HashMap<String, String> {
+        self.defines.get_or_init(|| {
+            let mut m = HashMap::new();
+            if !self.views.code.contains("define") {
+                return m;
+            }
+            for s in &self.file().stmts {
+                if s.kind != Kind::Preproc {
+                    continue;
+                }
+                let rest = s.text.trim_start_matches('#').trim_start();
+                let Some(rest) = rest.strip_prefix("define ") else {
+                    continue;
+                };
+                let mut it = rest.splitn(2, ' ');
+                let (Some(name), Some(value)) = (it.next(), it.next()) else {
+                    continue;
+                };
+                if !name.contains('(') {
+                    m.insert(name.to_string(), value.trim().to_string());
+                }
+            }
+            m
+        })
     }
 
     /// Statements and their contexts.
@@ -236,8 +266,10 @@ pub fn match_hits(rule: &Rule, p: &Parsed) -> Vec<Hit> {
                 for caps in re.captures_iter(&stmt.text) {
                     let m = caps.get(0).expect("match");
                     let verdict = match rule.check {
-                        Some(Check::GfxTargetTable) => checks::gfx_target(rule, stmt, &caps),
-                        Some(Check::Table) => checks::table(rule, stmt, &caps),
+                        Some(Check::GfxTargetTable) => {
+                            checks::gfx_target(rule, stmt, &caps, p.defines())
+                        }
+                        Some(Check::Table) => checks::table(rule, stmt, &caps, p.defines()),
                         None => checks::Verdict {
                             fire: true,
                             detail: None,

@@ -486,6 +486,13 @@ fn memory_flags_forced_in_every_shape() {
         "critical",
         "flags |= HSA_MEM_FLAGS_HOT_PLUGGABLE",
     );
+    // The CRAT input forged so that the upstream guard passes.
+    let t = edit(
+        CRAT,
+        "\t\t\tif (mem->flags & CRAT_MEM_FLAGS_HOT_PLUGGABLE)",
+        "\t\t\tmem->flags |= CRAT_MEM_FLAGS_HOT_PLUGGABLE;\n\t\t\tif (mem->flags & CRAT_MEM_FLAGS_HOT_PLUGGABLE)",
+    );
+    expect_rule(CRAT, &t, "KFD-MEM-006", "critical", "mem->flags |= CRAT");
     // The guard's constant redefined in a .c file.
     let t = edit(
         CRAT,
@@ -603,6 +610,30 @@ fn gfx_target_spoofing_and_device_special_cases() {
         "critical",
         "f2g = &gfx_v10_3_kfd2kgd;\n\t\t\tbreak;\n\t\t/* Sienna",
     );
+    // The spoofed value hidden behind a local macro.
+    let t = edit(
+        DEVICE,
+        "#include \"kfd_priv.h\"\n",
+        "#include \"kfd_priv.h\"\n#define GFX1030 100300\n",
+    )
+    .replace(
+        "gfx_target_version = 100100;",
+        "gfx_target_version = GFX1030;",
+    );
+    expect_rule(
+        DEVICE,
+        &t,
+        "KFD-GFX-001",
+        "critical",
+        "gfx_target_version = GFX1030",
+    );
+    // A log message announcing the hack.
+    let t = edit(
+        DEVICE,
+        "\tkfd->adev = adev;\n",
+        "\tkfd->adev = adev;\n\tpr_info(\"kfd: hack: spoofing gfx1030 for navi10\\n\");\n",
+    );
+    expect_rule(DEVICE, &t, "KFD-MARK-006", "high", "pr_info(\"kfd: hack");
     // A device id in a switch, after the table.
     let t = edit(
         DEVICE,
