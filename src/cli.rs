@@ -43,6 +43,10 @@ pub struct Cli {
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
+    /// Add the rules in DIR/*.toml to the built-in ones (repeatable)
+    #[arg(long = "rules", global = true, value_name = "DIR")]
+    pub rules: Vec<PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -80,6 +84,9 @@ pub enum Command {
     },
     /// Print the manual page (roff) to stdout: kfd-audit man > /usr/local/share/man/man1/kfd-audit.1
     Man,
+    /// List the rules, or check rule files (syntax, regexes, ids, examples)
+    #[command(subcommand)]
+    Rules(crate::rules_cli::RulesCommand),
 }
 
 #[derive(Debug, Args)]
@@ -124,6 +131,10 @@ pub struct ScanArgs {
     /// Show each modified file's diff against its clean content under it
     #[arg(long)]
     pub diff: bool,
+
+    /// Only compare files with their references; do not run the rules
+    #[arg(long)]
+    pub no_rules: bool,
 }
 
 #[derive(Debug, Args)]
@@ -138,6 +149,9 @@ pub struct PlanArgs {
     /// With --run: do not ask for confirmation
     #[arg(long, requires = "run")]
     pub yes: bool,
+    /// Only compare files with their references; do not run the rules
+    #[arg(long)]
+    pub no_rules: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -182,14 +196,32 @@ fn cmd_scan(cli: &Cli, args: &ScanArgs, out: &mut dyn Write) -> anyhow::Result<O
         clean_content: true,
         diff: args.diff,
     };
-    let scans = scan_all(&root, &trees, &opts)?;
+    let rules = crate::rules_cli::load(&cli.rules)?;
+    let mut scans = scan_all(&root, &trees, &opts)?;
+    if !args.no_rules {
+        for s in &mut scans {
+            let tree = s.tree.clone();
+            crate::rules::apply(&rules, &root, &tree, s);
+        }
+    }
     let mut report = Report::build(root.dir(), &scans, args.all_files)
         .with_module_backups(&crate::content::backup::module_backups(&root));
     report.attach_dkms(crate::dkms::DkmsState::collect(&root, &scans));
+    // Build-time patches are judged by the same rules as in-place changes.
+    let judge = |target: &str, new: &str, old: Option<&str>| {
+        if args.no_rules {
+            return Vec::new();
+        }
+        rules.check(
+            std::path::Path::new(target),
+            new.as_bytes(),
+            old.map(str::as_bytes),
+        )
+    };
     report.attach_build(
         scans
             .iter()
-            .map(|s| crate::recipe::audit(&root, s, &crate::recipe::no_content_rules))
+            .map(|s| crate::recipe::audit(&root, s, &judge))
             .collect(),
     );
     match cli.format {
@@ -273,6 +305,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<Outcome> {
             clap_mangen::Man::new(Cli::command()).render(out)?;
             Ok(Outcome::Clean)
         }
+        Command::Rules(cmd) => crate::rules_cli::run(cli, cmd, out),
     }
 }
 

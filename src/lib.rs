@@ -25,6 +25,8 @@ pub mod reference;
 pub mod report;
 pub mod restore;
 pub mod root;
+pub mod rules;
+pub mod rules_cli;
 pub mod scan;
 pub mod term;
 pub mod tree;

@@ -425,6 +425,19 @@ fn verdict_meaning(b: &BackupReport) -> String {
     }
 }
 
+/// Writes a rule's multi-line text under a label, each line escaped and indented so
+/// that it reads as one block under the finding.
+fn labelled(out: &mut String, label: &str, text: &str) {
+    for (i, line) in text.trim().lines().enumerate() {
+        let head = if i == 0 {
+            format!("{label}:")
+        } else {
+            String::new()
+        };
+        let _ = writeln!(out, "        {head:<4} {}", term::escape(line.trim_end()));
+    }
+}
+
 /// Renders the report for a person: the summary first, then each tree's changes.
 pub fn render_text(r: &Report, color: bool, verbose: bool) -> String {
     let p = Painter { color };
@@ -536,8 +549,8 @@ pub fn render_text(r: &Report, color: bool, verbose: bool) -> String {
                 if !finding.title.is_empty() {
                     let _ = writeln!(out, "        {}", term::escape(&finding.title));
                 }
-                let _ = writeln!(out, "        why: {}", term::escape(finding.why.trim()));
-                let _ = writeln!(out, "        fix: {}", term::escape(finding.fix.trim()));
+                labelled(&mut out, "why", &finding.why);
+                labelled(&mut out, "fix", &finding.fix);
             }
             for b in &f.backups {
                 let _ = writeln!(
@@ -628,8 +641,8 @@ pub fn render_text(r: &Report, color: bool, verbose: bool) -> String {
             if !f.finding.title.is_empty() {
                 let _ = writeln!(out, "        {}", term::escape(&f.finding.title));
             }
-            let _ = writeln!(out, "        why: {}", term::escape(f.finding.why.trim()));
-            let _ = writeln!(out, "        fix: {}", term::escape(f.finding.fix.trim()));
+            labelled(&mut out, "why", &f.finding.why);
+            labelled(&mut out, "fix", &f.finding.fix);
         }
     }
     if !r.module_backups.is_empty() {

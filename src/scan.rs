@@ -340,8 +340,9 @@ pub fn scan_tree(root: &Root, tree: &Tree, opts: &ScanOptions) -> Result<TreeSca
     }
     files.extend(missing);
     files.sort_by_cached_key(|f| order_key(&f.path));
-    // Backups are listed under the file they back up, not as added files. The rule
-    // engine's "contains an unsafe change" check belongs in place of no_rule_engine.
+    // Backups are listed under the file they back up, not as added files. Hashes
+    // decide verified-clean and same-as-current here; `rules::apply` later marks the
+    // remaining ones that carry an unsafe change.
     crate::content::backup::attach(
         tree,
         &refs,

@@ -118,7 +118,15 @@ fn verified_orig_restores_and_stale_bak_is_unverified() {
     let fx = patched_tree();
     fx.write(&sys("amd/amdkfd/kfd_crat.c.orig"), CRAT_C);
     fx.write(&sys("amd/amdkfd/kfd_crat.c.bak.1"), older_attempt());
-    fx.write(&sys("amd/amdkfd/kfd_crat.c~"), older_attempt());
+    // An older release of the file: different, but with nothing unsafe in it.
+    fx.write(
+        &sys("amd/amdkfd/kfd_crat.c~"),
+        CRAT_C.replacen(
+            "#include \"kfd_crat.h\"",
+            "#include \"kfd_crat.h\"\n#include \"kfd_priv.h\"",
+            1,
+        ),
+    );
     let j = fx.run(&["--format", "json", "scan"]).expect_code(1).json();
     let crat = json_file(&j, CRAT).unwrap();
     let verdicts: Vec<(&str, &str, bool)> = crat["backups"]
@@ -136,7 +144,8 @@ fn verified_orig_restores_and_stale_bak_is_unverified() {
     assert_eq!(
         verdicts,
         [
-            ("amd/amdkfd/kfd_crat.c.bak.1", "unverified", false),
+            // An earlier patch attempt: the rules find the forced flag in it.
+            ("amd/amdkfd/kfd_crat.c.bak.1", "unsafe", false),
             ("amd/amdkfd/kfd_crat.c.orig", "verified-clean", true),
             ("amd/amdkfd/kfd_crat.c~", "unverified", false),
         ]
@@ -155,7 +164,11 @@ fn verified_orig_restores_and_stale_bak_is_unverified() {
         "{text}"
     );
     assert!(
-        text.contains("      backup amd/amdkfd/kfd_crat.c.bak.1: unverified (matches neither dpkg-md5sums nor the current file: another version; not used to restore)\n"),
+        text.contains("      backup amd/amdkfd/kfd_crat.c.bak.1: unsafe (contains a change a rule flags as unsafe; never used to restore)\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("      backup amd/amdkfd/kfd_crat.c~: unverified (matches neither dpkg-md5sums nor the current file: another version; not used to restore)\n"),
         "{text}"
     );
 
@@ -480,17 +493,22 @@ fn scan_diff_shows_hunks_under_the_file() {
     cache_deb(&fx, "xz", &package_files());
     let text = fx.run(&["scan", "--diff"]).expect_code(1).stdout();
     let expected = format!(
-        "  modified   amd/amdkfd/kfd_crat.c  [dpkg-md5sums]\n\
-         \x20     clean copy: dpkg archive /var/cache/apt/archives/{DEB_NAME}\n\
+        "      clean copy: dpkg archive /var/cache/apt/archives/{DEB_NAME}\n\
          \x20        @@ -23,6 +23,8 @@\n\
          \x20         \t\t\t\tflags |= HSA_MEM_FLAGS_HOT_PLUGGABLE;\n\
          \x20         \t\t\tif (mem->flags & CRAT_MEM_FLAGS_NON_VOLATILE)\n\
          \x20         \t\t\t\tflags |= HSA_MEM_FLAGS_NON_VOLATILE;\n\
-         \x20        +\t\t\tif (dev->gpu && dev->gpu->adev->pdev->device == 0x731F)\n\
-         \x20        +\t\t\t\tflags |= HSA_MEM_FLAGS_HOT_PLUGGABLE;\n\
+         \x20     >> +\t\t\tif (dev->gpu && dev->gpu->adev->pdev->device == 0x731F)\n\
+         \x20     >> +\t\t\t\tflags |= HSA_MEM_FLAGS_HOT_PLUGGABLE;\n\
          \x20         \n\
          \x20         \t\t\tsize_in_bytes =\n\
          \x20         \t\t\t\t((uint64_t)mem->length_high << 32) +\n"
+    );
+    // The file's findings come first, then its clean copy and the hunks (with the
+    // flagged lines marked).
+    assert!(
+        text.contains("  modified   amd/amdkfd/kfd_crat.c  [dpkg-md5sums]\n"),
+        "{text}"
     );
     assert!(text.contains(&expected), "{text}");
     let j = fx.run(&["--format", "json", "scan", "--diff"]).json();
@@ -665,6 +683,8 @@ fn corpus_backup_scenarios_get_the_verdicts_of_their_ground_truth() {
             let want = match content.as_str() {
                 "clean" => "verified-clean",
                 "patched" => "same-as-current",
+                // The stale copy carries the earlier attempt (U03), itself unsafe.
+                "stale" => "unsafe",
                 _ => "unverified",
             };
             clean_expected |= want == "verified-clean";

@@ -11,4 +11,5 @@ mod recovery;
 mod restore;
 mod restore_crash;
 mod restore_pty;
+mod rules;
 mod scan;

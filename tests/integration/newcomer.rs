@@ -21,6 +21,10 @@ fn demo_shows_the_incident_and_the_patched_trap() {
     let out = run.stdout();
     assert!(out.contains("modified   amd/amdkfd/kfd_crat.c"), "{out}");
     assert!(
+        out.contains("CRITICAL KFD-MEM-001 line 43: flags |= HSA_MEM_FLAGS_HOT_PLUGGABLE;"),
+        "{out}"
+    );
+    assert!(
         out.contains("backup amd/amdkfd/kfd_crat.c.patched: same-as-current"),
         "{out}"
     );

@@ -1,0 +1,669 @@
+//! Running rules on one file, whole or against its clean copy.
+//!
+//! Whole-file mode (only a hash says the file changed, or it is new): every rule but
+//! the diff-only ones runs on every line, so rules rely on their context guards.
+//!
+//! Diff-aware mode (verified clean bytes exist): both versions are parsed and every
+//! rule is evaluated on both, each in its own file's C context. A finding of an
+//! `added` rule is reported only if the changed file has more of it (same rule, same
+//! innermost condition, same normalised statement) than the clean one — so code the
+//! change did not touch never fires, while a statement whose guard was removed, or
+//! that was moved under a device-id test, does. A `removed` rule reports what the
+//! clean file had and the changed one lost (a deleted `return -EINVAL`, a check put
+//! under `#if 0`), at the line where it used to be. Of equal candidates, those on the
+//! lines the line diff marks as changed are preferred.
+
+use super::cfile::{CFile, CondKind, Kind, Stmt, Views};
+use super::{checks, Check, On, Removal, Rule, Scope};
+use crate::finding::Finding;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::OnceLock;
+
+/// A file to match: its views at once, its C structure parsed only when a rule's
+/// prefilter says it may match (most files never need it).
+pub struct Parsed {
+    pub views: Views,
+    pub is_c: bool,
+    line_starts: Vec<usize>,
+    parsed: OnceLock<CFile>,
+    defines: OnceLock<HashMap<String, String>>,
+}
+
+pub fn is_c_source(rel: &Path) -> bool {
+    matches!(
+        rel.extension().and_then(|e| e.to_str()),
+        Some("c" | "h" | "cpp" | "cc")
+    ) || rel
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.ends_with(".c.orig") || n.ends_with(".h.orig"))
+}
+
+impl Parsed {
+    pub fn new(rel: &Path, text: &str) -> Parsed {
+        let is_c = is_c_source(rel);
+        let views = if is_c {
+            Views::of_c(text)
+        } else {
+            Views::of_plain(text)
+        };
+        let mut line_starts = vec![0];
+        for (i, b) in text.bytes().enumerate() {
+            if b == b'\n' {
+                line_starts.push(i + 1);
+            }
+        }
+        Parsed {
+            views,
+            is_c,
+            line_starts,
+            parsed: OnceLock::new(),
+            defines: OnceLock::new(),
+        }
+    }
+
+    /// Object-like macros the file defines (`#define NAVI10_GFX 100300`), so a check
+    /// sees through a value hidden behind a local name.
+    pub fn defines(&self) -> &HashMap<String, String> {
+        self.defines.get_or_init(|| {
+            let mut m = HashMap::new();
+            if !self.views.code.contains("define") {
+                return m;
+            }
+            for s in &self.file().stmts {
+                if s.kind != Kind::Preproc {
+                    continue;
+                }
+                let rest = s.text.trim_start_matches('#').trim_start();
+                let Some(rest) = rest.strip_prefix("define ") else {
+                    continue;
+                };
+                let mut it = rest.splitn(2, ' ');
+                let (Some(name), Some(value)) = (it.next(), it.next()) else {
+                    continue;
+                };
+                if !name.contains('(') {
+                    m.insert(name.to_string(), value.trim().to_string());
+                }
+            }
+            m
+        })
+    }
+
+    /// Statements and their contexts.
+    pub fn file(&self) -> &CFile {
+        self.parsed.get_or_init(|| {
+            if self.is_c {
+                CFile::from_views(self.views.clone())
+            } else {
+                CFile::plain_from_views(self.views.clone())
+            }
+        })
+    }
+
+    fn line_of(&self, offset: usize) -> usize {
+        self.line_starts.partition_point(|s| *s <= offset)
+    }
+
+    fn line_count(&self) -> usize {
+        self.line_starts.len()
+    }
+
+    /// The text of a 1-based line in a view.
+    fn line_text<'a>(&self, view: &'a str, line: usize) -> &'a str {
+        let Some(&s) = self.line_starts.get(line.wrapping_sub(1)) else {
+            return "";
+        };
+        let e = self
+            .line_starts
+            .get(line)
+            .map(|e| e - 1)
+            .unwrap_or(view.len());
+        view.get(s..e.max(s)).unwrap_or("")
+    }
+
+    pub fn raw_line(&self, line: usize) -> &str {
+        self.line_text(&self.views.raw, line)
+    }
+}
+
+/// One place a rule matched, before the diff decides whether to report it.
+#[derive(Debug, Clone)]
+pub struct Hit {
+    pub line: usize,
+    /// Index of the statement it came from (code rules).
+    pub stmt: Option<usize>,
+    pub key: String,
+    pub detail: Option<String>,
+}
+
+fn squash(s: &str) -> String {
+    s.chars().filter(|c| !c.is_whitespace()).collect()
+}
+
+/// Whether one condition establishes a guard: every top-level alternative of it
+/// matches one of the guards (so `1 || guard` does not), not under a `!`.
+fn cond_guards(text: &str, guards: &[regex::Regex]) -> bool {
+    super::cfile::disjuncts(super::cfile::strip_parens(text))
+        .iter()
+        .all(|d| {
+            guards.iter().any(|re| {
+                re.find_iter(d).any(|m| {
+                    let before = d[..m.start()].trim_end_matches(['(', ' ']);
+                    !before.ends_with('!')
+                })
+            })
+        })
+}
+
+fn guarded(rule: &Rule, stmt: &Stmt) -> bool {
+    if rule.unless_guard.is_empty() {
+        return false;
+    }
+    let labels = stmt.ctx.labels.join(" ");
+    stmt.ctx.conds.iter().any(|c| {
+        c.kind == CondKind::If
+            && !c.negated
+            && !c.text.is_empty()
+            && cond_guards(&c.text, &rule.unless_guard)
+    }) || (!labels.is_empty() && rule.unless_guard.iter().any(|re| re.is_match(&labels)))
+}
+
+fn under(rule: &Rule, stmt: &Stmt) -> bool {
+    if rule.when_guard.is_empty() {
+        return true;
+    }
+    let labels = stmt.ctx.labels.join(" ");
+    rule.when_guard.iter().any(|re| {
+        stmt.ctx
+            .conds
+            .iter()
+            .any(|c| c.kind != CondKind::Preproc && re.is_match(&c.text))
+            || (!labels.is_empty() && re.is_match(&labels))
+    })
+}
+
+fn in_function(rule: &Rule, stmt: &Stmt) -> bool {
+    let f = stmt.ctx.function.as_deref();
+    if let Some(re) = &rule.in_function {
+        if !f.is_some_and(|f| re.is_match(f)) {
+            return false;
+        }
+    }
+    if let Some(re) = &rule.not_in_function {
+        if f.is_some_and(|f| re.is_match(f)) {
+            return false;
+        }
+    }
+    true
+}
+
+fn innermost_if(stmt: &Stmt) -> String {
+    stmt.ctx
+        .conds
+        .iter()
+        .rev()
+        .find(|c| c.kind == CondKind::If)
+        .map(|c| format!("{}{}", if c.negated { "!" } else { "" }, squash(&c.text)))
+        .unwrap_or_default()
+}
+
+/// Line ranges (1-based, inclusive) where the rule's prefilter matches a view.
+fn candidate_lines(p: &Parsed, rule: &Rule, view: &str) -> Vec<(usize, usize)> {
+    let Some(pre) = &rule.prefilter else {
+        return Vec::new();
+    };
+    if rule.quick.as_ref().is_some_and(|q| !q.is_match(view)) {
+        return Vec::new();
+    }
+    let mut out: Vec<(usize, usize)> = Vec::new();
+    for m in pre.find_iter(view) {
+        let a = p.line_of(m.start());
+        let b = p.line_of(m.end().saturating_sub(1).max(m.start()));
+        match out.last_mut() {
+            Some(last) if a <= last.1 + 1 => last.1 = last.1.max(b),
+            _ => out.push((a, b)),
+        }
+    }
+    out
+}
+
+fn overlaps(ranges: &[(usize, usize)], a: usize, b: usize) -> bool {
+    let i = ranges.partition_point(|r| r.1 < a);
+    ranges.get(i).is_some_and(|r| r.0 <= b)
+}
+
+/// Every hit of a `match` rule in a parsed file.
+pub fn match_hits(rule: &Rule, p: &Parsed) -> Vec<Hit> {
+    let Some(re) = &rule.pattern else {
+        return Vec::new();
+    };
+    let views = &p.views;
+    let mut out: Vec<Hit> = Vec::new();
+    match rule.on {
+        On::Code => {
+            let ranges = candidate_lines(p, rule, &views.code);
+            if ranges.is_empty() {
+                return out;
+            }
+            for (si, stmt) in p.file().stmts.iter().enumerate() {
+                if !overlaps(&ranges, stmt.line, stmt.last_line) || stmt.ctx.dead {
+                    continue;
+                }
+                if !in_function(rule, stmt) || !under(rule, stmt) || guarded(rule, stmt) {
+                    continue;
+                }
+                if rule.unless.iter().any(|u| u.is_match(&stmt.text)) {
+                    continue;
+                }
+                let cond = format!("{}\u{1}{}", innermost_if(stmt), stmt.ctx.labels.join(","));
+                let whole = if stmt.text.len() <= 400 {
+                    squash(&stmt.text)
+                } else {
+                    String::new()
+                };
+                for caps in re.captures_iter(&stmt.text) {
+                    let m = caps.get(0).expect("match");
+                    let verdict = match rule.check {
+                        Some(Check::GfxTargetTable) => {
+                            checks::gfx_target(rule, stmt, &caps, p.defines())
+                        }
+                        Some(Check::Table) => checks::table(rule, stmt, &caps, p.defines()),
+                        None => checks::Verdict {
+                            fire: true,
+                            detail: None,
+                        },
+                    };
+                    if !verdict.fire {
+                        continue;
+                    }
+                    let line = stmt.line_at(m.start());
+                    if out.iter().any(|h| h.line == line) {
+                        continue;
+                    }
+                    out.push(Hit {
+                        line,
+                        stmt: Some(si),
+                        key: format!("{cond}\u{1}{whole}\u{1}{}", squash(m.as_str())),
+                        detail: verdict.detail,
+                    });
+                }
+            }
+        }
+        On::Line | On::Prose => {
+            let view = if rule.on == On::Line {
+                &views.raw
+            } else {
+                &views.prose
+            };
+            let ranges = candidate_lines(p, rule, view);
+            let total = p.line_count();
+            for (a, b) in ranges {
+                let first = a.saturating_sub(rule.window - 1).max(1);
+                for line in first..=b {
+                    let last = (line + rule.window - 1).min(total);
+                    let text: Vec<&str> = (line..=last).map(|l| p.line_text(view, l)).collect();
+                    let text = text.join("\n");
+                    let Some(m) = re.find(&text) else { continue };
+                    let at = line + text[..m.start()].matches('\n').count();
+                    if out.iter().any(|h| h.line == at) {
+                        continue;
+                    }
+                    if let Some(ctx) = p.file().ctx_of_line(at) {
+                        if ctx.dead {
+                            continue;
+                        }
+                    }
+                    if rule.unless.iter().any(|u| u.is_match(&text)) {
+                        continue;
+                    }
+                    if let Some(stmt) = p.file().stmt_of_line(at) {
+                        if !in_function(rule, stmt) || !under(rule, stmt) || guarded(rule, stmt) {
+                            continue;
+                        }
+                    } else if rule.in_function.is_some() || !rule.when_guard.is_empty() {
+                        continue;
+                    }
+                    out.push(Hit {
+                        line: at,
+                        stmt: None,
+                        key: squash(p.line_text(view, at)),
+                        detail: None,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A `require` rule on one file: for each function named by `in_function` that has
+/// a statement matching `anchor` (if any), whether a statement matches `require`.
+/// Returns the functions lacking it, with the line to report.
+fn presence(rule: &Rule, p: &Parsed) -> Vec<(String, usize, bool)> {
+    let (Some(req), Some(func)) = (&rule.require, &rule.in_function) else {
+        return Vec::new();
+    };
+    if let Some(pre) = &rule.function_prefilter {
+        if !pre.is_match(&p.views.code) {
+            return Vec::new();
+        }
+    }
+    let mut by_fn: BTreeMap<&str, (usize, Option<usize>, bool)> = BTreeMap::new();
+    for (name, header) in p.file().functions() {
+        if func.is_match(name) && !header.ctx.dead {
+            by_fn.insert(name, (header.line, None, false));
+        }
+    }
+    if by_fn.is_empty() {
+        return Vec::new();
+    }
+    for stmt in &p.file().stmts {
+        if stmt.ctx.dead {
+            continue;
+        }
+        let Some(f) = stmt.ctx.function.as_deref() else {
+            continue;
+        };
+        let Some(entry) = by_fn.get_mut(f) else {
+            continue;
+        };
+        if req.is_match(&stmt.text) {
+            entry.2 = true;
+        }
+        if let Some(a) = &rule.anchor {
+            if entry.1.is_none() && stmt.kind != Kind::Label && a.is_match(&stmt.text) {
+                entry.1 = Some(stmt.line);
+            }
+        }
+    }
+    by_fn
+        .into_iter()
+        .filter_map(|(name, (header, anchor, has))| {
+            let line = match (&rule.anchor, anchor) {
+                (Some(_), Some(l)) => l,
+                (Some(_), None) => return None,
+                (None, _) => header,
+            };
+            Some((name.to_string(), line, has))
+        })
+        .collect()
+}
+
+/// Whether a removed statement was cut out of code that otherwise survived: its
+/// function still exists in the changed file, and so do the statements just before
+/// and just after the `if` block that held it. A check deleted on its own is a removed
+/// safety check; a check that went away with the code it protected (a feature removed,
+/// a function rewritten) is not.
+fn targeted(old: &Parsed, new: &Parsed, stmt: Option<usize>) -> bool {
+    let Some(i) = stmt else { return true };
+    let stmts = &old.file().stmts;
+    let s = &stmts[i];
+    let Some(func) = s.ctx.function.as_deref() else {
+        return true;
+    };
+    let in_new: std::collections::HashSet<String> = new
+        .file()
+        .stmts
+        .iter()
+        .filter(|t| t.ctx.function.as_deref() == Some(func) && !t.ctx.dead)
+        .map(|t| squash(&t.text))
+        .collect();
+    if in_new.is_empty() {
+        return false;
+    }
+    // The block: from the innermost `if` header (the statement itself when it is
+    // one, as in `if (WARN_ON(x))`) to the first statement outside it.
+    let own = (s.kind == Kind::Control && s.text.starts_with("if ")).then_some(s.line);
+    let cond_line = own.or_else(|| {
+        s.ctx
+            .conds
+            .iter()
+            .rev()
+            .find(|c| c.kind == CondKind::If)
+            .map(|c| c.line)
+    });
+    let (mut first, mut last) = (i, i);
+    if let Some(line) = cond_line {
+        let inside = |t: &Stmt| {
+            t.ctx
+                .conds
+                .iter()
+                .any(|x| x.kind == CondKind::If && x.line == line)
+        };
+        while first > 0 && inside(&stmts[first - 1]) {
+            first -= 1;
+        }
+        if first > 0 && stmts[first - 1].kind == Kind::Control && stmts[first - 1].line == line {
+            first -= 1;
+        }
+        while last + 1 < stmts.len() && inside(&stmts[last + 1]) {
+            last += 1;
+        }
+    }
+    let same_fn = |t: &Stmt| t.ctx.function.as_deref() == Some(func) && t.kind != Kind::Preproc;
+    let before = stmts[..first].iter().rev().find(|t| same_fn(t));
+    let after = stmts[last + 1..].iter().find(|t| same_fn(t));
+    before.is_none_or(|t| in_new.contains(&squash(&t.text)))
+        && after.is_none_or(|t| in_new.contains(&squash(&t.text)))
+}
+
+/// The line diff of clean → current: which current lines were inserted or
+/// replaced, which clean lines were deleted, and where each clean line is now.
+struct LineDiff {
+    changed_new: Vec<bool>,
+    deleted_old: Vec<bool>,
+    /// Deleted with nothing put in their place (not part of a replaced block).
+    only_deleted_old: Vec<bool>,
+    old_to_new: Vec<usize>,
+}
+
+fn line_diff(old: &str, new: &str, old_lines: usize, new_lines: usize) -> LineDiff {
+    use similar::{DiffOp, TextDiff};
+    let diff = TextDiff::configure()
+        .timeout(std::time::Duration::from_secs(2))
+        .diff_lines(old, new);
+    let mut d = LineDiff {
+        changed_new: vec![false; new_lines + 2],
+        deleted_old: vec![false; old_lines + 2],
+        only_deleted_old: vec![false; old_lines + 2],
+        old_to_new: vec![0; old_lines + 2],
+    };
+    for op in diff.ops() {
+        match *op {
+            DiffOp::Equal {
+                old_index,
+                new_index,
+                len,
+            } => {
+                for i in 0..len {
+                    if let Some(x) = d.old_to_new.get_mut(old_index + i + 1) {
+                        *x = new_index + i + 1;
+                    }
+                }
+            }
+            DiffOp::Delete {
+                old_index,
+                old_len,
+                new_index,
+            } => {
+                for i in 0..old_len {
+                    if let Some(x) = d.old_to_new.get_mut(old_index + i + 1) {
+                        *x = new_index + 1;
+                    }
+                    if let Some(x) = d.deleted_old.get_mut(old_index + i + 1) {
+                        *x = true;
+                    }
+                    if let Some(x) = d.only_deleted_old.get_mut(old_index + i + 1) {
+                        *x = true;
+                    }
+                }
+            }
+            DiffOp::Insert {
+                new_index, new_len, ..
+            } => {
+                for i in 0..new_len {
+                    if let Some(x) = d.changed_new.get_mut(new_index + i + 1) {
+                        *x = true;
+                    }
+                }
+            }
+            DiffOp::Replace {
+                old_index,
+                old_len,
+                new_index,
+                new_len,
+            } => {
+                for i in 0..old_len {
+                    if let Some(x) = d.old_to_new.get_mut(old_index + i + 1) {
+                        *x = new_index + i.min(new_len.saturating_sub(1)) + 1;
+                    }
+                    if let Some(x) = d.deleted_old.get_mut(old_index + i + 1) {
+                        *x = true;
+                    }
+                }
+                for i in 0..new_len {
+                    if let Some(x) = d.changed_new.get_mut(new_index + i + 1) {
+                        *x = true;
+                    }
+                }
+            }
+        }
+    }
+    d
+}
+
+/// Hits of `a` that `b` does not account for (multiset difference by key), preferring
+/// those on lines `prefer` marks.
+fn surplus(a: Vec<Hit>, b: &[Hit], prefer: &[bool]) -> Vec<Hit> {
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for h in b {
+        *counts.entry(h.key.as_str()).or_default() += 1;
+    }
+    let mut groups: BTreeMap<String, Vec<Hit>> = BTreeMap::new();
+    for h in a {
+        groups.entry(h.key.clone()).or_default().push(h);
+    }
+    let mut out = Vec::new();
+    for (key, mut hits) in groups {
+        let have = counts.get(key.as_str()).copied().unwrap_or(0);
+        if hits.len() <= have {
+            continue;
+        }
+        hits.sort_by_key(|h| (!prefer.get(h.line).copied().unwrap_or(false), h.line));
+        let n = hits.len() - have;
+        out.extend(hits.into_iter().take(n));
+    }
+    out
+}
+
+fn finding(rule: &Rule, line: usize, text: &str, detail: Option<String>) -> Finding {
+    let mut text = text.trim().to_string();
+    if text.len() > 240 {
+        let mut cut = 240;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push('…');
+    }
+    Finding {
+        rule: rule.id.clone(),
+        severity: rule.severity,
+        title: rule.title.clone(),
+        line,
+        text,
+        why: match detail {
+            Some(d) => format!("{d} {}", rule.why),
+            None => rule.why.clone(),
+        },
+        fix: rule.fix.clone(),
+    }
+}
+
+/// Runs `rules` on the current text of `rel`, diff-aware when `clean` is given.
+pub fn evaluate(rules: &[&Rule], rel: &Path, current: &str, clean: Option<&str>) -> Vec<Finding> {
+    if rules.is_empty() {
+        return Vec::new();
+    }
+    let new = Parsed::new(rel, current);
+    let old = clean.map(|c| Parsed::new(rel, c));
+    let diff = old.as_ref().map(|o| {
+        line_diff(
+            clean.unwrap_or(""),
+            current,
+            o.line_count(),
+            new.line_count(),
+        )
+    });
+    let mut out = Vec::new();
+    for rule in rules {
+        if rule.require.is_some() {
+            let now = presence(rule, &new);
+            let before: Option<Vec<(String, usize, bool)>> =
+                old.as_ref().map(|o| presence(rule, o));
+            for (name, line, has) in now {
+                if has {
+                    continue;
+                }
+                if let Some(before) = &before {
+                    // Diff-aware: only if the clean file had it.
+                    if !before.iter().any(|(n, _, h)| *n == name && *h) {
+                        continue;
+                    }
+                }
+                out.push(finding(rule, line, new.raw_line(line), None));
+            }
+            continue;
+        }
+        match (&old, &diff, rule.scope) {
+            (None, _, Scope::Removed | Scope::AddedOnly) => {}
+            (None, _, _) | (Some(_), _, Scope::File) => {
+                for h in match_hits(rule, &new) {
+                    out.push(finding(rule, h.line, new.raw_line(h.line), h.detail));
+                }
+            }
+            (Some(o), Some(d), Scope::Added | Scope::AddedOnly) => {
+                let a = match_hits(rule, &new);
+                if a.is_empty() {
+                    continue;
+                }
+                let b = match_hits(rule, o);
+                for h in surplus(a, &b, &d.changed_new) {
+                    out.push(finding(rule, h.line, new.raw_line(h.line), h.detail));
+                }
+            }
+            (Some(o), Some(d), Scope::Removed) => {
+                let b = match_hits(rule, o);
+                if b.is_empty() {
+                    continue;
+                }
+                let a = match_hits(rule, &new);
+                for h in surplus(b, &a, &d.deleted_old) {
+                    let mapped = d.old_to_new.get(h.line).copied().unwrap_or(0);
+                    // Put under `#if 0` counts as deleted: the line is there, dead.
+                    let only = d.only_deleted_old.get(h.line).copied().unwrap_or(false)
+                        || (!d.deleted_old.get(h.line).copied().unwrap_or(true)
+                            && new.file().ctx_of_line(mapped).is_some_and(|c| c.dead));
+                    match rule.removal {
+                        Removal::Any => {}
+                        Removal::Deleted if !only || !targeted(o, &new, h.stmt) => continue,
+                        Removal::Replaced if only => continue,
+                        _ => {}
+                    }
+                    let at = d.old_to_new.get(h.line).copied().unwrap_or(0).max(1);
+                    out.push(finding(rule, at, o.raw_line(h.line), h.detail));
+                }
+            }
+            (Some(_), None, _) => {}
+        }
+    }
+    out.sort_by(|a, b| {
+        a.line
+            .cmp(&b.line)
+            .then(b.severity.cmp(&a.severity))
+            .then(a.rule.cmp(&b.rule))
+    });
+    out
+}

@@ -1,0 +1,679 @@
+//! The rule engine: which changes to a driver tree are the kind that crash machines.
+//!
+//! Rules live in TOML (`patterns/*.toml`, embedded at build time; `--rules DIR` adds
+//! a user's). Each names the files it applies to, what to match, the context that
+//! makes a match harmless, and explains why the change is dangerous and how to undo
+//! it. Matching understands C well enough to know the enclosing function and the
+//! conditions above a statement ([`cfile`]); named checks ([`checks`]) cover what a
+//! regex cannot (the upstream `gfx_target_version` table). See [`engine`] for the
+//! whole-file and diff-aware modes.
+//!
+//! Public API for other parts of kfd-audit:
+//! - [`RuleSet::builtin`], [`RuleSet::load_dir`], [`RuleSet::load_file`];
+//! - [`RuleSet::check`]: findings for one file's bytes (optionally against its clean
+//!   bytes), e.g. to judge whether a backup contains an unsafe change, or to run
+//!   rules on module option files and DKMS build-time patches;
+//! - [`apply`]: fills `FileResult::findings` of a scanned tree.
+
+pub mod cfile;
+pub mod checks;
+pub mod engine;
+mod spec;
+
+use crate::content::CleanContent;
+use crate::error::{Error, Result};
+use crate::finding::{Finding, Severity};
+use crate::root::Root;
+use crate::scan::{self, FileStatus, TreeScan};
+use crate::tree::Tree;
+use globset::GlobSet;
+use rayon::prelude::*;
+use regex::Regex;
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// Which lines of a changed file a rule looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// What the change added; the whole file when no clean copy is known.
+    Added,
+    /// What the change added; not run without a clean copy.
+    AddedOnly,
+    /// What the change removed (with the clean file's context); needs a clean copy.
+    Removed,
+    /// The whole file, always.
+    File,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Added => "added",
+            Scope::AddedOnly => "added-only",
+            Scope::Removed => "removed",
+            Scope::File => "file",
+        }
+    }
+}
+
+/// For `removed` rules: which kind of removal counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    /// Any line the change removed or rewrote.
+    Any,
+    /// Lines removed with nothing put in their place (a deleted check).
+    Deleted,
+    /// Lines rewritten into something else (a check replaced by other code).
+    Replaced,
+}
+
+/// Which text a rule's `match` runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum On {
+    /// C statements joined across lines, comments and string contents blanked.
+    Code,
+    /// Raw lines (a `window` of several joined by newlines).
+    Line,
+    /// Only comments and string literals, line by line.
+    Prose,
+}
+
+/// Checks written in Rust that a rule can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    GfxTargetTable,
+    Table,
+}
+
+/// A snippet a rule must (or must not) fire on.
+#[derive(Debug, Clone)]
+pub struct Example {
+    pub fires: bool,
+    pub code: String,
+    /// The clean version, for a diff-aware example.
+    pub clean: Option<String>,
+    /// Tree-relative path the snippet pretends to be (default: from `files`).
+    pub file: Option<String>,
+    /// The line the finding must be on.
+    pub line: Option<usize>,
+    /// Line of the example in its rule file.
+    pub source_line: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub id: String,
+    pub title: String,
+    pub severity: Severity,
+    pub scope: Scope,
+    pub removal: Removal,
+    pub on: On,
+    pub file_globs: Vec<String>,
+    files: GlobSet,
+    exclude: GlobSet,
+    pattern: Option<Regex>,
+    /// `pattern` without `^`/`$` anchors: finds candidate lines in a whole file.
+    prefilter: Option<Regex>,
+    /// Literals one of which any match must contain: skips most files at memchr speed.
+    quick: Option<Regex>,
+    window: usize,
+    unless: Vec<Regex>,
+    unless_guard: Vec<Regex>,
+    when_guard: Vec<Regex>,
+    in_function: Option<Regex>,
+    function_prefilter: Option<Regex>,
+    not_in_function: Option<Regex>,
+    require: Option<Regex>,
+    anchor: Option<Regex>,
+    check: Option<Check>,
+    key_from_case: bool,
+    missing: Option<String>,
+    table: HashMap<String, Vec<String>>,
+    pub why: String,
+    pub fix: String,
+    pub examples: Vec<Example>,
+    /// The file the rule came from (`builtin:memory.toml` for built-ins) and its line.
+    pub origin: PathBuf,
+    pub line: usize,
+}
+
+impl Rule {
+    pub fn applies_to(&self, rel: &Path) -> bool {
+        self.files.is_match(rel) && !self.exclude.is_match(rel)
+    }
+
+    /// A path the examples pretend to be when they name none: the first glob with
+    /// its wildcards filled in.
+    fn example_path(&self, e: &Example) -> Option<PathBuf> {
+        if let Some(f) = &e.file {
+            return Some(PathBuf::from(f));
+        }
+        self.file_globs.iter().find_map(|g| {
+            let p = g
+                .replace("**/", "")
+                .replace("*.[ch]", "example.c")
+                .replace('*', "example")
+                .replace('?', "x");
+            let p = PathBuf::from(p);
+            self.applies_to(&p).then_some(p)
+        })
+    }
+}
+
+/// A glob-free copy of a regex with its `^`/`$` anchors removed: anything the rule
+/// can match inside a statement, this finds somewhere in the whole file.
+fn prefilter(re: &Regex) -> std::result::Result<Regex, String> {
+    use regex_syntax::hir::{Capture, Dot, Hir, HirKind, Look, Repetition};
+    fn strip(h: &Hir) -> Hir {
+        // A statement's text has its line breaks and whitespace runs collapsed to one
+        // space: in the file, `.` must cross lines and a space may be any run.
+        if *h == Hir::dot(Dot::AnyCharExceptLF) {
+            return Hir::dot(Dot::AnyChar);
+        }
+        if *h == Hir::dot(Dot::AnyByteExceptLF) {
+            return Hir::dot(Dot::AnyByte);
+        }
+        match h.kind() {
+            HirKind::Literal(lit) if lit.0.contains(&b' ') => {
+                let ws = Hir::repetition(Repetition {
+                    min: 1,
+                    max: None,
+                    greedy: true,
+                    sub: Box::new(Hir::class(regex_syntax::hir::Class::Unicode(
+                        regex_syntax::hir::ClassUnicode::new([
+                            regex_syntax::hir::ClassUnicodeRange::new('\t', '\r'),
+                            regex_syntax::hir::ClassUnicodeRange::new(' ', ' '),
+                        ]),
+                    ))),
+                });
+                let mut parts = Vec::new();
+                for (i, piece) in lit.0.split(|b| *b == b' ').enumerate() {
+                    if i > 0 {
+                        parts.push(ws.clone());
+                    }
+                    if !piece.is_empty() {
+                        parts.push(Hir::literal(piece.to_vec()));
+                    }
+                }
+                Hir::concat(parts)
+            }
+            HirKind::Look(
+                Look::Start
+                | Look::End
+                | Look::StartLF
+                | Look::EndLF
+                | Look::StartCRLF
+                | Look::EndCRLF,
+            ) => Hir::empty(),
+            HirKind::Repetition(r) => Hir::repetition(Repetition {
+                sub: Box::new(strip(&r.sub)),
+                ..r.clone()
+            }),
+            HirKind::Capture(c) => Hir::capture(Capture {
+                sub: Box::new(strip(&c.sub)),
+                ..c.clone()
+            }),
+            HirKind::Concat(v) => Hir::concat(v.iter().map(strip).collect()),
+            HirKind::Alternation(v) => Hir::alternation(v.iter().map(strip).collect()),
+            _ => h.clone(),
+        }
+    }
+    let hir = regex_syntax::parse(re.as_str()).map_err(|e| e.to_string())?;
+    Regex::new(&strip(&hir).to_string()).map_err(|e| e.to_string())
+}
+
+/// Literals of which every match of the regex contains one, as a case-insensitive
+/// regex (None when it cannot tell, or they would be too short to be worth it).
+fn required_literals(re: &Regex) -> Option<Regex> {
+    use regex_syntax::hir::{Class, Hir, HirKind};
+    /// A literal character, or the two cases of one letter (`(?i)` patterns).
+    fn char_of(h: &Hir) -> Option<Vec<u8>> {
+        match h.kind() {
+            HirKind::Literal(l) => Some(l.0.to_ascii_lowercase()),
+            HirKind::Class(Class::Unicode(c)) => {
+                let chars: Vec<char> = c
+                    .ranges()
+                    .iter()
+                    .flat_map(|r| (r.start()..=r.end()).take(3))
+                    .collect();
+                let lower: Vec<char> = chars.iter().map(|c| c.to_ascii_lowercase()).collect();
+                let ascii = chars.iter().all(|c| c.is_ascii());
+                // Unicode case folding adds the Kelvin sign to k and the long s to s.
+                let letters: Vec<char> = chars.iter().copied().filter(|c| c.is_ascii()).collect();
+                let same = lower
+                    .iter()
+                    .filter(|c| c.is_ascii())
+                    .all(|c| *c == lower[0]);
+                if (ascii || letters.len() == 2) && same && !letters.is_empty() && chars.len() <= 3
+                {
+                    Some(vec![lower[0] as u8])
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        }
+    }
+    fn req(h: &Hir) -> Option<Vec<Vec<u8>>> {
+        match h.kind() {
+            HirKind::Capture(c) => req(&c.sub),
+            HirKind::Repetition(r) if r.min >= 1 => req(&r.sub),
+            HirKind::Concat(v) => {
+                let mut best: Option<Vec<Vec<u8>>> = None;
+                let consider = |set: Vec<Vec<u8>>, best: &mut Option<Vec<Vec<u8>>>| {
+                    let min = set.iter().map(|l| l.len()).min().unwrap_or(0);
+                    let cur = best
+                        .as_ref()
+                        .map(|b| b.iter().map(|l| l.len()).min().unwrap_or(0))
+                        .unwrap_or(0);
+                    if min >= 3 && min > cur {
+                        *best = Some(set);
+                    }
+                };
+                let mut run: Vec<u8> = Vec::new();
+                for child in v {
+                    if let Some(c) = char_of(child) {
+                        run.extend(c);
+                        continue;
+                    }
+                    if !run.is_empty() {
+                        consider(vec![std::mem::take(&mut run)], &mut best);
+                    }
+                    if let Some(set) = req(child) {
+                        consider(set, &mut best);
+                    }
+                }
+                if !run.is_empty() {
+                    consider(vec![run], &mut best);
+                }
+                best
+            }
+            HirKind::Alternation(v) => {
+                let mut all = Vec::new();
+                for b in v {
+                    all.extend(req(b)?);
+                }
+                Some(all)
+            }
+            _ => char_of(h).map(|c| vec![c]),
+        }
+    }
+    let hir = regex_syntax::parse(re.as_str()).ok()?;
+    let lits = req(&hir)?;
+    if lits.is_empty() || lits.iter().any(|l| l.len() < 3) {
+        return None;
+    }
+    let alts: Vec<String> = lits
+        .iter()
+        .map(|l| regex::escape(&String::from_utf8_lossy(l)))
+        .collect();
+    Regex::new(&format!("(?i){}", alts.join("|"))).ok()
+}
+
+/// The rule files built into the binary.
+pub const BUILTIN: &[(&str, &str)] = &[
+    ("memory.toml", include_str!("../../patterns/memory.toml")),
+    (
+        "gfx-target.toml",
+        include_str!("../../patterns/gfx-target.toml"),
+    ),
+    (
+        "capabilities.toml",
+        include_str!("../../patterns/capabilities.toml"),
+    ),
+    (
+        "device-ids.toml",
+        include_str!("../../patterns/device-ids.toml"),
+    ),
+    (
+        "safety-checks.toml",
+        include_str!("../../patterns/safety-checks.toml"),
+    ),
+    ("markers.toml", include_str!("../../patterns/markers.toml")),
+    (
+        "amdgpu-overrides.toml",
+        include_str!("../../patterns/amdgpu-overrides.toml"),
+    ),
+];
+
+/// A set of compiled rules with unique ids.
+#[derive(Debug, Clone, Default)]
+pub struct RuleSet {
+    rules: Vec<Rule>,
+}
+
+/// A rule example that did not behave as it says.
+#[derive(Debug, Clone)]
+pub struct ExampleFailure {
+    pub origin: PathBuf,
+    pub line: usize,
+    pub message: String,
+}
+
+impl RuleSet {
+    /// The built-in rules. They are part of the program; a broken one is a bug
+    /// caught by the test suite.
+    pub fn builtin() -> RuleSet {
+        let mut set = RuleSet::default();
+        for (name, text) in BUILTIN {
+            let origin = PathBuf::from(format!("builtin:{name}"));
+            let rules = spec::parse(&origin, text)
+                .unwrap_or_else(|e| panic!("built-in rule file is invalid: {e}"));
+            set.add(rules)
+                .unwrap_or_else(|e| panic!("built-in rules: {e}"));
+        }
+        set
+    }
+
+    /// Adds rules, refusing an id that is already taken.
+    pub fn add(&mut self, rules: Vec<Rule>) -> Result<()> {
+        for r in rules {
+            if let Some(prev) = self.rules.iter().find(|x| x.id == r.id) {
+                return Err(Error::malformed(
+                    &r.origin,
+                    r.line,
+                    format!(
+                        "duplicate rule id {} (already defined at {}:{}); give this rule another id",
+                        r.id,
+                        prev.origin.display(),
+                        prev.line
+                    ),
+                ));
+            }
+            self.rules.push(r);
+        }
+        Ok(())
+    }
+
+    /// Parses one rule file (without adding it).
+    pub fn parse_file(path: &Path) -> Result<Vec<Rule>> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        spec::parse(path, &text)
+    }
+
+    /// Adds the rules of one TOML file.
+    pub fn load_file(&mut self, path: &Path) -> Result<()> {
+        let rules = RuleSet::parse_file(path)?;
+        self.add(rules)
+    }
+
+    /// Adds every `*.toml` of a directory, in name order.
+    pub fn load_dir(&mut self, dir: &Path) -> Result<()> {
+        let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(Error::Refused {
+                path: dir.to_path_buf(),
+                message: "no *.toml rule files in this directory".into(),
+            });
+        }
+        for f in files {
+            self.load_file(&f)?;
+        }
+        Ok(())
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.id == id)
+    }
+
+    /// The rules whose globs take this tree-relative path.
+    pub fn applicable(&self, rel: &Path) -> Vec<&Rule> {
+        self.rules.iter().filter(|r| r.applies_to(rel)).collect()
+    }
+
+    /// Findings for one file's bytes, by tree-relative path. With `clean` (verified
+    /// clean bytes of the same file) the check is diff-aware; without, whole-file.
+    pub fn check(&self, rel: &Path, current: &[u8], clean: Option<&[u8]>) -> Vec<Finding> {
+        let rules = self.applicable(rel);
+        if rules.is_empty() {
+            return Vec::new();
+        }
+        let cur = String::from_utf8_lossy(current);
+        let clean = clean.map(String::from_utf8_lossy);
+        engine::evaluate(&rules, rel, &cur, clean.as_deref())
+    }
+
+    /// Whether these bytes contain a change this rule set calls high or critical
+    /// (e.g. a backup that is itself patched).
+    pub fn is_unsafe(&self, rel: &Path, bytes: &[u8], clean: Option<&[u8]>) -> bool {
+        self.check(rel, bytes, clean)
+            .iter()
+            .any(|f| f.severity >= Severity::High)
+    }
+
+    /// Runs every rule's examples; returns those that failed.
+    pub fn run_examples(&self) -> Vec<ExampleFailure> {
+        let mut out = Vec::new();
+        for r in &self.rules {
+            for (i, e) in r.examples.iter().enumerate() {
+                let fail = |message: String| ExampleFailure {
+                    origin: r.origin.clone(),
+                    line: e.source_line,
+                    message: format!("rule {} example {}: {message}", r.id, i + 1),
+                };
+                let Some(path) = r.example_path(e) else {
+                    out.push(fail(
+                        "cannot tell which file it pretends to be; give it `file = \"...\"` matching the rule's `files`".into(),
+                    ));
+                    continue;
+                };
+                if !r.applies_to(&path) {
+                    out.push(fail(format!(
+                        "its file {} is not matched by the rule's `files`",
+                        path.display()
+                    )));
+                    continue;
+                }
+                let found = engine::evaluate(&[r], &path, &e.code, e.clean.as_deref());
+                let fired = match e.line {
+                    Some(l) => found.iter().any(|f| f.line == l),
+                    None => !found.is_empty(),
+                };
+                if fired != e.fires {
+                    let lines: Vec<String> = found.iter().map(|f| f.line.to_string()).collect();
+                    out.push(fail(if e.fires {
+                        match e.line {
+                            Some(l) if !found.is_empty() => format!(
+                                "should fire on line {l}, fired on line {}",
+                                lines.join(", ")
+                            ),
+                            _ => "should fire but did not".into(),
+                        }
+                    } else {
+                        format!("should not fire but did (line {})", lines.join(", "))
+                    }));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// What [`apply`] did, for the curious and for measurements.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApplyStats {
+    pub files_checked: usize,
+    pub diff_aware: usize,
+    pub bytes_read: u64,
+}
+
+/// Files larger than this are not read by rules (generated register headers).
+const MAX_RULE_FILE: u64 = 16 << 20;
+
+/// Runs the rules on a scanned tree, filling each file's findings. Files that match
+/// their reference are not looked at; modified files are checked against verified
+/// clean content where a content provider has it, whole-file otherwise; added and
+/// unverified files are checked whole-file.
+pub fn apply(rules: &RuleSet, root: &Root, tree: &Tree, scan: &mut TreeScan) -> ApplyStats {
+    let work: Vec<(usize, Vec<&Rule>)> = scan
+        .files
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| {
+            matches!(
+                f.status,
+                FileStatus::Modified | FileStatus::Added | FileStatus::Unverified
+            )
+        })
+        .filter(|(_, f)| f.size.is_none_or(|s| s <= MAX_RULE_FILE))
+        .filter_map(|(i, f)| {
+            let rs = rules.applicable(&f.path);
+            (!rs.is_empty()).then_some((i, rs))
+        })
+        .collect();
+    // Clean bytes of the modified files the rules look at, fetched in one pass so a
+    // package archive is read through once, not once per file.
+    let content = CleanContent::for_tree(root, tree, &scan.refs);
+    let wanted: Vec<std::path::PathBuf> = work
+        .iter()
+        .map(|(i, _)| &scan.files[*i])
+        .filter(|f| f.status == FileStatus::Modified)
+        .map(|f| f.path.clone())
+        .collect();
+    let mut clean_bytes: std::collections::HashMap<std::path::PathBuf, Vec<u8>> =
+        std::collections::HashMap::new();
+    content.get_many(&wanted, &mut |rel, copy| {
+        if let Some(c) = copy {
+            clean_bytes.insert(rel.to_path_buf(), c.bytes);
+        }
+    });
+    let files = &scan.files;
+    let results: Vec<(usize, Vec<Finding>, bool, u64)> = work
+        .par_iter()
+        .filter_map(|(i, rs)| {
+            let f = &files[*i];
+            let host = tree.host_path.join(&f.path);
+            let mut bytes = Vec::new();
+            scan::open_nofollow(&host)
+                .and_then(|mut h| h.read_to_end(&mut bytes))
+                .ok()?;
+            let clean = clean_bytes.get(&f.path);
+            let cur = String::from_utf8_lossy(&bytes);
+            let clean_text = clean.map(|c| String::from_utf8_lossy(c));
+            let found = engine::evaluate(rs, &f.path, &cur, clean_text.as_deref());
+            Some((*i, found, clean.is_some(), bytes.len() as u64))
+        })
+        .collect();
+    let mut stats = ApplyStats::default();
+    for (i, found, diff, n) in results {
+        stats.files_checked += 1;
+        stats.bytes_read += n;
+        if diff {
+            stats.diff_aware += 1;
+        }
+        scan.files[i].findings = found;
+    }
+    judge_backups(rules, tree, &mut scan.files, &content, &clean_bytes);
+    stats
+}
+
+/// Gives the verdict `unsafe` to backups that hash-checking could not place (not
+/// clean, not a copy of the current file) when the rules find an unsafe change in
+/// them: a `.bak` of an earlier patch attempt must never look like a way back.
+fn judge_backups(
+    rules: &RuleSet,
+    tree: &Tree,
+    files: &mut [crate::scan::FileResult],
+    content: &CleanContent<'_>,
+    clean_bytes: &std::collections::HashMap<std::path::PathBuf, Vec<u8>>,
+) {
+    use crate::scan::BackupVerdict;
+    for f in files.iter_mut() {
+        if !f
+            .backups
+            .iter()
+            .any(|b| b.verdict == BackupVerdict::Unverified)
+        {
+            continue;
+        }
+        if rules.applicable(&f.path).is_empty() {
+            continue;
+        }
+        let clean = match clean_bytes.get(&f.path) {
+            Some(c) => Some(c.clone()),
+            None => content.get(&f.path).ok().flatten().map(|c| c.bytes),
+        };
+        for b in f
+            .backups
+            .iter_mut()
+            .filter(|b| b.verdict == BackupVerdict::Unverified)
+        {
+            let Ok(bytes) =
+                crate::content::read_limited(&tree.host_path.join(&b.path), MAX_RULE_FILE)
+            else {
+                continue;
+            };
+            if rules.is_unsafe(&f.path, &bytes, clean.as_deref()) {
+                b.verdict = BackupVerdict::Unsafe;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_rules_load_and_their_examples_hold() {
+        let set = RuleSet::builtin();
+        assert!(set.rules().len() >= 20);
+        let failures = set.run_examples();
+        assert!(
+            failures.is_empty(),
+            "{}",
+            failures
+                .iter()
+                .map(|f| format!("{}:{}: {}", f.origin.display(), f.line, f.message))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        for r in set.rules() {
+            assert!(!r.examples.is_empty(), "rule {} has no examples", r.id);
+            assert!(
+                r.examples.iter().any(|e| e.fires),
+                "rule {} never shown firing",
+                r.id
+            );
+            assert!(
+                r.examples.iter().any(|e| !e.fires),
+                "rule {} never shown quiet",
+                r.id
+            );
+        }
+    }
+
+    #[test]
+    fn prefilter_drops_anchors() {
+        let re = Regex::new(r"^return\s+-E\w+;$").unwrap();
+        let p = prefilter(&re).unwrap();
+        assert!(p.is_match("\t\treturn -EINVAL;\n"));
+        let q = required_literals(
+            &Regex::new(r"(\|=|=[^=])[^;]*\bHSA_MEM_FLAGS_HOT_PLUGGABLE\b").unwrap(),
+        )
+        .unwrap();
+        assert_eq!(q.as_str(), "(?i)hsa_mem_flags_hot_pluggable");
+        let q =
+            required_literals(&Regex::new(r"^(return\s+-EINVAL|ret\s*=\s*-ERANGE)\s*;").unwrap())
+                .unwrap();
+        assert_eq!(q.as_str(), r"(?i)\-einval|\-erange");
+        let q = required_literals(&Regex::new(r"(?i)\brdna\s*[0-9]?").unwrap()).unwrap();
+        assert_eq!(q.as_str(), "(?i)rdna");
+        assert!(q.is_match("[RDNA1 Fix]"));
+        assert!(required_literals(&Regex::new(r"(?i)\b(ab|cd)\b").unwrap()).is_none());
+        let re = Regex::new(r"^if \(.*&&\s*0\)$").unwrap();
+        let p = prefilter(&re).unwrap();
+        assert!(p.is_match("\tif (a &&\n\t    b && 0)\n"));
+    }
+}
