@@ -126,8 +126,34 @@ fn patch_named_by_dkms_conf_is_found_with_its_target() {
         findings(&j).iter().any(|f| f["rule"] == "DKMS-PATCH-001"),
         "{j}"
     );
+    // The incident arriving as a build-time patch is judged like an in-place change:
+    // critical, on the patch file, naming the file it changes and the line there.
+    let crit = findings(&j)
+        .into_iter()
+        .find(|f| f["severity"] == "critical")
+        .unwrap_or_else(|| panic!("no critical finding: {j}"));
+    assert_eq!(crit["rule"], "KFD-MEM-001");
+    assert_eq!(
+        crit["path"],
+        format!("/{TREE}/patches/rdna1-fine-grain.patch")
+    );
+    assert_eq!(crit["target"], "amd/amdkfd/kfd_crat.c");
+    let patched = crat_with_incident();
+    let line = patched
+        .lines()
+        .position(|l| l == "\t\t\t\t\tflags |= HSA_MEM_FLAGS_HOT_PLUGGABLE;")
+        .unwrap()
+        + 1;
+    assert_eq!(crit["line"], line as u64);
     // The tree files themselves still match the package (but dkms.conf).
     assert_eq!(j["summary"]["modified"], 1);
+    let text = fx.run(&["scan"]).stdout();
+    assert!(
+        text.contains(&format!(
+            "CRITICAL KFD-MEM-001 /{TREE}/patches/rdna1-fine-grain.patch:{line} (in the patch to amd/amdkfd/kfd_crat.c)"
+        )),
+        "{text}"
+    );
 }
 
 #[test]
@@ -150,6 +176,17 @@ fn inline_here_document_patch_in_an_override_is_found() {
     assert_eq!(p["targets"], serde_json::json!(["amd/amdkfd/kfd_crat.c"]));
     // Every file under /usr/src matches the package: only the override tells.
     assert_eq!(j["summary"]["modified"], 0);
+    let crit: Vec<&Value> = findings(&j)
+        .into_iter()
+        .filter(|f| f["severity"] == "critical")
+        .collect();
+    assert!(!crit.is_empty(), "{j}");
+    assert!(
+        crit.iter()
+            .all(|f| f["path"] == format!("/etc/dkms/amdgpu-{VERSION}.conf")
+                && f["target"] == "amd/amdkfd/kfd_crat.c"),
+        "{crit:?}"
+    );
 }
 
 #[test]
