@@ -36,10 +36,17 @@ pub const WATCHED_FILES: &[&str] = &[
 /// zstd level for copies: a good ratio on C source at a fraction of level 19's time.
 const LEVEL: i32 = 9;
 
-/// Whether a tree-relative file gets a copy without `--all`.
+/// Whether a tree-relative file gets a copy without `--all`: amd/amdkfd, the listed
+/// files, and every file a built-in rule looks at (so a later diff-aware scan and a
+/// restore have the clean bytes the rules need).
 pub fn is_watched(rel: &Path) -> bool {
+    static RULES: std::sync::OnceLock<crate::rules::RuleSet> = std::sync::OnceLock::new();
     WATCHED_DIRS.iter().any(|d| rel.starts_with(d))
         || WATCHED_FILES.iter().any(|f| rel == Path::new(f))
+        || !RULES
+            .get_or_init(crate::rules::RuleSet::builtin)
+            .applicable(rel)
+            .is_empty()
 }
 
 /// Where a tree's copies live on this host.
