@@ -2,6 +2,7 @@
 //! Errors become one `kfd-audit: error: ...` line and exit code 2.
 
 use crate::baseline;
+use crate::beyond::{self, Section};
 use crate::error::Error;
 use crate::exit::Outcome;
 use crate::reference::LoadOptions;
@@ -135,6 +136,17 @@ pub struct ScanArgs {
     /// Only compare files with their references; do not run the rules
     #[arg(long)]
     pub no_rules: bool,
+
+    /// Parts of the scan to run, comma-separated: tree (DKMS sources and state), live (running
+    /// driver in /sys), options (modprobe.d, kernel command line), rocm (ROCm packages,
+    /// HSA_OVERRIDE_GFX_VERSION) [default: all]
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "LIST")]
+    pub sections: Vec<Section>,
+
+    /// Package-name patterns (comma-separated, * and ? as in the shell) whose dpkg
+    /// md5sums the rocm section verifies [default: rocm-core*,hsa-rocr*,hip-runtime-amd*,...]
+    #[arg(long, value_delimiter = ',', value_name = "PATTERNS")]
+    pub rocm_packages: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -187,7 +199,17 @@ fn scan_all(root: &Root, trees: &[Tree], opts: &ScanOptions) -> Result<Vec<TreeS
 
 fn cmd_scan(cli: &Cli, args: &ScanArgs, out: &mut dyn Write) -> anyhow::Result<Outcome> {
     let root = Root::open(&cli.root)?;
-    let trees = select_trees(&root, &args.trees)?;
+    let sections = if args.sections.is_empty() {
+        Section::ALL.to_vec()
+    } else {
+        args.sections.clone()
+    };
+    let trees_checked = sections.contains(&Section::Tree);
+    let trees = if trees_checked {
+        select_trees(&root, &args.trees)?
+    } else {
+        Vec::new()
+    };
     let opts = ScanOptions {
         scope: args.scope.as_deref().map(scan::scope_prefix),
         refs: LoadOptions {
@@ -204,26 +226,44 @@ fn cmd_scan(cli: &Cli, args: &ScanArgs, out: &mut dyn Write) -> anyhow::Result<O
             crate::rules::apply(&rules, &root, &tree, s);
         }
     }
-    let mut report = Report::build(root.dir(), &scans, args.all_files)
-        .with_module_backups(&crate::content::backup::module_backups(&root));
-    report.attach_dkms(crate::dkms::DkmsState::collect(&root, &scans));
-    // Build-time patches are judged by the same rules as in-place changes.
-    let judge = |target: &str, new: &str, old: Option<&str>| {
-        if args.no_rules {
-            return Vec::new();
-        }
-        rules.check(
-            std::path::Path::new(target),
-            new.as_bytes(),
-            old.map(str::as_bytes),
-        )
-    };
-    report.attach_build(
-        scans
-            .iter()
-            .map(|s| crate::recipe::audit(&root, s, &judge))
-            .collect(),
-    );
+    let mut report = Report::build(root.dir(), &scans, args.all_files);
+    // The DKMS state, module backups and build recipe are about the trees' modules:
+    // part of `tree`.
+    if trees_checked {
+        report = report.with_module_backups(&crate::content::backup::module_backups(&root));
+        report.attach_dkms(crate::dkms::DkmsState::collect(&root, &scans));
+        // Build-time patches are judged by the same rules as in-place changes.
+        let judge = |target: &str, new: &str, old: Option<&str>| {
+            if args.no_rules {
+                return Vec::new();
+            }
+            rules.check(
+                std::path::Path::new(target),
+                new.as_bytes(),
+                old.map(str::as_bytes),
+            )
+        };
+        report.attach_build(
+            scans
+                .iter()
+                .map(|s| crate::recipe::audit(&root, s, &judge))
+                .collect(),
+        );
+    }
+    report.trees_checked = trees_checked;
+    let system = beyond::run(
+        &root,
+        &beyond::Options {
+            sections,
+            lenient: args.trees.lenient,
+            rocm_packages: if args.rocm_packages.is_empty() {
+                crate::rocm::default_patterns()
+            } else {
+                args.rocm_packages.clone()
+            },
+        },
+    )?;
+    report.add_system(system);
     match cli.format {
         Format::Json => out.write_all(report.to_json().as_bytes())?,
         Format::Markdown => out.write_all(report::render_markdown(&report).as_bytes())?,

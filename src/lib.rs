@@ -7,6 +7,7 @@
 
 pub mod atomic;
 pub mod baseline;
+pub mod beyond;
 pub mod cli;
 pub mod content;
 pub mod demo;
@@ -15,8 +16,11 @@ pub mod dkms;
 pub mod error;
 pub mod exit;
 pub mod finding;
+pub mod gpu_table;
 pub mod hash;
+pub mod live;
 pub mod metrics;
+pub mod modopts;
 pub mod mounts;
 pub mod patch;
 pub mod recipe;
@@ -24,6 +28,7 @@ pub mod recovery;
 pub mod reference;
 pub mod report;
 pub mod restore;
+pub mod rocm;
 pub mod root;
 pub mod rules;
 pub mod rules_cli;

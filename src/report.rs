@@ -1,6 +1,7 @@
 //! The scan report: one data model, rendered as text for people, JSON for tools
 //! (the contract in DESIGN.md: extend, never rename) and Markdown for bug reports.
 
+use crate::beyond::{Sections, SystemFinding, SystemReport};
 use crate::exit::Outcome;
 use crate::finding::{Finding, Severity};
 use crate::scan::{BackupVerdict, FileResult, FileStatus, TreeScan};
@@ -23,6 +24,21 @@ pub struct Report {
     pub dkms: Option<crate::dkms::DkmsState>,
     /// Backup copies of amd modules under /lib/modules (`amdgpu.ko.xz.backup`).
     pub module_backups: Vec<ModuleBackupReport>,
+    /// Findings about the running driver (section `live`); absent when not run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub live: Option<Vec<SystemFinding>>,
+    /// Findings about module options and the kernel command line (section `options`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub module_options: Option<Vec<SystemFinding>>,
+    /// Findings about ROCm packages and HSA_OVERRIDE_GFX_VERSION (section `rocm`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rocm: Option<Vec<SystemFinding>>,
+    /// What each section beyond the tree read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sections: Option<Sections>,
+    /// Whether the source trees were scanned (`--sections` without `tree`: no).
+    #[serde(skip)]
+    pub trees_checked: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -271,6 +287,11 @@ impl Report {
             summary,
             dkms: None,
             module_backups: Vec::new(),
+            live: None,
+            module_options: None,
+            rocm: None,
+            sections: None,
+            trees_checked: true,
         }
     }
 
@@ -295,6 +316,26 @@ impl Report {
             })
             .collect();
         self
+    }
+
+    /// Adds the findings of the sections beyond the tree; they count into the
+    /// summary and the exit code like the trees' findings.
+    pub fn add_system(&mut self, system: SystemReport) {
+        for f in system.findings() {
+            self.summary.findings += 1;
+            match f.finding.severity {
+                Severity::Critical => self.summary.critical += 1,
+                Severity::High => self.summary.high += 1,
+                Severity::Medium => self.summary.medium += 1,
+                Severity::Low => self.summary.low += 1,
+                Severity::Info => self.summary.info += 1,
+            }
+        }
+        self.live = system.live;
+        self.module_options = system.module_options;
+        self.rocm = system.rocm;
+        self.sections = Some(system.sections);
+        self.exit_code = self.outcome().code();
     }
 
     fn outcome_of(s: &Summary) -> Outcome {
@@ -448,22 +489,31 @@ pub fn render_text(r: &Report, color: bool, verbose: bool) -> String {
     } else {
         p.paint(RED, "CHANGED")
     };
-    let _ = writeln!(
-        out,
-        "{} {}: {} checked in {}: {} modified, {} missing, {} added{}",
-        p.paint(BOLD, "kfd-audit scan"),
-        verdict,
-        plural(s.files, "file"),
-        plural(s.trees, "tree"),
-        s.modified,
-        s.missing,
-        s.added,
-        if s.unverified > 0 {
-            format!(", {} unverified", s.unverified)
-        } else {
-            String::new()
-        }
-    );
+    if r.trees_checked {
+        let _ = writeln!(
+            out,
+            "{} {}: {} checked in {}: {} modified, {} missing, {} added{}",
+            p.paint(BOLD, "kfd-audit scan"),
+            verdict,
+            plural(s.files, "file"),
+            plural(s.trees, "tree"),
+            s.modified,
+            s.missing,
+            s.added,
+            if s.unverified > 0 {
+                format!(", {} unverified", s.unverified)
+            } else {
+                String::new()
+            }
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "{} {}: source trees not checked (--sections)",
+            p.paint(BOLD, "kfd-audit scan"),
+            verdict
+        );
+    }
     if s.backups > 0 {
         let _ = writeln!(
             out,
@@ -478,7 +528,7 @@ pub fn render_text(r: &Report, color: bool, verbose: bool) -> String {
             s.critical, s.high, s.medium, s.low, s.info
         );
     }
-    if r.trees.is_empty() {
+    if r.trees.is_empty() && r.trees_checked {
         let _ = writeln!(
             out,
             "no amdgpu DKMS tree under {}/usr/src (name one with --tree PATH)",
@@ -670,6 +720,15 @@ pub fn render_text(r: &Report, color: bool, verbose: bool) -> String {
         let _ = writeln!(out);
         out.push_str(&crate::dkms::render_text(d));
     }
+    if let Some(sections) = &r.sections {
+        out.push_str(&crate::beyond::render_text(
+            r.live.as_deref(),
+            r.module_options.as_deref(),
+            r.rocm.as_deref(),
+            sections,
+            color,
+        ));
+    }
     out
 }
 
@@ -773,5 +832,14 @@ pub fn render_markdown(r: &Report) -> String {
             crate::dkms::render_text(d)
         );
     }
+    let system: Vec<(&str, &[SystemFinding])> = [
+        ("Running driver", r.live.as_deref()),
+        ("Module options", r.module_options.as_deref()),
+        ("ROCm user space", r.rocm.as_deref()),
+    ]
+    .into_iter()
+    .filter_map(|(t, f)| Some((t, f?)))
+    .collect();
+    out.push_str(&crate::beyond::render_markdown(&system));
     out
 }

@@ -1,6 +1,7 @@
 //! One integration-test binary (faster to link than one per file). Every test runs
 //! the real `kfd-audit` binary against a temporary fake system root.
 
+mod beyond;
 mod content;
 mod corpus;
 mod dkms_real;

@@ -1,0 +1,986 @@
+//! ROCm user space: the runtime one level above the driver. The incident replaced
+//! `/opt/rocm/lib/libhsa-runtime64.so.1` with a rebuilt copy (the original kept as
+//! `.backup`) and ran with `HSA_OVERRIDE_GFX_VERSION=10.3.0` on a gfx1010 card.
+//!
+//! Files: every package whose name matches one of the patterns (`--rocm-packages`) and
+//! that dpkg lists in `/var/lib/dpkg/info/<pkg>.md5sums` is verified like a driver tree:
+//! each listed file hashed against its md5 (conffiles are not in md5sums and are left
+//! alone), and backups beside the files (`.backup`, `.orig`, ... — the suffixes of
+//! [`crate::content::BACKUP_SUFFIXES`]) judged by hash, never by name.
+//!
+//! Environment: `HSA_OVERRIDE_GFX_VERSION` and `HSA_OVERRIDE_GFX_VERSION_<node>` (the
+//! per-node form libhsakmt reads first, `<node>` being the KFD topology node number)
+//! in /etc/environment, /etc/environment.d, /etc/profile(.d), bash start-up files of
+//! root and /home/*, systemd units and drop-ins in /etc/systemd/system, and — only when
+//! auditing the running system (`--root /`) — kfd-audit's own environment. Each is
+//! compared with the GPU that sysfs reports.
+
+use crate::beyond::{
+    self, Action, PackageSummary, RocmSection, SectionStatus, SystemBackup, SystemFinding,
+};
+use crate::content::is_backup_suffix;
+use crate::error::Result;
+use crate::finding::{Finding, Severity};
+use crate::gpu_table;
+use crate::hash::{self, Algorithm, Digest};
+use crate::live::Topology;
+use crate::reference::dpkg;
+use crate::reference::{LoadOptions, Skipped};
+use crate::root::Root;
+use crate::scan::{self, BackupVerdict};
+use rayon::prelude::*;
+use regex::Regex;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+/// Package-name patterns checked by default: AMD's ROCm packages (`hsa-rocr`,
+/// `hsa-rocr6.2.0` for versioned installs, ...) and Debian's own ROCm libraries.
+pub const DEFAULT_PATTERNS: &[&str] = &[
+    "rocm-core*",
+    "hsa-rocr*",
+    "hsa-runtime*",
+    "hsakmt-roct*",
+    "hip-runtime-amd*",
+    "comgr*",
+    "miopen-hip*",
+    "rocblas*",
+    "libhsa-runtime64-*",
+    "libhsakmt*",
+    "libamdhip64-*",
+    "libamd-comgr*",
+    "librocblas*",
+];
+
+pub const ENV_VAR: &str = "HSA_OVERRIDE_GFX_VERSION";
+
+#[derive(Debug, Clone, Default)]
+pub struct RocmOptions {
+    pub patterns: Vec<String>,
+    pub lenient: bool,
+    /// The process environment to judge (empty unless auditing the running system).
+    pub process_env: Vec<(String, String)>,
+}
+
+/// Shell-style match of a package name: `*` any run, `?` one character.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    let (mut pi, mut ni) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while ni < n.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ni;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ni = mark;
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == '*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+/// An installed package with dpkg md5sums: `stem` names its files in
+/// /var/lib/dpkg/info (`libhsa-runtime64-1:amd64`), `name` is the package.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Package {
+    pub stem: String,
+    pub name: String,
+}
+
+/// Installed packages matching the patterns, sorted by name.
+pub fn matching_packages(root: &Root, patterns: &[String]) -> Vec<Package> {
+    let mut out: Vec<Package> = beyond::list_dir(root, dpkg::INFO_DIR, ".md5sums")
+        .into_iter()
+        .filter_map(|p| {
+            let file = p.rsplit('/').next()?.to_string();
+            let stem = file.strip_suffix(".md5sums")?.to_string();
+            let name = stem.split(':').next().unwrap_or(&stem).to_string();
+            patterns
+                .iter()
+                .any(|pat| glob_match(pat, &name))
+                .then_some(Package { stem, name })
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum FileState {
+    Ok,
+    Modified(Digest),
+    Missing,
+    Symlink(String),
+    Unreadable(String),
+}
+
+fn check_file(host: &Path, expected: &Digest) -> FileState {
+    match std::fs::symlink_metadata(host) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return FileState::Missing,
+        Err(e) => return FileState::Unreadable(e.to_string()),
+        Ok(m) if m.file_type().is_symlink() => {
+            let target = std::fs::read_link(host)
+                .map(|t| t.display().to_string())
+                .unwrap_or_default();
+            return FileState::Symlink(target);
+        }
+        Ok(_) => {}
+    }
+    match scan::open_nofollow(host).and_then(|f| hash::digest_reader(f, &[expected.algorithm()])) {
+        Ok((mut d, _)) => {
+            let actual = d.remove(0);
+            if &actual == expected {
+                FileState::Ok
+            } else {
+                FileState::Modified(actual)
+            }
+        }
+        Err(e) => FileState::Unreadable(e.to_string()),
+    }
+}
+
+fn md5_of(host: &Path) -> Option<Digest> {
+    let f = scan::open_nofollow(host).ok()?;
+    hash::digest_reader(f, &[Algorithm::Md5])
+        .ok()
+        .map(|(mut d, _)| d.remove(0))
+}
+
+/// A shared library or a program: what a replaced file runs as.
+fn is_code(system_path: &str, host: &Path) -> bool {
+    let name = system_path.rsplit('/').next().unwrap_or_default();
+    name.ends_with(".so")
+        || name.contains(".so.")
+        || system_path.contains("/bin/")
+        || system_path.contains("/sbin/")
+        || std::fs::metadata(host).is_ok_and(|m| m.permissions().mode() & 0o111 != 0)
+}
+
+fn read_lines(root: &Root, system_path: &str) -> Vec<String> {
+    beyond::read_text(root, system_path, &mut Vec::new())
+        .map(|t| {
+            t.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn reinstall(name: &str) -> (String, Action) {
+    let command = format!("apt-get install --reinstall {name}");
+    (
+        command.clone(),
+        Action::ReinstallPackage {
+            package: name.to_string(),
+            command,
+        },
+    )
+}
+
+struct PackageCheck {
+    summary: PackageSummary,
+    findings: Vec<SystemFinding>,
+}
+
+/// Backups next to the package's files: (backup system path, the listed name it copies).
+fn find_backups(root: &Root, listed: &BTreeSet<String>) -> Vec<(String, String)> {
+    let mut by_dir: BTreeMap<&str, HashSet<&str>> = BTreeMap::new();
+    for p in listed {
+        if let Some((dir, name)) = p.rsplit_once('/') {
+            by_dir.entry(dir).or_default().insert(name);
+        }
+    }
+    let mut out = Vec::new();
+    for (dir, names) in by_dir {
+        let Ok(entries) = std::fs::read_dir(root.path(if dir.is_empty() { "/" } else { dir }))
+        else {
+            continue;
+        };
+        for e in entries.filter_map(|e| e.ok()) {
+            if !e.file_type().is_ok_and(|t| t.is_file()) {
+                continue;
+            }
+            let Ok(entry) = e.file_name().into_string() else {
+                continue;
+            };
+            if names.contains(entry.as_str()) {
+                continue;
+            }
+            // The longest listed name that `entry` extends with a backup suffix.
+            let best = entry
+                .char_indices()
+                .filter(|(_, c)| *c == '.' || *c == '~')
+                .map(|(i, _)| i)
+                .rev()
+                .find(|&i| names.contains(&entry[..i]) && is_backup_suffix(&entry[i..]));
+            if let Some(i) = best {
+                out.push((format!("{dir}/{entry}"), format!("{dir}/{}", &entry[..i])));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn check_package(
+    root: &Root,
+    pkg: &Package,
+    opts: &RocmOptions,
+    notes: &mut Vec<String>,
+) -> Result<PackageCheck> {
+    let mut skipped: Vec<Skipped> = Vec::new();
+    let sums = dpkg::load_package(
+        root,
+        &pkg.stem,
+        LoadOptions {
+            lenient: opts.lenient,
+        },
+        &mut skipped,
+    )?;
+    for s in skipped {
+        notes.push(format!(
+            "{}:{}: skipped ({})",
+            s.file.display(),
+            s.line,
+            s.message
+        ));
+    }
+    let info = dpkg::INFO_DIR;
+    let conffiles: HashSet<String> = read_lines(root, &format!("{info}/{}.conffiles", pkg.stem))
+        .into_iter()
+        .collect();
+    let list: Vec<String> = read_lines(root, &format!("{info}/{}.list", pkg.stem));
+
+    // system path -> expected md5
+    let expected: BTreeMap<String, Digest> = sums
+        .into_iter()
+        .map(|l| (format!("/{}", l.path.display()), l.digest))
+        .filter(|(p, _)| !conffiles.contains(p))
+        .collect();
+    let by_md5: HashMap<&Digest, &str> = expected.iter().map(|(p, d)| (d, p.as_str())).collect();
+
+    let states: Vec<(String, FileState)> = expected
+        .par_iter()
+        .map(|(p, d)| (p.clone(), check_file(&root.path(p), d)))
+        .collect();
+
+    // Judge every backup beside the package's files.
+    let mut listed: BTreeSet<String> = expected.keys().cloned().collect();
+    listed.extend(list.iter().filter(|p| !conffiles.contains(*p)).cloned());
+    let mut backups_of: BTreeMap<String, Vec<SystemBackup>> = BTreeMap::new();
+    let judged: Vec<(String, String, Option<Digest>)> = find_backups(root, &listed)
+        .into_par_iter()
+        .map(|(b, of)| {
+            let d = md5_of(&root.path(&b));
+            (b, of, d)
+        })
+        .collect();
+    for (backup, of, digest) in judged {
+        let current = md5_of(&root.path(&of));
+        let (verdict, matches) = match &digest {
+            Some(d) if by_md5.contains_key(d) => {
+                (BackupVerdict::VerifiedClean, Some(by_md5[d].to_string()))
+            }
+            Some(d) if current.as_ref() == Some(d) => (BackupVerdict::SameAsCurrent, None),
+            _ => (BackupVerdict::Unverified, None),
+        };
+        backups_of.entry(of).or_default().push(SystemBackup {
+            path: backup,
+            verdict,
+            matches,
+        });
+    }
+
+    let (command, action) = reinstall(&pkg.name);
+    let mut findings = Vec::new();
+    let mut summary = PackageSummary {
+        package: pkg.name.clone(),
+        files: expected.len(),
+        ok: 0,
+        modified: 0,
+        missing: 0,
+    };
+    let clean_backup_hint = |backups: &[SystemBackup]| -> String {
+        backups
+            .iter()
+            .find(|b| b.verdict == BackupVerdict::VerifiedClean)
+            .map(|b| {
+                format!(
+                    " {} is a verified-clean copy (its md5 is the packaged one), but reinstalling puts back every file of the package.",
+                    b.path
+                )
+            })
+            .unwrap_or_default()
+    };
+    for (path, state) in &states {
+        let host = root.path(path);
+        let backups = backups_of.remove(path).unwrap_or_default();
+        let exp = &expected[path];
+        let mk = |rule: &str,
+                  severity: Severity,
+                  title: &str,
+                  why: String,
+                  fix: String,
+                  backups: Vec<SystemBackup>| SystemFinding {
+            finding: Finding {
+                rule: rule.into(),
+                severity,
+                title: title.into(),
+                line: 0,
+                text: path.clone(),
+                why,
+                fix,
+            },
+            source: path.clone(),
+            package: Some(pkg.name.clone()),
+            backups,
+            action: action.clone(),
+        };
+        match state {
+            FileState::Ok => {
+                summary.ok += 1;
+                backups_of.insert(path.clone(), backups);
+            }
+            FileState::Modified(actual) => {
+                summary.modified += 1;
+                let code = is_code(path, &host);
+                let why = format!(
+                    "dpkg's md5sums for {pkg} list {path} with md5 {exp}; the file is {actual} now: it was replaced \
+                     after the package was installed. {what} A ROCm runtime rebuilt to accept a GPU it does not \
+                     support, or to claim capabilities the GPU lacks, takes the same risk as a patched driver, one \
+                     level up (the incident copied a rebuilt libhsa-runtime64.so.1 over /opt/rocm/lib/).",
+                    pkg = pkg.name,
+                    what = if code {
+                        "It is code that every ROCm program loads or runs."
+                    } else {
+                        "ROCm reads it at run time."
+                    },
+                );
+                let fix = format!(
+                    "Reinstall the package: {command}.{}",
+                    clean_backup_hint(&backups)
+                );
+                findings.push(mk(
+                    "ROCM-FILE-001",
+                    if code {
+                        Severity::High
+                    } else {
+                        Severity::Medium
+                    },
+                    if code {
+                        "ROCm library or program differs from its package"
+                    } else {
+                        "ROCm file differs from its package"
+                    },
+                    why,
+                    fix,
+                    backups,
+                ));
+            }
+            FileState::Missing => {
+                summary.missing += 1;
+                findings.push(mk(
+                    "ROCM-FILE-002",
+                    Severity::Medium,
+                    "ROCm file is missing",
+                    format!(
+                        "dpkg's md5sums for {} list {path}, and it is not there: the package is incomplete, \
+                         and whatever needs the file fails or falls back to another copy.",
+                        pkg.name
+                    ),
+                    format!("Reinstall the package: {command}.{}", clean_backup_hint(&backups)),
+                    backups,
+                ));
+            }
+            FileState::Symlink(target) => {
+                summary.modified += 1;
+                findings.push(mk(
+                    "ROCM-FILE-003",
+                    Severity::High,
+                    "ROCm file replaced by a symbolic link",
+                    format!(
+                        "{} installs {path} as a regular file; it is now a symbolic link to {target}, so programs \
+                         load whatever that points to instead of the packaged file.",
+                        pkg.name
+                    ),
+                    format!(
+                        "Remove the link and reinstall the package: {command} (dpkg puts the file back).{}",
+                        clean_backup_hint(&backups)
+                    ),
+                    backups,
+                ));
+            }
+            FileState::Unreadable(err) => {
+                notes.push(format!("{path} ({}): not read: {err}", pkg.name));
+                backups_of.insert(path.clone(), backups);
+            }
+        }
+    }
+
+    // A library name the package installs as a symbolic link (the soname link
+    // `libhsa-runtime64.so.1` → `libhsa-runtime64.so.1.14.0`) that is now a regular file.
+    for p in list
+        .iter()
+        .filter(|p| !expected.contains_key(*p) && !conffiles.contains(*p))
+    {
+        let name = p.rsplit('/').next().unwrap_or_default();
+        if !(name.ends_with(".so") || name.contains(".so.")) {
+            continue;
+        }
+        let versioned = expected.keys().find(|k| {
+            k.starts_with(&format!("{p}."))
+                && k[p.len() + 1..].starts_with(|c: char| c.is_ascii_digit())
+        });
+        let Some(versioned) = versioned else { continue };
+        let host = root.path(p);
+        let Ok(meta) = std::fs::symlink_metadata(&host) else {
+            continue;
+        };
+        if !meta.file_type().is_file() {
+            continue;
+        }
+        let digest = md5_of(&host);
+        let same = digest.as_ref() == expected.get(versioned);
+        if same {
+            // A plain copy of the packaged library: harmless, but not what dpkg installed.
+            continue;
+        }
+        let backups = backups_of.remove(p).unwrap_or_default();
+        summary.modified += 1;
+        findings.push(SystemFinding {
+            finding: Finding {
+                rule: "ROCM-FILE-004".into(),
+                severity: Severity::High,
+                title: "ROCm library link replaced by another library".into(),
+                line: 0,
+                text: p.clone(),
+                why: format!(
+                    "{} installs {p} as a symbolic link to {versioned}; it is now a regular file that differs \
+                     from that library, so every program that loads {name} gets this copy instead.",
+                    pkg.name
+                ),
+                fix: format!(
+                    "Reinstall the package: {command} (dpkg restores the link).{}",
+                    clean_backup_hint(&backups)
+                ),
+            },
+            source: p.clone(),
+            package: Some(pkg.name.clone()),
+            backups,
+            action: action.clone(),
+        });
+    }
+
+    // Backups left beside files that are fine.
+    for (of, backups) in backups_of {
+        for b in backups {
+            let (rule, severity, title, why) = match b.verdict {
+                BackupVerdict::Unverified => (
+                    "ROCM-BACKUP-001",
+                    Severity::Low,
+                    "a different build of a ROCm file lies beside it",
+                    format!(
+                        "{} is not the packaged {of} (its md5 matches no file of {}): a copy of another build, \
+                         such as a patched runtime. Nothing loads it under this name, but it is one 'cp' away \
+                         from being live again.",
+                        b.path, pkg.name
+                    ),
+                ),
+                _ => (
+                    "ROCM-BACKUP-002",
+                    Severity::Info,
+                    "a clean copy of a ROCm file lies beside it",
+                    format!(
+                        "{} is identical to the packaged {}; the file itself is intact, so the copy is only a leftover.",
+                        b.path,
+                        b.matches.as_deref().unwrap_or(&of)
+                    ),
+                ),
+            };
+            findings.push(SystemFinding {
+                finding: Finding {
+                    rule: rule.into(),
+                    severity,
+                    title: title.into(),
+                    line: 0,
+                    text: b.path.clone(),
+                    why,
+                    fix: format!("Delete {} once you no longer need it.", b.path),
+                },
+                source: b.path.clone(),
+                package: Some(pkg.name.clone()),
+                backups: vec![b],
+                action: Action::None,
+            });
+        }
+    }
+    findings.sort_by(|a, b| {
+        a.source
+            .cmp(&b.source)
+            .then(a.finding.rule.cmp(&b.finding.rule))
+    });
+    Ok(PackageCheck { summary, findings })
+}
+
+// ---------------------------------------------------------------- environment
+
+/// One place HSA_OVERRIDE_GFX_VERSION is set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Override {
+    /// `HSA_OVERRIDE_GFX_VERSION` or `HSA_OVERRIDE_GFX_VERSION_<n>`.
+    pub variable: String,
+    /// `<n>` of the per-node form.
+    pub node: Option<u32>,
+    pub value: String,
+    /// System path of the file, or `None` for kfd-audit's own environment.
+    pub file: Option<String>,
+    pub line: usize,
+    pub line_text: String,
+}
+
+/// How a file sets variables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnvSyntax {
+    /// `KEY=VALUE` (pam_env's /etc/environment, environment.d) and shell scripts
+    /// (`export KEY=VALUE`).
+    Assignment,
+    /// systemd units: `Environment=KEY=VALUE "KEY2=VALUE 2"`.
+    SystemdUnit,
+}
+
+fn unquote_value(v: &str) -> String {
+    let v = v.trim();
+    for q in ['"', '\''] {
+        if let Some(rest) = v.strip_prefix(q) {
+            return rest.split(q).next().unwrap_or_default().to_string();
+        }
+    }
+    v.split(|c: char| c.is_whitespace() || c == ';')
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn variable_node(var: &str) -> Option<Option<u32>> {
+    if var == ENV_VAR {
+        return Some(None);
+    }
+    let n = var.strip_prefix(ENV_VAR)?.strip_prefix('_')?;
+    n.parse().ok().map(Some)
+}
+
+/// Finds the overrides a file sets.
+pub fn parse_env_file(file: &str, text: &str, syntax: EnvSyntax) -> Vec<Override> {
+    let assign = Regex::new(
+        r"^\s*(?:export\s+|declare\s+-x\s+|setenv\s+)?(HSA_OVERRIDE_GFX_VERSION(?:_\d+)?)=(.*)$",
+    )
+    .expect("valid expression");
+    let unit =
+        Regex::new(r#"(HSA_OVERRIDE_GFX_VERSION(?:_\d+)?)=([^"\s]*)"#).expect("valid expression");
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if t.starts_with('#') || t.starts_with(';') {
+            continue;
+        }
+        let found: Vec<(String, String)> = match syntax {
+            EnvSyntax::Assignment => assign
+                .captures(line)
+                .map(|c| vec![(c[1].to_string(), unquote_value(&c[2]))])
+                .unwrap_or_default(),
+            EnvSyntax::SystemdUnit => {
+                if !t.starts_with("Environment=") {
+                    continue;
+                }
+                unit.captures_iter(t)
+                    .map(|c| (c[1].to_string(), c[2].trim_matches('\'').to_string()))
+                    .collect()
+            }
+        };
+        for (variable, value) in found {
+            let Some(node) = variable_node(&variable) else {
+                continue;
+            };
+            out.push(Override {
+                variable,
+                node,
+                value,
+                file: Some(file.to_string()),
+                line: i + 1,
+                line_text: t.to_string(),
+            });
+        }
+    }
+    out
+}
+
+/// The files read for overrides, with their syntax, in a fixed order.
+pub fn env_files(root: &Root) -> Vec<(String, EnvSyntax)> {
+    use EnvSyntax::*;
+    let mut out: Vec<(String, EnvSyntax)> = vec![("/etc/environment".into(), Assignment)];
+    out.extend(
+        beyond::list_dir(root, "/etc/environment.d", ".conf")
+            .into_iter()
+            .map(|f| (f, Assignment)),
+    );
+    out.push(("/etc/profile".into(), Assignment));
+    out.extend(
+        beyond::list_dir(root, "/etc/profile.d", ".sh")
+            .into_iter()
+            .map(|f| (f, Assignment)),
+    );
+    out.push(("/etc/bash.bashrc".into(), Assignment));
+    let mut homes = vec!["/root".to_string()];
+    if let Ok(entries) = std::fs::read_dir(root.path("/home")) {
+        let mut users: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .map(|u| format!("/home/{u}"))
+            .collect();
+        users.sort();
+        homes.extend(users);
+    }
+    for h in homes {
+        for f in [".profile", ".bash_profile", ".bashrc", ".zshrc", ".zshenv"] {
+            out.push((format!("{h}/{f}"), Assignment));
+        }
+    }
+    let units = "/etc/systemd/system";
+    out.extend(
+        beyond::list_dir(root, units, ".service")
+            .into_iter()
+            .map(|f| (f, SystemdUnit)),
+    );
+    if let Ok(entries) = std::fs::read_dir(root.path(units)) {
+        let mut dropins: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n.ends_with(".service.d"))
+            .collect();
+        dropins.sort();
+        for d in dropins {
+            out.extend(
+                beyond::list_dir(root, &format!("{units}/{d}"), ".conf")
+                    .into_iter()
+                    .map(|f| (f, SystemdUnit)),
+            );
+        }
+    }
+    out
+}
+
+fn override_finding(
+    o: &Override,
+    rule: &str,
+    severity: Severity,
+    title: &str,
+    why: String,
+) -> SystemFinding {
+    let (source, fix) = match &o.file {
+        Some(f) => (
+            f.clone(),
+            format!(
+                "Delete line {} of {f} ('{}'), then log in again or restart the services that read it; in a shell \
+                 that still has it: unset {}.",
+                o.line, o.line_text, o.variable
+            ),
+        ),
+        None => (
+            "environment of kfd-audit".to_string(),
+            format!(
+                "unset {} in this shell, and remove it from wherever your session sets it (a shell start-up file \
+                 or service definition kfd-audit does not read).",
+                o.variable
+            ),
+        ),
+    };
+    SystemFinding {
+        finding: Finding {
+            rule: rule.into(),
+            severity,
+            title: title.into(),
+            line: o.line,
+            text: format!("{}={}", o.variable, o.value),
+            why,
+            fix,
+        },
+        source,
+        package: None,
+        backups: Vec::new(),
+        action: if severity == Severity::Info {
+            Action::None
+        } else {
+            Action::UnsetVariable {
+                variable: o.variable.clone(),
+                file: o.file.clone(),
+                line: o.file.as_ref().map(|_| o.line),
+            }
+        },
+    }
+}
+
+const DEBUG_ONLY: &str = "HSA_OVERRIDE_GFX_VERSION only changes what the ROCm thunk (libhsakmt) reports as the GPU's ISA version, so that code objects built for another GPU are loaded; it is a developer's and debugging switch and changes nothing in the GPU.";
+
+/// Judges one override. `own_nodes` are the nodes that have their own
+/// `HSA_OVERRIDE_GFX_VERSION_<node>` in the same place as `o`: libhsakmt reads that
+/// first, so a plain `HSA_OVERRIDE_GFX_VERSION` beside it does not apply to them.
+fn judge_override(o: &Override, topo: &Topology, own_nodes: &HashSet<u32>) -> Vec<SystemFinding> {
+    let Some(wanted) = gpu_table::parse_override(&o.value) else {
+        return vec![override_finding(
+            o,
+            "ROCM-ENV-002",
+            Severity::Medium,
+            "HSA_OVERRIDE_GFX_VERSION is malformed",
+            format!(
+                "'{}' is not major.minor.stepping (such as 10.1.0); libhsakmt rejects it ('HSA_OVERRIDE_GFX_VERSION ... is invalid') and ROCm fails to start. {DEBUG_ONLY}",
+                o.value
+            ),
+        )];
+    };
+    let gfx_wanted = gpu_table::gfx_name(wanted);
+    let gpus: Vec<_> = match o.node {
+        Some(n) => topo.node(n).filter(|n| n.is_gpu()).into_iter().collect(),
+        None => topo.gpus().filter(|g| !own_nodes.contains(&g.id)).collect(),
+    };
+    if gpus.is_empty() && o.node.is_none() && topo.gpus().next().is_some() {
+        return vec![override_finding(
+            o,
+            "ROCM-ENV-005",
+            Severity::Info,
+            "HSA_OVERRIDE_GFX_VERSION is overridden per node",
+            format!(
+                "Every GPU has its own HSA_OVERRIDE_GFX_VERSION_<node> in the same place, which libhsakmt reads \
+                 first: {} has no effect here. {DEBUG_ONLY}",
+                o.variable
+            ),
+        )];
+    }
+    if gpus.is_empty() {
+        let (severity, why) = if topo.present && o.node.is_some() {
+            (
+                Severity::Low,
+                format!(
+                    "{} names KFD node {}, which is not a GPU in {}: it has no effect here. {DEBUG_ONLY}",
+                    o.variable,
+                    o.node.unwrap_or_default(),
+                    crate::live::NODES_DIR
+                ),
+            )
+        } else {
+            (
+                Severity::Medium,
+                format!(
+                    "It makes ROCm treat the GPU as {gfx_wanted}. kfd-audit cannot see the GPU under this root \
+                     (no {}), so it cannot tell whether that is what the GPU is; unless it is, ROCm runs code \
+                     built for another instruction set on it. {DEBUG_ONLY}",
+                    crate::live::NODES_DIR
+                ),
+            )
+        };
+        return vec![override_finding(
+            o,
+            "ROCM-ENV-003",
+            severity,
+            "HSA_OVERRIDE_GFX_VERSION set; the GPU could not be compared",
+            why,
+        )];
+    }
+    let mut out = Vec::new();
+    for node in gpus {
+        // Judge against the hardware: the table's version when the device is known
+        // (a patched driver may report another chip's), else what sysfs reports.
+        let reported = node.props.get("gfx_target_version").unwrap_or(0) as u32;
+        let actual = node
+            .asic()
+            .map(|a| a.gfx_target_version)
+            .unwrap_or(reported);
+        let gfx_actual = gpu_table::gfx_name(actual);
+        let what = match node.asic() {
+            Some(a) => format!("{} ({}, {})", gfx_actual, a.name, a.generation),
+            None => gfx_actual.clone(),
+        };
+        let node_ref = format!(
+            "node {} (PCI device {})",
+            node.id,
+            node.device_id_hex().unwrap_or_default()
+        );
+        if wanted == actual {
+            out.push(override_finding(
+                o,
+                "ROCM-ENV-004",
+                Severity::Info,
+                "HSA_OVERRIDE_GFX_VERSION matches the GPU",
+                format!("{node_ref} is {what}, which is what the override says: it has no effect and can go."),
+            ));
+            continue;
+        }
+        let fam_w = gpu_table::generic_family(wanted);
+        let fam_a = gpu_table::generic_family(actual);
+        if fam_w.is_some() && fam_w == fam_a {
+            out.push(override_finding(
+                o,
+                "ROCM-ENV-001",
+                Severity::Medium,
+                "HSA_OVERRIDE_GFX_VERSION names another GPU of the same family",
+                format!(
+                    "It makes ROCm treat {node_ref}, a {what}, as {gfx_wanted}. Both belong to LLVM's generic target \
+                     {fam}, so the instruction set is shared, but libraries tuned for {gfx_wanted} assume that chip's \
+                     resources (compute units, caches, wave sizes); support for your GPU is then untested. {DEBUG_ONLY}",
+                    fam = fam_w.unwrap_or_default()
+                ),
+            ));
+            continue;
+        }
+        let isa = match (fam_a, fam_w) {
+            (Some(a), Some(w)) => format!(
+                "LLVM's AMDGPU backend puts {gfx_actual} in generic target {a} and {gfx_wanted} in {w}: different \
+                 instruction sets, so code built for {gfx_wanted} can use instructions and encodings {gfx_actual} \
+                 does not have"
+            ),
+            _ => format!(
+                "LLVM's AMDGPU backend treats {gfx_actual} and {gfx_wanted} as different processors with no \
+                 common generic target, so code built for {gfx_wanted} is not meant to run on {gfx_actual}"
+            ),
+        };
+        let rdna = if actual / 100 == 1001 && wanted / 100 == 1003 {
+            " (gfx1010 is RDNA 1 and gfx1030 RDNA 2; the RDNA 2 ISA adds instructions — the gfx10-3-insts and \
+             dot5/dot6 feature sets — that RDNA 1 lacks, so gfx1010 is not ISA-compatible with gfx1030)"
+        } else {
+            ""
+        };
+        out.push(override_finding(
+            o,
+            "ROCM-ENV-001",
+            Severity::Critical,
+            "HSA_OVERRIDE_GFX_VERSION names another instruction set",
+            format!(
+                "It makes ROCm treat {node_ref}, a {what}, as {gfx_wanted}, and load code built for {gfx_wanted} on it. \
+                 {isa}{rdna}. The result is wrong answers, GPU page faults or a hung machine. {DEBUG_ONLY}"
+            ),
+        ));
+    }
+    out
+}
+
+/// Runs the ROCm section.
+pub fn scan(
+    root: &Root,
+    opts: &RocmOptions,
+    topo: &Topology,
+) -> Result<(Vec<SystemFinding>, RocmSection)> {
+    let mut notes = Vec::new();
+    let mut findings = Vec::new();
+    let mut packages = Vec::new();
+    let matching = matching_packages(root, &opts.patterns);
+    for pkg in &matching {
+        let check = check_package(root, pkg, opts, &mut notes)?;
+        packages.push(check.summary);
+        findings.extend(check.findings);
+    }
+    if matching.is_empty() {
+        notes.push(format!(
+            "no installed package matches {} (dpkg md5sums in {})",
+            opts.patterns.join(", "),
+            dpkg::INFO_DIR
+        ));
+    }
+
+    let mut environment_files = Vec::new();
+    let mut overrides = Vec::new();
+    for (file, syntax) in env_files(root) {
+        if let Some(text) = beyond::read_text(root, &file, &mut notes) {
+            overrides.extend(parse_env_file(&file, &text, syntax));
+            environment_files.push(file);
+        }
+    }
+    for (k, v) in &opts.process_env {
+        if let Some(node) = variable_node(k) {
+            overrides.push(Override {
+                variable: k.clone(),
+                node,
+                value: v.clone(),
+                file: None,
+                line: 0,
+                line_text: format!("{k}={v}"),
+            });
+        }
+    }
+    for o in &overrides {
+        let own_nodes: HashSet<u32> = overrides
+            .iter()
+            .filter(|p| p.file == o.file)
+            .filter_map(|p| p.node)
+            .collect();
+        findings.extend(judge_override(o, topo, &own_nodes));
+    }
+    let status = if matching.is_empty() && overrides.is_empty() {
+        SectionStatus::Absent
+    } else {
+        SectionStatus::Checked
+    };
+    Ok((
+        findings,
+        RocmSection {
+            status,
+            notes,
+            patterns: opts.patterns.clone(),
+            packages,
+            environment_files,
+        },
+    ))
+}
+
+/// The default patterns as owned strings.
+pub fn default_patterns() -> Vec<String> {
+    DEFAULT_PATTERNS.iter().map(|s| s.to_string()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("hsa-rocr*", "hsa-rocr"));
+        assert!(glob_match("hsa-rocr*", "hsa-rocr6.2.0"));
+        assert!(!glob_match("hsa-rocr", "hsa-rocr-dev"));
+        assert!(glob_match("lib?mdhip64-*", "libamdhip64-5"));
+        assert!(!glob_match("rocblas*", "librocblas0"));
+        assert!(glob_match("*", ""));
+    }
+
+    #[test]
+    fn env_lines() {
+        let o = parse_env_file(
+            "/etc/profile.d/rocm.sh",
+            "# export HSA_OVERRIDE_GFX_VERSION=9.0.0\nexport HSA_OVERRIDE_GFX_VERSION=\"10.3.0\"\nHSA_OVERRIDE_GFX_VERSION_1=10.1.0 # per node\n",
+            EnvSyntax::Assignment,
+        );
+        assert_eq!(o.len(), 2);
+        assert_eq!(
+            (o[0].value.as_str(), o[0].line, o[0].node),
+            ("10.3.0", 2, None)
+        );
+        assert_eq!((o[1].value.as_str(), o[1].node), ("10.1.0", Some(1)));
+        let u = parse_env_file(
+            "/etc/systemd/system/ollama.service.d/override.conf",
+            "[Service]\nEnvironment=\"HSA_OVERRIDE_GFX_VERSION=10.3.0\" \"OLLAMA_HOST=0.0.0.0\"\n",
+            EnvSyntax::SystemdUnit,
+        );
+        assert_eq!(u.len(), 1);
+        assert_eq!(u[0].value, "10.3.0");
+    }
+}
