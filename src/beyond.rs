@@ -205,6 +205,8 @@ pub struct Options {
     pub lenient: bool,
     /// Package-name patterns for the ROCm section.
     pub rocm_packages: Vec<String>,
+    /// The rules in effect; the options section runs those for `<module-options>`.
+    pub rules: crate::rules::RuleSet,
 }
 
 impl Options {
@@ -234,7 +236,7 @@ pub fn run(root: &Root, opts: &Options) -> Result<SystemReport> {
         report.sections.live = Some(section);
     }
     if opts.wants(Section::Options) {
-        let (findings, section) = crate::modopts::scan(root)?;
+        let (findings, section) = crate::modopts::scan(root, &opts.rules)?;
         report.module_options = Some(findings);
         report.sections.module_options = Some(section);
     }

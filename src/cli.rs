@@ -256,6 +256,7 @@ fn cmd_scan(cli: &Cli, args: &ScanArgs, out: &mut dyn Write) -> anyhow::Result<O
         &beyond::Options {
             sections,
             lenient: args.trees.lenient,
+            rules: rules.clone(),
             rocm_packages: if args.rocm_packages.is_empty() {
                 crate::rocm::default_patterns()
             } else {

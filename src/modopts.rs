@@ -16,16 +16,17 @@
 //!   order), and /etc/kernel/cmdline (kernel-install, systemd-boot).
 //!
 //! Each setting is normalised to one line (`amdgpu.noretry=0`, `blacklist amdgpu`,
-//! `nomodeset`) and judged by the rules in `patterns/modprobe.toml`.
+//! `nomodeset`) and the list is judged by the rule engine ([`crate::rules`]) as the
+//! pseudo-file `<module-options>`: the built-in rules are `patterns/modprobe.toml`.
 
 use crate::beyond::{self, Action, OptionsSection, SectionStatus, SystemFinding};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::finding::{Finding, Severity};
 use crate::root::Root;
-use regex::Regex;
-use serde::Deserialize;
+use crate::rules::RuleSet;
 use std::collections::{BTreeMap, HashSet};
 use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 
 /// modprobe.d directories, highest priority first (kmod's search order).
 pub const MODPROBE_DIRS: &[&str] = &[
@@ -43,10 +44,6 @@ const GRUB_VARS: &[&str] = &["GRUB_CMDLINE_LINUX", "GRUB_CMDLINE_LINUX_DEFAULT"]
 
 /// The modules whose settings are read.
 pub const MODULES: &[&str] = &["amdgpu", "amdkfd"];
-
-/// The built-in option rules.
-pub const RULES_TOML: &str = include_str!("../patterns/modprobe.toml");
-const RULES_NAME: &str = "patterns/modprobe.toml (built in)";
 
 /// Where a setting was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,10 +173,7 @@ pub fn classify_kernel_arg(arg: &str) -> Option<(String, Option<String>)> {
         return None;
     }
     let key = format!("{module}.{}", underscores(param));
-    let normalized = match value {
-        Some(v) => format!("{key}={v}"),
-        None => key.clone(),
-    };
+    let normalized = normal_setting(&key, value);
     Some((normalized, Some(key)))
 }
 
@@ -245,10 +239,7 @@ pub fn parse_modprobe(file: &str, text: &str) -> Vec<Setting> {
                         None => (p.clone(), None),
                     };
                     let key = format!("{module}.{}", underscores(&name));
-                    let normalized = match &value {
-                        Some(v) => format!("{key}={v}"),
-                        None => key.clone(),
-                    };
+                    let normalized = normal_setting(&key, value.as_deref());
                     out.push(mk(normalized, p, line_at(rest_off + off), whole, Some(key)));
                 }
             }
@@ -508,115 +499,44 @@ fn apply_grub(
 
 // ---------------------------------------------------------------- rules
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRule {
-    id: String,
-    title: String,
-    severity: String,
-    #[serde(rename = "match")]
-    pattern: String,
-    unless: Option<String>,
-    bits_any: Option<u64>,
-    why: String,
-    fix: String,
-}
+/// The pseudo-file the option rules apply to (`files = ["<module-options>"]`): the
+/// normalised settings, one per line. No file of a driver tree has this name.
+pub const OPTIONS_PSEUDO_FILE: &str = "<module-options>";
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RuleFile {
-    rule: Vec<RawRule>,
-}
-
-/// One option rule, compiled.
-#[derive(Debug, Clone)]
-pub struct OptionRule {
-    pub id: String,
-    pub title: String,
-    pub severity: Severity,
-    pub pattern: Regex,
-    pub unless: Option<Regex>,
-    pub bits_any: Option<u64>,
-    pub why: String,
-    pub fix: String,
-}
-
-fn parse_number(s: &str) -> Option<u64> {
-    let s = s.trim();
-    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-        Some(hex) => u64::from_str_radix(hex, 16).ok(),
-        None => s.parse().ok(),
-    }
-}
-
-impl OptionRule {
-    /// Whether the rule fires on a normalised setting.
-    pub fn matches(&self, normalized: &str) -> bool {
-        let Some(caps) = self.pattern.captures(normalized) else {
-            return false;
-        };
-        if self.unless.as_ref().is_some_and(|u| u.is_match(normalized)) {
-            return false;
-        }
-        match self.bits_any {
-            None => true,
-            Some(bits) => caps
-                .name("value")
-                .and_then(|v| parse_number(v.as_str()))
-                .is_some_and(|v| v & bits != 0),
-        }
-    }
-}
+/// Where the built-in option rules come from, for the report.
+pub const RULES_NAME: &str = "patterns/modprobe.toml (built in), and --rules";
 
 fn one_paragraph(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// Parses and compiles a rule file; errors name the file and the rule.
-pub fn load_rules(name: &str, text: &str) -> Result<Vec<OptionRule>> {
-    let bad = |msg: String| Error::Refused {
-        path: name.into(),
-        message: msg,
+/// A whole number as the rules see it: below 10 in decimal, from 10 on in lower-case
+/// hex (`4294967295` and `0xFFFFFFFF` → `0xffffffff`), so that a regex can test a bit.
+/// Accepts what the kernel's `kstrto*(s, 0)` accepts: decimal, `0x` hex, `0` octal.
+/// Anything else (negative numbers, `Y`, text) is kept as written.
+pub fn canonical_value(v: &str) -> String {
+    let n = if let Some(h) = v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
+        u64::from_str_radix(h, 16).ok()
+    } else if v.len() > 1 && v.starts_with('0') && v.bytes().all(|b| b.is_ascii_digit()) {
+        u64::from_str_radix(&v[1..], 8).ok()
+    } else if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        v.parse().ok()
+    } else {
+        None
     };
-    let file: RuleFile =
-        toml::from_str(text).map_err(|e| bad(format!("not a valid rule file: {e}")))?;
-    let mut seen = HashSet::new();
-    file.rule
-        .into_iter()
-        .map(|r| {
-            if !seen.insert(r.id.clone()) {
-                return Err(bad(format!("rule {} is defined twice", r.id)));
-            }
-            let severity = Severity::parse(&r.severity)
-                .ok_or_else(|| bad(format!("rule {}: unknown severity '{}'", r.id, r.severity)))?;
-            let compile = |p: &str| {
-                Regex::new(p).map_err(|e| bad(format!("rule {}: bad expression: {e}", r.id)))
-            };
-            let pattern = compile(&r.pattern)?;
-            if r.bits_any.is_some() && !pattern.capture_names().any(|n| n == Some("value")) {
-                return Err(bad(format!(
-                    "rule {}: bits_any needs a (?P<value>...) group in match",
-                    r.id
-                )));
-            }
-            Ok(OptionRule {
-                unless: r.unless.as_deref().map(compile).transpose()?,
-                id: r.id,
-                title: r.title,
-                severity,
-                pattern,
-                bits_any: r.bits_any,
-                // Rule texts are wrapped in the file; they are read as one paragraph.
-                why: one_paragraph(&r.why),
-                fix: one_paragraph(&r.fix),
-            })
-        })
-        .collect()
+    match n {
+        Some(n) if n < 10 => n.to_string(),
+        Some(n) => format!("0x{n:x}"),
+        None => v.to_string(),
+    }
 }
 
-/// The built-in rules.
-pub fn builtin_rules() -> Vec<OptionRule> {
-    load_rules(RULES_NAME, RULES_TOML).expect("built-in option rules are valid (unit-tested)")
+/// `key=value` with the value made canonical; `key` alone when there is no value.
+fn normal_setting(key: &str, value: Option<&str>) -> String {
+    match value {
+        Some(v) => format!("{key}={}", canonical_value(v)),
+        None => key.to_string(),
+    }
 }
 
 // ---------------------------------------------------------------- scan
@@ -823,7 +743,19 @@ fn loaded_value(root: &Root, key: &str) -> Option<String> {
         .map(|s| s.trim().to_string())
 }
 
-fn judge(root: &Root, c: &Collected, rules: &[OptionRule]) -> Vec<SystemFinding> {
+fn judge(root: &Root, c: &Collected, rules: &RuleSet) -> Vec<SystemFinding> {
+    // The rule engine judges the normalised settings as one pseudo-file, a line each.
+    let listing: String = c
+        .settings
+        .iter()
+        .map(|s| format!("{}\n", s.normalized.replace('\n', " ")))
+        .collect();
+    let mut by_setting: Vec<Vec<Finding>> = vec![Vec::new(); c.settings.len()];
+    for f in rules.check(Path::new(OPTIONS_PSEUDO_FILE), listing.as_bytes(), None) {
+        if let Some(slot) = f.line.checked_sub(1).and_then(|i| by_setting.get_mut(i)) {
+            slot.push(f);
+        }
+    }
     let running: HashSet<&str> = c
         .settings
         .iter()
@@ -848,14 +780,15 @@ fn judge(root: &Root, c: &Collected, rules: &[OptionRule]) -> Vec<SystemFinding>
     let initramfs = initramfs_command(root);
     let update_grub = grub_command(root);
     let mut out = Vec::new();
-    for s in &c.settings {
+    for (s, hits) in c.settings.iter().zip(by_setting) {
         // A parameter on the running kernel's line that a boot configuration also sets
         // is reported where it can be removed.
         if s.origin == Origin::RunningKernel && boot_config.contains(s.normalized.as_str()) {
             continue;
         }
-        for rule in rules.iter().filter(|r| r.matches(&s.normalized)) {
-            let mut why = rule.why.clone();
+        for rule in hits {
+            let rule_fix = one_paragraph(&rule.fix);
+            let mut why = one_paragraph(&rule.why);
             let mut severity = rule.severity;
             if let Some((f, l)) = &s.overridden_by {
                 severity = Severity::Info;
@@ -889,7 +822,7 @@ fn judge(root: &Root, c: &Collected, rules: &[OptionRule]) -> Vec<SystemFinding>
                     (
                         format!(
                             "{edit}, then run '{initramfs}' (the initramfs carries its own copy of modprobe.d) and reboot. {}",
-                            rule.fix
+                            rule_fix
                         ),
                         Action::RemoveSetting {
                             file: s.file.clone(),
@@ -925,7 +858,7 @@ fn judge(root: &Root, c: &Collected, rules: &[OptionRule]) -> Vec<SystemFinding>
                         )
                     };
                     (
-                        format!("{edit} {}", rule.fix),
+                        format!("{edit} {rule_fix}"),
                         Action::RemoveSetting {
                             file: s.file.clone(),
                             line: s.line,
@@ -947,7 +880,7 @@ fn judge(root: &Root, c: &Collected, rules: &[OptionRule]) -> Vec<SystemFinding>
                     (
                         format!(
                             "The running kernel was booted with '{}', but {read}: it was probably typed at the boot menu, and a normal reboot drops it. If it is back after a reboot, look for it in /boot/grub/grub.cfg or /boot/loader/entries/*.conf. {}",
-                            s.raw, rule.fix
+                            s.raw, rule_fix
                         ),
                         Action::Reboot,
                     )
@@ -955,7 +888,7 @@ fn judge(root: &Root, c: &Collected, rules: &[OptionRule]) -> Vec<SystemFinding>
             };
             out.push(SystemFinding {
                 finding: Finding {
-                    rule: rule.id.clone(),
+                    rule: rule.rule.clone(),
                     severity,
                     title: rule.title.clone(),
                     line: s.line,
@@ -977,11 +910,11 @@ fn judge(root: &Root, c: &Collected, rules: &[OptionRule]) -> Vec<SystemFinding>
     out
 }
 
-/// Runs the options section with the built-in rules.
-pub fn scan(root: &Root) -> Result<(Vec<SystemFinding>, OptionsSection)> {
-    let rules = builtin_rules();
+/// Runs the options section with the rules in effect (those whose `files` name
+/// `<module-options>`: the built-in `patterns/modprobe.toml` and any `--rules DIR`).
+pub fn scan(root: &Root, rules: &RuleSet) -> Result<(Vec<SystemFinding>, OptionsSection)> {
     let c = collect(root)?;
-    let findings = judge(root, &c, &rules);
+    let findings = judge(root, &c, rules);
     let status = if c.files.is_empty() {
         SectionStatus::Absent
     } else {
@@ -1003,57 +936,56 @@ mod tests {
     use super::*;
 
     #[test]
-    fn builtin_rules_load() {
-        let rules = builtin_rules();
-        assert!(rules.len() >= 15);
-        let fires = |id: &str, s: &str| rules.iter().find(|r| r.id == id).unwrap().matches(s);
-        assert!(fires("OPT-MTYPE-001", "amdgpu.mtype_local=1"));
-        assert!(!fires("OPT-MTYPE-001", "amdgpu.mtype_local=0"));
-        assert!(fires(
-            "OPT-PPFEATURE-001",
-            "amdgpu.ppfeaturemask=0xffffffff"
-        ));
-        assert!(fires(
-            "OPT-PPFEATURE-001",
-            "amdgpu.ppfeaturemask=4294967295"
-        ));
-        assert!(!fires(
-            "OPT-PPFEATURE-001",
-            "amdgpu.ppfeaturemask=0xfff7bfff"
-        ));
-        assert!(fires(
-            "OPT-CMDLINE-BLACKLIST-001",
-            "modprobe.blacklist=nouveau,amdgpu"
-        ));
-        assert!(!fires(
-            "OPT-CMDLINE-BLACKLIST-001",
-            "modprobe.blacklist=amdgpu_x"
-        ));
-        assert!(fires("OPT-INSTALL-001", "install amdgpu /bin/false"));
-        assert!(!fires("OPT-INSTALL-002", "install amdgpu /bin/false"));
-        assert!(fires(
-            "OPT-INSTALL-002",
-            "install amdgpu /sbin/modprobe --ignore-install amdgpu"
-        ));
-        assert!(fires("OPT-GWS-001", "amdgpu.hws_gws_support=Y"));
-        assert!(!fires("OPT-GWS-001", "amdgpu.hws_gws_support=0"));
-        assert!(fires("OPT-LARGEBAR-001", "amdgpu.debug_mask=0x2"));
-        assert!(!fires("OPT-LARGEBAR-001", "amdgpu.debug_mask=1"));
+    fn builtin_option_rules_run_on_normalised_lines() {
+        let rules = RuleSet::builtin();
+        let fired = |line: &str| -> Vec<String> {
+            rules
+                .check(
+                    Path::new(OPTIONS_PSEUDO_FILE),
+                    format!("{line}\n").as_bytes(),
+                    None,
+                )
+                .into_iter()
+                .map(|f| f.rule)
+                .collect()
+        };
+        let norm = |arg: &str| classify_kernel_arg(arg).unwrap().0;
+        assert_eq!(
+            fired(&norm("amdgpu.ppfeaturemask=4294967295")),
+            ["OPT-PPFEATURE-001"]
+        );
+        assert_eq!(
+            fired(&norm("amdgpu.ppfeaturemask=0xFFFFFFFF")),
+            ["OPT-PPFEATURE-001"]
+        );
+        assert!(fired(&norm("amdgpu.ppfeaturemask=0xfff7bfff")).is_empty());
+        assert_eq!(fired(&norm("amdgpu.debug_mask=2")), ["OPT-LARGEBAR-001"]);
+        assert_eq!(fired(&norm("amdgpu.debug_mask=012")), ["OPT-LARGEBAR-001"]);
+        assert!(fired(&norm("amdgpu.debug_mask=1")).is_empty());
+        assert!(fired(&norm("amdgpu.debug_mask=010")).is_empty()); // octal 8
+        assert_eq!(fired(&norm("amdgpu.force_asic_type=12")), ["OPT-ASIC-001"]);
+        assert!(fired(&norm("amdgpu.force_asic_type=-1")).is_empty());
+        // The tree's rules never look at the option list, nor these at tree files.
+        assert!(rules
+            .check(
+                Path::new("amd/amdgpu/amdgpu_drv.c"),
+                b"blacklist amdgpu\n",
+                None
+            )
+            .is_empty());
     }
 
     #[test]
-    fn rule_file_errors_name_the_rule() {
-        let err = load_rules(
-            "x.toml",
-            "[[rule]]\nid='A'\ntitle='t'\nseverity='bad'\nmatch='a'\nwhy='w'\nfix='f'\n",
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("x.toml") && err.contains("rule A"), "{err}");
-        let err = load_rules("x.toml", "[[rule]]\nid='A'\ntitle='t'\nseverity='low'\nmatch='a'\nbits_any=1\nwhy='w'\nfix='f'\n")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("bits_any"), "{err}");
+    fn canonical_values() {
+        assert_eq!(canonical_value("0"), "0");
+        assert_eq!(canonical_value("9"), "9");
+        assert_eq!(canonical_value("10"), "0xa");
+        assert_eq!(canonical_value("0x4000"), "0x4000");
+        assert_eq!(canonical_value("0X0000FFFF"), "0xffff");
+        assert_eq!(canonical_value("010"), "8");
+        assert_eq!(canonical_value("-1"), "-1");
+        assert_eq!(canonical_value("Y"), "Y");
+        assert_eq!(canonical_value(""), "");
     }
 
     #[test]

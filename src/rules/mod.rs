@@ -335,6 +335,11 @@ pub const BUILTIN: &[(&str, &str)] = &[
         "amdgpu-overrides.toml",
         include_str!("../../patterns/amdgpu-overrides.toml"),
     ),
+    // Module options and kernel parameters: run on `<module-options>` (src/modopts.rs).
+    (
+        "modprobe.toml",
+        include_str!("../../patterns/modprobe.toml"),
+    ),
 ];
 
 /// A set of compiled rules with unique ids.

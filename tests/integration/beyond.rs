@@ -458,6 +458,62 @@ fn options_each_risky_option_with_continuation_lines() {
 }
 
 #[test]
+fn options_rules_are_engine_rules_users_can_add_to() {
+    let fx = Fixture::new();
+    fx.write(
+        "/etc/modprobe.d/amdgpu.conf",
+        "options amdgpu lockup_timeout=0 ppfeaturemask=4294967295\n",
+    );
+    fx.write(
+        "/srv/my-rules/site.toml",
+        r#"[[rule]]
+id = "SITE-OPT-001"
+title = "lockup timeout changed"
+severity = "low"
+files = ["<module-options>"]
+scope = "file"
+on = "line"
+match = '^amdgpu\.lockup_timeout='
+why = "This site keeps the driver's GPU lockup timeouts."
+fix = "Ask the GPU team first."
+
+[[rule.example]]
+fires = true
+code = "amdgpu.lockup_timeout=0"
+"#,
+    );
+    let rules_dir = fx.path("/srv/my-rules");
+    let rules_dir = rules_dir.to_str().unwrap();
+    let j = fx
+        .run(&[
+            "--rules",
+            rules_dir,
+            "--format",
+            "json",
+            "scan",
+            "--sections",
+            "options",
+        ])
+        .expect_code(1)
+        .json();
+    // Decimal masks are compared by bit: 4294967295 is 0xffffffff, overdrive included.
+    assert_eq!(
+        rules(&j["module_options"]),
+        ["SITE-OPT-001", "OPT-PPFEATURE-001"]
+    );
+    let f = &j["module_options"][0];
+    assert_eq!(f["line"], 1);
+    assert_eq!(f["action"]["setting"], "lockup_timeout=0");
+    assert!(f["fix"]
+        .as_str()
+        .unwrap()
+        .ends_with("and reboot. Ask the GPU team first."));
+    // `rules list` shows the option rules with the pseudo-file they apply to.
+    let list = fx.run(&["rules", "list"]).expect_code(0).stdout();
+    assert!(list.contains("OPT-NOMODESET-001"), "{list}");
+}
+
+#[test]
 fn options_later_directory_and_file_precedence() {
     let fx = Fixture::new();
     // Same name in /lib and /etc: only /etc's is read.
