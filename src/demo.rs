@@ -279,6 +279,64 @@ pub fn build(root: &Path) -> Result<Sandbox> {
         b"initramfs (demo)\n",
         built_at,
     )?;
+
+    // The running driver says what the patch made it say: a Navi 10 (device 29471 =
+    // 0x731F) reporting gfx1030's target version, its VRAM bank flagged hot-pluggable.
+    let nodes = "/sys/class/kfd/kfd/topology/nodes";
+    let node = |gpu: bool| -> String {
+        let v = |g: u64, c: u64| if gpu { g } else { c };
+        [
+            ("cpu_cores_count", v(0, 16)),
+            ("simd_count", v(80, 0)),
+            ("mem_banks_count", 1),
+            ("gfx_target_version", v(100300, 0)),
+            ("vendor_id", v(4098, 0)),
+            ("device_id", v(29471, 0)),
+            ("location_id", v(768, 0)),
+            ("drm_render_minor", v(128, 0)),
+        ]
+        .iter()
+        .map(|(k, n)| format!("{k} {n}\n"))
+        .collect()
+    };
+    write(
+        root,
+        &format!("{nodes}/0/properties"),
+        node(false).as_bytes(),
+        now,
+    )?;
+    write(
+        root,
+        &format!("{nodes}/0/mem_banks/0/properties"),
+        b"heap_type 0\nsize_in_bytes 33554432000\nflags 0\nwidth 64\nmem_clk_max 3200\n",
+        now,
+    )?;
+    write(
+        root,
+        &format!("{nodes}/1/properties"),
+        node(true).as_bytes(),
+        now,
+    )?;
+    write(root, &format!("{nodes}/1/name"), b"navi10\n", now)?;
+    write(
+        root,
+        &format!("{nodes}/1/mem_banks/0/properties"),
+        b"heap_type 2\nsize_in_bytes 8573157376\nflags 1\nwidth 256\nmem_clk_max 875\n",
+        now,
+    )?;
+    // What was tried at the other levels: module options and the runtime override.
+    write(
+        root,
+        "/etc/modprobe.d/amdgpu-rdna1.conf",
+        b"# RDNA1 ROCm attempt\noptions amdgpu mtype_local=1 noretry=0 vm_fragment_size=9\n",
+        patched_at,
+    )?;
+    write(
+        root,
+        "/etc/environment",
+        b"HSA_OVERRIDE_GFX_VERSION=10.3.0\n",
+        patched_at,
+    )?;
     write(
         root,
         "/usr/sbin/dkms",

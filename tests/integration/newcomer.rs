@@ -45,6 +45,11 @@ fn demo_shows_the_incident_and_the_patched_trap() {
         "{out}"
     );
     assert!(out.contains("kfd-audit demo --keep /tmp/kfd-demo"), "{out}");
+    assert!(out.contains("CRITICAL LIVE-GFX-001"), "{out}");
+    assert!(
+        out.contains("CRITICAL ROCM-ENV-001 /etc/environment:1"),
+        "{out}"
+    );
     assert!(!out.contains('\x1b'), "no escape codes with --color never");
 }
 
@@ -64,9 +69,29 @@ fn demo_sandbox_restores_scans_clean_and_undoes() {
     let crat = sandbox.join(DEMO_TREE).join("amd/amdkfd/kfd_crat.c");
     let patched = std::fs::read(&crat).unwrap();
     kfd(&["--root", s, "restore", "--yes"]).expect_code(0);
-    let j = kfd(&["--root", s, "--format", "json", "scan"]).json();
+    // The source tree is clean again; the running driver (sysfs) and the module
+    // options still tell their own story until a rebuild, a reboot and a clean-up.
+    let j = kfd(&[
+        "--root",
+        s,
+        "--format",
+        "json",
+        "scan",
+        "--sections",
+        "tree",
+    ])
+    .json();
     assert_eq!(j["summary"]["modified"], 0, "{j}");
     assert_eq!(j["summary"]["critical"], 0, "{j}");
+    let crat_entry = crate::fixture::json_file(&j, "amd/amdkfd/kfd_crat.c").unwrap();
+    // Once the file is clean, the misnamed copy of the patched file is what it is: unsafe.
+    assert!(crat_entry["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|b| b["path"] == "amd/amdkfd/kfd_crat.c.patched" && b["verdict"] == "unsafe"));
+    let all = kfd(&["--root", s, "--format", "json", "scan"]).json();
+    assert_eq!(all["live"][0]["rule"], "LIVE-GFX-001", "{all}");
     assert_ne!(std::fs::read(&crat).unwrap(), patched);
     kfd(&["--root", s, "undo"]).expect_code(0);
     assert_eq!(
