@@ -198,10 +198,13 @@ fn readme_commands_parse() {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let mut in_block = false;
+    let mut in_fence = false;
     let mut checked = 0;
     for line in readme.lines() {
-        if line.trim_start().starts_with("```") {
-            in_block = !in_block;
+        // Only shell blocks hold commands; ```text blocks show output, ```ini unit files.
+        if let Some(lang) = line.trim_start().strip_prefix("```") {
+            in_fence = !in_fence;
+            in_block = in_fence && matches!(lang.trim(), "sh" | "bash" | "console" | "");
             continue;
         }
         if !in_block {
