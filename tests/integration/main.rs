@@ -6,6 +6,7 @@ mod content;
 mod corpus;
 mod dkms_real;
 mod fixture;
+mod hostile;
 mod newcomer;
 mod recipe;
 mod recovery;

@@ -1,0 +1,453 @@
+//! Hostile trees and broken inputs, through the real binary: kfd-audit runs as root
+//! over directories anyone may have changed, so no input may make it hang, exhaust
+//! memory, read through a link or write outside the tree.
+//!
+//! Every run here goes through [`bounded`]: a watchdog kills a run that hangs (the
+//! test then fails saying so) and the run gets a hard memory limit, so "bounded
+//! memory" is checked, not assumed. Times are never asserted.
+
+use crate::fixture::{json_file, md5_hex, Fixture, Run, CRAT_C, TREE, VERSION};
+use crate::restore::{listing, Scenario};
+use std::ffi::OsStr;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A run still going after this long is taken to hang.
+const WATCHDOG: Duration = Duration::from_secs(300);
+
+/// The memory (`RLIMIT_DATA`: heap and private mappings) every run gets. A run that
+/// reads a huge file into memory, or decompresses a bomb into it, fails its
+/// allocation and aborts, and its test fails. (Peak RSS cannot be measured from
+/// here: Linux carries the spawning test process's own peak over the exec.)
+const MEMORY_LIMIT: u64 = 512 << 20;
+
+fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The real binary with `--root`, stdin closed, no failpoint.
+fn command(fx: &Fixture, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kfd-audit"));
+    cmd.arg("--root")
+        .arg(fx.root())
+        .args(args)
+        .env_remove("KFD_AUDIT_FAILPOINT")
+        .env_remove("NO_COLOR");
+    cmd
+}
+
+/// Runs a command to its end under a watchdog and a memory limit.
+fn bounded(cmd: Command) -> Run {
+    bounded_with(cmd, |_| {})
+}
+
+/// [`bounded`], calling `during` with the process id once it has started.
+fn bounded_with(mut cmd: Command, during: impl FnOnce(libc::pid_t)) -> Run {
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: MEMORY_LIMIT,
+                rlim_max: MEMORY_LIMIT,
+            };
+            if libc::setrlimit(libc::RLIMIT_DATA, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("start kfd-audit");
+    let pid = child.id() as libc::pid_t;
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let done = Arc::new(AtomicBool::new(false));
+    let watch = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let step = Duration::from_millis(100);
+            let mut waited = Duration::ZERO;
+            while waited < WATCHDOG {
+                if done.load(Ordering::SeqCst) {
+                    return false;
+                }
+                std::thread::sleep(step);
+                waited += step;
+            }
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            true
+        })
+    };
+    during(pid);
+    let status = child.wait().expect("wait for kfd-audit");
+    done.store(true, Ordering::SeqCst);
+    let hung = watch.join().unwrap();
+    let output = std::process::Output {
+        status,
+        stdout: t_out.join().unwrap(),
+        stderr: t_err.join().unwrap(),
+    };
+    let run = Run { output };
+    assert!(
+        !hung,
+        "kfd-audit was still running after {WATCHDOG:?}: it hangs\nstdout:\n{}\nstderr:\n{}",
+        run.stdout(),
+        run.stderr()
+    );
+    assert!(
+        !run.stderr().contains("memory allocation of"),
+        "kfd-audit ran out of its {MEMORY_LIMIT} bytes of memory: {}",
+        run.stderr()
+    );
+    run
+}
+
+fn run_bounded(fx: &Fixture, args: &[&str]) -> Run {
+    bounded(command(fx, args))
+}
+
+fn tree_path(fx: &Fixture, rel: &str) -> PathBuf {
+    fx.path(&format!("{TREE}/{rel}"))
+}
+
+fn mkfifo(p: &Path) {
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0, "mkfifo");
+}
+
+/// A sparse file of `size` bytes (no data blocks are written).
+fn sparse(p: &Path, size: u64) {
+    let _ = std::fs::remove_file(p);
+    let f = std::fs::File::create(p).unwrap();
+    f.set_len(size).unwrap();
+}
+
+fn tree_problems(tree: &serde_json::Value) -> String {
+    tree["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn problems(report: &serde_json::Value) -> String {
+    report["trees"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|t| t["problems"].as_array().unwrap().iter())
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn tree_report<'a>(report: &'a serde_json::Value, path: &str) -> &'a serde_json::Value {
+    report["trees"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["path"] == path)
+        .unwrap_or_else(|| panic!("no tree {path} in {report:#}"))
+}
+
+const GIB: u64 = 1 << 30;
+
+/// The standard tree with one more md5sums line.
+fn with_md5sums_line(line: &[u8]) -> Fixture {
+    let fx = Fixture::new();
+    fx.amdgpu_tree();
+    let p = fx.path("var/lib/dpkg/info/amdgpu-dkms.md5sums");
+    let mut bytes = std::fs::read(&p).unwrap();
+    bytes.extend_from_slice(line);
+    bytes.push(b'\n');
+    std::fs::write(p, bytes).unwrap();
+    fx
+}
+
+#[test]
+fn reference_entries_that_escape_or_hold_nul_are_rejected_with_file_and_line() {
+    let md5 = md5_hex(b"root:x:0:0:root:/root:/bin/bash\n");
+    let escapes: Vec<Vec<u8>> = vec![
+        format!("{md5}  {TREE}/../../../etc/passwd").into_bytes(),
+        format!("{md5}  /etc/passwd").into_bytes(),
+        format!("{md5}  {TREE}/amd/../../../../etc/passwd").into_bytes(),
+        [format!("{md5}  {TREE}/amd/x").as_bytes(), b"\0/etc/passwd"].concat(),
+    ];
+    for line in &escapes {
+        let fx = with_md5sums_line(line);
+        let run = run_bounded(&fx, &["scan"]);
+        run.expect_code(2);
+        let err = run.stderr();
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.contains("var/lib/dpkg/info/amdgpu-dkms.md5sums:6: unsafe or empty path"),
+            "{err}"
+        );
+        assert!(err.contains("--lenient"), "{err}");
+        // Leniently, the line is skipped and named; the rest of the tree is judged.
+        let run = run_bounded(&fx, &["--format", "json", "scan", "--lenient"]);
+        let r = run.json();
+        let p = problems(&r);
+        assert!(
+            p.contains("amdgpu-dkms.md5sums:6: skipped (unsafe or empty path"),
+            "{p}"
+        );
+        assert_eq!(r["summary"]["ok"], 5, "{r:#}");
+        assert_eq!(r["summary"]["missing"], 0, "{r:#}");
+    }
+
+    // The baseline manifest: same rules, its own file and line in the message.
+    for name in ["../../../etc/passwd", "/etc/passwd"] {
+        let fx = Fixture::new();
+        fx.amdgpu_tree();
+        let sha = "0".repeat(64);
+        fx.write(
+            &format!(
+                "var/lib/kfd-audit/baseline/{}/manifest.sha256",
+                Path::new(TREE).file_name().unwrap().to_str().unwrap()
+            ),
+            format!("{sha}  {TREE}/Makefile\n{sha}  {name}\n"),
+        );
+        let run = run_bounded(&fx, &["scan"]);
+        run.expect_code(2);
+        let err = run.stderr();
+        assert!(
+            err.contains("manifest.sha256:2: unsafe or empty path"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn fifos_sockets_and_device_nodes_are_reported_not_read() {
+    let fx = Fixture::new();
+    fx.amdgpu_tree();
+    let mk = tree_path(&fx, "amd/amdkfd/Makefile");
+    std::fs::remove_file(&mk).unwrap();
+    mkfifo(&mk);
+    // A FIFO named like a backup is not a backup: it is not opened.
+    mkfifo(&tree_path(&fx, "Makefile.orig"));
+    let _sock = std::os::unix::net::UnixListener::bind(tree_path(&fx, "amd/kfd.sock")).unwrap();
+    let drv = tree_path(&fx, "amd/amdgpu/amdgpu_drv.c");
+    let device = is_root() && {
+        std::fs::remove_file(&drv).unwrap();
+        let c = std::ffi::CString::new(drv.as_os_str().as_bytes()).unwrap();
+        // The same device as /dev/zero: endless if it were ever read.
+        let rc = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o644, libc::makedev(1, 5)) };
+        if rc != 0 {
+            std::fs::write(&drv, "// amdgpu driver entry\nint amdgpu_x;\n").unwrap();
+        }
+        rc == 0
+    };
+
+    let run = run_bounded(&fx, &["--format", "json", "scan"]);
+    run.expect_code(1);
+    let r = run.json();
+    let detail = |p: &str| {
+        let f = json_file(&r, p).unwrap_or_else(|| panic!("{p} not in {r:#}"));
+        assert_eq!(f["status"], "unreadable", "{f:#}");
+        f["detail"].as_str().unwrap().to_string()
+    };
+    assert_eq!(detail("amd/amdkfd/Makefile"), "a FIFO; not read");
+    assert_eq!(detail("Makefile.orig"), "a FIFO; not read");
+    assert_eq!(detail("amd/kfd.sock"), "a socket; not read");
+    if device {
+        assert_eq!(detail("amd/amdgpu/amdgpu_drv.c"), "a device node; not read");
+    }
+
+    // Restore refuses them and leaves them as they are.
+    let run = run_bounded(&fx, &["restore", "--yes"]);
+    run.expect_code(1);
+    let out = run.stdout();
+    assert!(
+        out.contains("amd/amdkfd/Makefile: unreadable (a FIFO; not read)"),
+        "{out}"
+    );
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::symlink_metadata(&mk)
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    if device {
+        assert!(
+            out.contains("amd/amdgpu/amdgpu_drv.c: unreadable (a device node"),
+            "{out}"
+        );
+        assert!(std::fs::symlink_metadata(&drv)
+            .unwrap()
+            .file_type()
+            .is_char_device());
+    }
+    let run = run_bounded(&fx, &["diff", "amd/amdkfd/Makefile"]);
+    assert!(
+        run.stderr().contains("unreadable: not diffed"),
+        "{}",
+        run.stderr()
+    );
+}
+
+#[test]
+fn a_hundred_thousand_small_files_scan_in_bounded_memory() {
+    let fx = Fixture::new();
+    fx.amdgpu_tree();
+    let sums_path = fx.path("var/lib/dpkg/info/amdgpu-dkms.md5sums");
+    let mut sums = std::fs::read_to_string(&sums_path).unwrap();
+    for d in 0..100 {
+        let dir = tree_path(&fx, &format!("amd/gen/d{d}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..1000 {
+            let content = format!("int f{d}_{i};\n");
+            std::fs::write(dir.join(format!("f{i}.c")), &content).unwrap();
+            sums.push_str(&format!(
+                "{}  {TREE}/amd/gen/d{d}/f{i}.c\n",
+                md5_hex(content.as_bytes())
+            ));
+        }
+    }
+    std::fs::write(&sums_path, sums).unwrap();
+    std::fs::write(tree_path(&fx, "amd/gen/d7/f7.c"), "int patched;\n").unwrap();
+    std::fs::write(tree_path(&fx, "amd/gen/d7/f7.c.orig"), "int f7_7;\n").unwrap();
+
+    let run = run_bounded(&fx, &["--format", "json", "scan"]);
+    run.expect_code(1);
+    let r = run.json();
+    assert_eq!(r["summary"]["files"], 100_005);
+    assert_eq!(r["summary"]["ok"], 100_004);
+    assert_eq!(r["summary"]["modified"], 1);
+    assert_eq!(r["summary"]["backups"], 1);
+    assert_eq!(r["trees"][0]["files"].as_array().unwrap().len(), 1);
+
+    let run = run_bounded(&fx, &["--format", "json", "restore", "--yes"]);
+    run.expect_code(0);
+    let r = run.json();
+    assert_eq!(r["summary"]["restore"], 1);
+    assert_eq!(
+        std::fs::read(tree_path(&fx, "amd/gen/d7/f7.c")).unwrap(),
+        b"int f7_7;\n"
+    );
+}
+
+/// A `.deb` (ar archive) holding the given data.tar member.
+fn deb(data_name: &str, data: &[u8]) -> Vec<u8> {
+    let mut out = b"!<arch>\n".to_vec();
+    for (name, bytes) in [
+        ("debian-binary", &b"2.0\n"[..]),
+        ("control.tar.gz", &b"not read"[..]),
+        (data_name, data),
+    ] {
+        out.extend_from_slice(
+            format!(
+                "{name:<16}{:<12}{:<6}{:<6}{:<8}{:<10}`\n",
+                0,
+                0,
+                0,
+                100644,
+                bytes.len()
+            )
+            .as_bytes(),
+        );
+        out.extend_from_slice(bytes);
+        if bytes.len() % 2 == 1 {
+            out.push(b'\n');
+        }
+    }
+    out
+}
+
+/// A tar header for a regular file, a symlink (`link`) or a hard link, with the
+/// name written as given (even `..` or absolute, which tar builders refuse).
+fn tar_header(name: &[u8], size: u64, kind: tar::EntryType, link: Option<&str>) -> [u8; 512] {
+    let mut h = tar::Header::new_old();
+    h.as_old_mut().name[..name.len()].copy_from_slice(name);
+    h.set_size(size);
+    h.set_mode(0o644);
+    h.set_entry_type(kind);
+    if let Some(l) = link {
+        h.set_link_name(l).unwrap();
+    }
+    h.set_cksum();
+    *h.as_bytes()
+}
+
+fn padded(data: &[u8]) -> Vec<u8> {
+    let mut v = data.to_vec();
+    v.resize(data.len().div_ceil(512) * 512, 0);
+    v
+}
+
+#[test]
+fn archive_members_that_escape_or_are_links_are_never_used() {
+    let fx = Fixture::new();
+    fx.amdgpu_tree();
+    let drv = "// amdgpu driver entry\nint amdgpu_x;\n";
+    let top = "obj-m += amd/amdgpu/\n";
+    let mut tar = Vec::new();
+    // A symlink and a hard link where package files belong, then the clean bytes of
+    // two more files under names that climb out of the root or are absolute.
+    tar.extend_from_slice(&tar_header(
+        format!("./{TREE}/amd/amdkfd/kfd_crat.c").as_bytes(),
+        0,
+        tar::EntryType::Symlink,
+        Some("/etc/passwd"),
+    ));
+    tar.extend_from_slice(&tar_header(
+        format!("./{TREE}/amd/amdkfd/Makefile").as_bytes(),
+        0,
+        tar::EntryType::Link,
+        Some(&format!("./{TREE}/Makefile")),
+    ));
+    for (name, data) in [
+        (format!("../../{TREE}/amd/amdgpu/amdgpu_drv.c"), drv),
+        (format!("/{TREE}/Makefile"), top),
+    ] {
+        tar.extend_from_slice(&tar_header(
+            name.as_bytes(),
+            data.len() as u64,
+            tar::EntryType::Regular,
+            None,
+        ));
+        tar.extend_from_slice(&padded(data.as_bytes()));
+    }
+    tar.extend_from_slice(&[0u8; 1024]);
+    fx.dpkg_status("amdgpu-dkms", VERSION);
+    fx.write(
+        &format!("var/cache/apt/archives/amdgpu-dkms_{VERSION}_all.deb"),
+        deb("data.tar", &tar),
+    );
+    for rel in [
+        "amd/amdkfd/kfd_crat.c",
+        "amd/amdkfd/Makefile",
+        "amd/amdgpu/amdgpu_drv.c",
+        "Makefile",
+    ] {
+        fx.write(&format!("{TREE}/{rel}"), "// patched\n");
+    }
+    let before = listing(fx.root());
+    let run = run_bounded(&fx, &["--format", "json", "restore", "--yes"]);
+    run.expect_code(1);
+    let r = run.json();
+    assert_eq!(r["summary"]["restore"], 0, "{r:#}");
+    assert_eq!(r["summary"]["no_source"], 4, "{r:#}");
+    assert_eq!(before, listing(fx.root()), "something was written");
+}
+
