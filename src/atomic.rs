@@ -452,10 +452,8 @@ pub fn remove_stale_temps(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// Temporary files under `dir` whose process is gone (symlinks not followed).
 pub fn find_stale_temps(dir: &Path) -> Vec<PathBuf> {
-    walkdir::WalkDir::new(dir)
-        .follow_links(false)
-        .into_iter()
-        .filter_map(|e| e.ok())
+    crate::walk::Walk::new(dir)
+        .entries()
         .filter(|e| e.file_type().is_file())
         .filter(|e| {
             temp_owner(e.file_name())

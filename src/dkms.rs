@@ -367,11 +367,7 @@ impl SourceChanges {
                 }
             }
         }
-        for entry in walkdir::WalkDir::new(&scan.tree.host_path)
-            .follow_links(false)
-            .into_iter()
-            .flatten()
-        {
+        for entry in crate::walk::Walk::new(&scan.tree.host_path).entries() {
             let rel = entry
                 .path()
                 .strip_prefix(&scan.tree.host_path)

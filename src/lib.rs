@@ -35,3 +35,4 @@ pub mod rules_cli;
 pub mod scan;
 pub mod term;
 pub mod tree;
+pub mod walk;

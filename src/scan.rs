@@ -201,15 +201,14 @@ fn in_scope(rel: &Path, scope: Option<&Path>) -> bool {
     scope.is_none_or(|s| rel.starts_with(s))
 }
 
-/// Lists every non-directory entry of the tree, never following symlinks.
+/// Lists every non-directory entry of the tree, never following symlinks. A
+/// directory that is its own ancestor (a bind mount loop) is listed as unreadable
+/// and not entered (see [`crate::walk`]).
 fn walk(tree: &Tree, scope: Option<&Path>) -> Vec<WalkEntry> {
     let mut out = Vec::new();
-    let walker = walkdir::WalkDir::new(&tree.host_path)
-        .follow_links(false)
-        .sort_by_file_name();
-    for item in walker {
-        match item {
-            Ok(entry) => {
+    for step in crate::walk::Walk::new(&tree.host_path) {
+        match step {
+            crate::walk::Step::Entry(entry) => {
                 let rel = match entry.path().strip_prefix(&tree.host_path) {
                     Ok(r) if !r.as_os_str().is_empty() => r.to_path_buf(),
                     _ => continue,
@@ -233,7 +232,27 @@ fn walk(tree: &Tree, scope: Option<&Path>) -> Vec<WalkEntry> {
                 };
                 out.push(WalkEntry { rel, kind });
             }
-            Err(err) => {
+            crate::walk::Step::Loop { entry, ancestor } => {
+                let Ok(rel) = entry.path().strip_prefix(&tree.host_path) else {
+                    continue;
+                };
+                if !in_scope(rel, scope) {
+                    continue;
+                }
+                let same = ancestor
+                    .strip_prefix(&tree.host_path)
+                    .ok()
+                    .filter(|a| !a.as_os_str().is_empty())
+                    .map(crate::term::path)
+                    .unwrap_or_else(|| "the tree's top".to_string());
+                out.push(WalkEntry {
+                    rel: rel.to_path_buf(),
+                    kind: EntryKind::Error(format!(
+                        "a directory loop: the same directory as {same} (a bind mount?); not walked again"
+                    )),
+                });
+            }
+            crate::walk::Step::Error(err) => {
                 let Some(path) = err.path() else { continue };
                 let Ok(rel) = path.strip_prefix(&tree.host_path) else {
                     continue;

@@ -374,12 +374,7 @@ fn is_module_name(name: &OsStr) -> bool {
 pub fn module_backups(root: &Root) -> Vec<ModuleBackup> {
     let base = root.path("/lib/modules");
     let mut found: Vec<(PathBuf, PathBuf)> = Vec::new();
-    for entry in walkdir::WalkDir::new(&base)
-        .follow_links(false)
-        .sort_by_file_name()
-        .into_iter()
-        .filter_map(|e| e.ok())
-    {
+    for entry in crate::walk::Walk::new(&base).entries() {
         if !entry.file_type().is_file() {
             continue;
         }

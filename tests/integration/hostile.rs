@@ -306,6 +306,74 @@ fn fifos_sockets_and_device_nodes_are_reported_not_read() {
     );
 }
 
+/// Unmounts (lazily) when dropped, also when the test fails.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_bind_mount_loop_is_reported_once_and_not_walked() {
+    if !is_root() {
+        eprintln!("skipped: mount --bind needs root");
+        return;
+    }
+    let fx = Fixture::new();
+    fx.amdgpu_tree();
+    let tree = fx.path(TREE);
+    let sub = tree.join("amd/amdkfd/loop");
+    std::fs::create_dir_all(&sub).unwrap();
+    let mounted = Command::new("mount")
+        .arg("--bind")
+        .arg(&tree)
+        .arg(&sub)
+        .output()
+        .unwrap();
+    if !mounted.status.success() {
+        eprintln!(
+            "skipped: mount --bind is not permitted here: {}",
+            String::from_utf8_lossy(&mounted.stderr)
+        );
+        return;
+    }
+    let _unmount = Unmount(sub.clone());
+    // The tree is now inside itself: amd/amdkfd/loop/amd/amdkfd/loop/...
+    assert!(sub.join("amd/amdkfd/kfd_crat.c").exists());
+
+    let run = run_bounded(&fx, &["--format", "json", "scan", "--all-files"]);
+    run.expect_code(1);
+    let r = run.json();
+    let f = json_file(&r, "amd/amdkfd/loop").unwrap_or_else(|| panic!("{r:#}"));
+    assert_eq!(f["status"], "unreadable");
+    assert_eq!(
+        f["detail"],
+        "a directory loop: the same directory as the tree's top (a bind mount?); not walked again"
+    );
+    let paths: Vec<&str> = r["trees"][0]["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert!(
+        paths.iter().all(|p| !p.starts_with("amd/amdkfd/loop/")),
+        "{paths:#?}"
+    );
+    assert_eq!(r["summary"]["files"], 6, "{paths:#?}");
+    assert_eq!(r["summary"]["ok"], 5);
+
+    // A restore plan walks the same way: nothing under the loop is planned or kept twice.
+    let run = run_bounded(&fx, &["--format", "json", "restore", "--dry-run"]);
+    run.expect_code(0);
+    assert_eq!(
+        run.json()["trees"][0]["kept"],
+        serde_json::json!(["amd/amdkfd/loop"])
+    );
+}
+
 #[test]
 fn a_hundred_thousand_small_files_scan_in_bounded_memory() {
     let fx = Fixture::new();
