@@ -180,6 +180,9 @@ fn unquote(value: &str) -> String {
     v.to_string()
 }
 
+/// Largest dkms.conf read (real ones are a few kilobytes).
+pub const MAX_DKMS_CONF: u64 = 1024 * 1024;
+
 /// A DKMS source tree on disk.
 #[derive(Debug, Clone)]
 pub struct Tree {
@@ -199,16 +202,18 @@ impl Tree {
             .system_path(&host_path)
             .unwrap_or_else(|| host_path.clone());
         let conf_path = host_path.join("dkms.conf");
-        let (conf, conf_problem) = match std::fs::read(&conf_path) {
+        // Read as a regular file only, and only so much: a FIFO, a link to /dev/zero
+        // or a huge file put in its place must not hang the scan or fill the memory.
+        let (conf, conf_problem) = match crate::content::read_limited(&conf_path, MAX_DKMS_CONF) {
             Ok(bytes) => (
                 Some(DkmsConf::parse(&String::from_utf8_lossy(&bytes))),
                 None,
             ),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => (
                 None,
                 Some("no dkms.conf: not a DKMS source tree, or it was deleted".into()),
             ),
-            Err(e) => (None, Some(format!("dkms.conf unreadable: {e}"))),
+            Err(e) => (None, Some(format!("dkms.conf not read: {e}"))),
         };
         Tree {
             host_path,

@@ -172,6 +172,45 @@ fn tree_report<'a>(report: &'a serde_json::Value, path: &str) -> &'a serde_json:
 
 const GIB: u64 = 1 << 30;
 
+#[test]
+fn dkms_conf_that_is_a_fifo_a_link_to_dev_zero_or_huge_is_not_read() {
+    let fx = Fixture::new();
+    fx.amdgpu_tree();
+    let fifo = fx.path("usr/src/amdgpu-1.0-fifo");
+    std::fs::create_dir_all(&fifo).unwrap();
+    mkfifo(&fifo.join("dkms.conf"));
+    let zero = fx.path("usr/src/amdgpu-1.0-zero");
+    std::fs::create_dir_all(&zero).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", zero.join("dkms.conf")).unwrap();
+    let big = fx.path("usr/src/amdgpu-1.0-big");
+    std::fs::create_dir_all(&big).unwrap();
+    sparse(&big.join("dkms.conf"), 10 * GIB);
+
+    let run = run_bounded(&fx, &["--format", "json", "scan"]);
+    run.expect_code(1);
+    let r = run.json();
+    let p = tree_problems(tree_report(&r, "/usr/src/amdgpu-1.0-fifo"));
+    assert!(
+        p.contains("dkms.conf not read") && p.contains("not a regular file"),
+        "{p}"
+    );
+    let p = tree_problems(tree_report(&r, "/usr/src/amdgpu-1.0-zero"));
+    assert!(
+        p.contains("dkms.conf not read") && p.contains("symbolic link; not followed"),
+        "{p}"
+    );
+    let p = tree_problems(tree_report(&r, "/usr/src/amdgpu-1.0-big"));
+    assert!(
+        p.contains("dkms.conf not read") && p.contains("10737418240 bytes"),
+        "{p}"
+    );
+    // The version then comes from the directory name.
+    assert_eq!(
+        tree_report(&r, "/usr/src/amdgpu-1.0-big")["version"],
+        "1.0-big"
+    );
+}
+
 /// The standard tree with one more md5sums line.
 fn with_md5sums_line(line: &[u8]) -> Fixture {
     let fx = Fixture::new();
