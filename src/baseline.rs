@@ -97,8 +97,12 @@ pub fn parse_line(line: &[u8]) -> std::result::Result<(Digest, PathBuf), String>
     } else {
         raw.to_vec()
     };
-    let path = safe_relative(Path::new(OsStr::from_bytes(&name)))
-        .ok_or_else(|| format!("unsafe or empty path '{}'", String::from_utf8_lossy(&name)))?;
+    let path = safe_relative(Path::new(OsStr::from_bytes(&name))).ok_or_else(|| {
+        format!(
+            "unsafe or empty path '{}'",
+            crate::reference::shown_excerpt(&name)
+        )
+    })?;
     Ok((digest, path))
 }
 
@@ -110,13 +114,12 @@ pub fn load_manifest(
     skipped: &mut Vec<Skipped>,
 ) -> Result<Option<Vec<(PathBuf, Digest)>>> {
     let path = manifest_path(root, tree);
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io(&path, e)),
+    let Some(bytes) = crate::content::read_reference(&path)? else {
+        return Ok(None);
     };
     let prefix = tree.dpkg_prefix();
     let mut out = Vec::new();
+    let mut skips = crate::reference::SkipList::new(&path);
     for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
         if line.is_empty() {
             continue;
@@ -127,11 +130,7 @@ pub fn load_manifest(
                     out.push((rel.to_path_buf(), digest));
                 }
             }
-            Err(message) if opts.lenient => skipped.push(Skipped {
-                file: path.clone(),
-                line: i + 1,
-                message,
-            }),
+            Err(message) if opts.lenient => skips.push(i + 1, message),
             Err(message) => {
                 return Err(Error::malformed(
                     &path,
@@ -141,6 +140,7 @@ pub fn load_manifest(
             }
         }
     }
+    skips.finish(skipped);
     Ok(Some(out))
 }
 

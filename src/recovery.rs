@@ -245,7 +245,15 @@ fn blacklist_notes(root: &Root) -> Vec<String> {
                 .is_some_and(|l| l.split(',').any(|m| m == "amdgpu"))
         })
     };
-    if let Ok(cmdline) = std::fs::read_to_string(root.path("/proc/cmdline")) {
+    // Files of the audited system: regular files only, never a FIFO or a link to
+    // /dev/zero that would hang or fill the memory.
+    let read = |p: &Path| {
+        crate::content::read_reference(p)
+            .ok()
+            .flatten()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+    };
+    if let Some(cmdline) = read(&root.path("/proc/cmdline")) {
         if has_param(&cmdline) {
             notes.push(
                 "this boot has modprobe.blacklist=amdgpu on the kernel line: amdgpu is not loaded now. \
@@ -254,7 +262,7 @@ fn blacklist_notes(root: &Root) -> Vec<String> {
             );
         }
     }
-    if let Ok(grub) = std::fs::read_to_string(root.path("/etc/default/grub")) {
+    if let Some(grub) = read(&root.path("/etc/default/grub")) {
         if grub
             .lines()
             .any(|l| !l.trim_start().starts_with('#') && has_param(l))
@@ -271,7 +279,7 @@ fn blacklist_notes(root: &Root) -> Vec<String> {
         let mut files: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
         files.sort();
         for f in files {
-            let Ok(text) = std::fs::read_to_string(&f) else {
+            let Some(text) = read(&f) else {
                 continue;
             };
             if text.lines().any(|l| {

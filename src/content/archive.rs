@@ -39,10 +39,9 @@ const ZSTD_WINDOW_LOG_MAX: u32 = 27;
 /// The version of an installed package according to dpkg's status file.
 pub fn installed_version(root: &Root, package: &str) -> Result<Option<String>> {
     let path = root.path(STATUS_FILE);
-    let text = match std::fs::read(&path) {
-        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io(&path, e)),
+    let text = match super::read_reference(&path)? {
+        Some(b) => String::from_utf8_lossy(&b).into_owned(),
+        None => return Ok(None),
     };
     let mut fallback = None;
     for stanza in text.split("\n\n") {

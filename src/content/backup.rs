@@ -439,7 +439,7 @@ fn dpkg_md5_of(root: &Root, wanted: &[PathBuf]) -> BTreeMap<PathBuf, (String, Di
         .collect();
     lists.sort();
     for list in lists {
-        let Ok(bytes) = std::fs::read(&list) else {
+        let Ok(Some(bytes)) = super::read_reference(&list) else {
             continue;
         };
         let pkg = list.file_stem().unwrap_or_default().to_string_lossy();

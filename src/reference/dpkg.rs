@@ -38,7 +38,7 @@ pub fn parse_line(line: &[u8]) -> std::result::Result<Md5Line, String> {
     }
     let raw = &line[34..];
     let path = safe_relative(Path::new(OsStr::from_bytes(raw)))
-        .ok_or_else(|| format!("unsafe or empty path '{}'", String::from_utf8_lossy(raw)))?;
+        .ok_or_else(|| format!("unsafe or empty path '{}'", super::shown_excerpt(raw)))?;
     Ok(Md5Line { digest, path })
 }
 
@@ -56,7 +56,7 @@ pub fn find_owner(root: &Root, tree: &Tree) -> Result<Option<String>> {
     };
     let lists = |bytes: &[u8]| bytes.windows(needle.len()).any(|w| w == needle.as_slice());
     for pkg in LIKELY_OWNERS {
-        if let Ok(bytes) = std::fs::read(md5sums_path(root, pkg)) {
+        if let Ok(Some(bytes)) = crate::content::read_reference(&md5sums_path(root, pkg)) {
             if lists(&bytes) {
                 return Ok(Some(pkg.to_string()));
             }
@@ -74,7 +74,7 @@ pub fn find_owner(root: &Root, tree: &Tree) -> Result<Option<String>> {
         .collect();
     candidates.sort();
     for path in candidates {
-        if let Ok(bytes) = std::fs::read(&path) {
+        if let Ok(Some(bytes)) = crate::content::read_reference(&path) {
             if lists(&bytes) {
                 let name = path.file_stem().unwrap_or_default().to_string_lossy();
                 // Multi-arch packages are named `pkg:arch.md5sums`.
@@ -93,19 +93,17 @@ pub fn load_package(
     skipped: &mut Vec<Skipped>,
 ) -> Result<Vec<Md5Line>> {
     let path = md5sums_path(root, package);
-    let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    let bytes = crate::content::read_reference(&path)?
+        .ok_or_else(|| Error::io(&path, std::io::Error::from(std::io::ErrorKind::NotFound)))?;
     let mut out = Vec::new();
+    let mut skips = super::SkipList::new(&path);
     for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
         if line.is_empty() {
             continue;
         }
         match parse_line(line) {
             Ok(l) => out.push(l),
-            Err(message) if opts.lenient => skipped.push(Skipped {
-                file: path.clone(),
-                line: i + 1,
-                message,
-            }),
+            Err(message) if opts.lenient => skips.push(i + 1, message),
             Err(message) => {
                 return Err(Error::malformed(
                     &path,
@@ -117,6 +115,7 @@ pub fn load_package(
             }
         }
     }
+    skips.finish(skipped);
     Ok(out)
 }
 

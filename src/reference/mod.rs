@@ -59,6 +59,59 @@ pub struct Skipped {
     pub message: String,
 }
 
+/// How many malformed lines of one reference file are listed one by one with
+/// `--lenient`; the rest are counted in one more entry (a file of garbage must not
+/// turn into a report of a million lines).
+pub const MAX_SKIPPED_LISTED: usize = 20;
+
+/// Collects the malformed lines of one reference file, up to [`MAX_SKIPPED_LISTED`].
+pub struct SkipList {
+    file: PathBuf,
+    listed: Vec<Skipped>,
+    more: usize,
+    first_more: usize,
+}
+
+impl SkipList {
+    pub fn new(file: &Path) -> SkipList {
+        SkipList {
+            file: file.to_path_buf(),
+            listed: Vec::new(),
+            more: 0,
+            first_more: 0,
+        }
+    }
+
+    pub fn push(&mut self, line: usize, message: String) {
+        if self.listed.len() < MAX_SKIPPED_LISTED {
+            self.listed.push(Skipped {
+                file: self.file.clone(),
+                line,
+                message,
+            });
+        } else {
+            if self.more == 0 {
+                self.first_more = line;
+            }
+            self.more += 1;
+        }
+    }
+
+    pub fn finish(self, out: &mut Vec<Skipped>) {
+        out.extend(self.listed);
+        if self.more > 0 {
+            out.push(Skipped {
+                file: self.file,
+                line: self.first_more,
+                message: format!(
+                    "and {} more malformed line(s) from here on, not listed one by one",
+                    self.more
+                ),
+            });
+        }
+    }
+}
+
 /// Everything known about the clean state of one tree.
 #[derive(Debug, Clone, Default)]
 pub struct TreeReferences {
@@ -125,6 +178,19 @@ pub fn load(root: &Root, tree: &Tree, opts: LoadOptions) -> Result<TreeReference
     }
     refs.kinds = kinds;
     Ok(refs)
+}
+
+/// At most this much of a malformed line is quoted in a message.
+const EXCERPT: usize = 120;
+
+/// A piece of a reference file quoted in a message: lossy UTF-8, cut after
+/// [`EXCERPT`] characters (a line of garbage can be megabytes long).
+pub fn shown_excerpt(raw: &[u8]) -> String {
+    let text = String::from_utf8_lossy(raw);
+    match text.char_indices().nth(EXCERPT) {
+        Some((i, _)) => format!("{}... ({} bytes)", &text[..i], raw.len()),
+        None => text.into_owned(),
+    }
 }
 
 /// Accepts a path from a reference file only if it is relative and stays inside the

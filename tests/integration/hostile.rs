@@ -278,6 +278,75 @@ fn reference_entries_that_escape_or_hold_nul_are_rejected_with_file_and_line() {
 }
 
 #[test]
+fn reference_files_of_100_mb_of_garbage_give_one_line_and_bounded_memory() {
+    // Deterministic garbage: bytes of a xorshift generator, with newlines as they fall.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let garbage: Vec<u8> = (0..100 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    let fx = Fixture::new();
+    fx.amdgpu_tree();
+    let sums = fx.path("var/lib/dpkg/info/amdgpu-dkms.md5sums");
+    let mut bytes = std::fs::read(&sums).unwrap();
+    bytes.extend_from_slice(&garbage);
+    std::fs::write(&sums, &bytes).unwrap();
+
+    let run = run_bounded(&fx, &["scan"]);
+    run.expect_code(2);
+    let err = run.stderr();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("amdgpu-dkms.md5sums:6: "), "{err}");
+    assert!(err.len() < 1024, "an error line of {} bytes", err.len());
+
+    let run = run_bounded(&fx, &["--format", "json", "scan", "--lenient"]);
+    let r = run.json();
+    let skipped: Vec<_> = r["trees"][0]["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p.as_str().unwrap().contains("skipped"))
+        .collect();
+    assert_eq!(skipped.len(), 21, "{skipped:#?}");
+    assert!(
+        skipped[20]
+            .as_str()
+            .unwrap()
+            .contains("more malformed line(s) from here on, not listed one by one"),
+        "{skipped:#?}"
+    );
+    assert!(
+        run.stdout().len() < 64 * 1024,
+        "{} bytes of report",
+        run.stdout().len()
+    );
+    assert_eq!(r["summary"]["ok"], 5);
+
+    // The same garbage as a baseline manifest.
+    let fx = Fixture::new();
+    fx.amdgpu_tree();
+    let dir = Path::new(TREE)
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    fx.write(
+        &format!("var/lib/kfd-audit/baseline/{dir}/manifest.sha256"),
+        &garbage,
+    );
+    let run = run_bounded(&fx, &["scan"]);
+    run.expect_code(2);
+    let err = run.stderr();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("manifest.sha256:1: "), "{err}");
+}
+
+#[test]
 fn fifos_sockets_and_device_nodes_are_reported_not_read() {
     let fx = Fixture::new();
     fx.amdgpu_tree();
@@ -451,6 +520,47 @@ fn a_hundred_thousand_small_files_scan_in_bounded_memory() {
     assert_eq!(
         std::fs::read(tree_path(&fx, "amd/gen/d7/f7.c")).unwrap(),
         b"int f7_7;\n"
+    );
+}
+
+#[test]
+fn a_ten_megabyte_line_is_diffed_and_quoted_in_bounded_memory() {
+    let fx = Fixture::new();
+    fx.amdgpu_tree();
+    let long = "x".repeat(10 << 20);
+    fx.write(&format!("{TREE}/amd/amdkfd/kfd_crat.c.orig"), CRAT_C);
+    fx.write(
+        &format!("{TREE}/amd/amdkfd/kfd_crat.c"),
+        format!("{CRAT_C}// {long}\n"),
+    );
+    let run = run_bounded(&fx, &["--format", "json", "scan", "--diff"]);
+    run.expect_code(1);
+    let r = run.json();
+    let diff = json_file(&r, "amd/amdkfd/kfd_crat.c").unwrap()["diff"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(diff.contains(&format!("\n+// {long}\n")), "no added line");
+    let run = run_bounded(&fx, &["diff", "amd/amdkfd/kfd_crat.c"]);
+    run.expect_code(1);
+    assert!(run.stdout().contains(&format!("\n+// {long}\n")));
+
+    // A 10 MB line in dpkg's md5sums: one error line, not 10 MB of it.
+    let sums = fx.path("var/lib/dpkg/info/amdgpu-dkms.md5sums");
+    let mut bytes = std::fs::read(&sums).unwrap();
+    bytes.extend_from_slice(format!("{}  {TREE}/../{long}\n", md5_hex(b"")).as_bytes());
+    std::fs::write(&sums, bytes).unwrap();
+    let run = run_bounded(&fx, &["scan"]);
+    run.expect_code(2);
+    let err = run.stderr();
+    assert!(err.len() < 1024, "an error line of {} bytes", err.len());
+    assert!(
+        err.contains("amdgpu-dkms.md5sums:6: unsafe or empty path"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("... ({} bytes)", TREE.len() + 4 + long.len())),
+        "{err}"
     );
 }
 
