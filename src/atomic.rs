@@ -282,14 +282,30 @@ impl TreeFile {
             }
             Err(e) => return Err(Error::io(&self.path, e)),
         };
-        let mut f = File::from(fd);
+        let f = File::from(fd);
         let meta = f.metadata().map_err(|e| Error::io(&self.path, e))?;
         if !meta.is_file() {
             return Err(refused(&self.path, "is not a regular file; refused"));
         }
+        // Only source files are read whole: a huge (or sparse) file in their place is
+        // not copied into memory or into the quarantine.
+        let limit = crate::content::MAX_SOURCE_FILE;
+        let too_large = |size: u64| {
+            refused(
+                &self.path,
+                format!("{size} bytes, more than a source file may have ({limit}); not read, not copied to the quarantine, not replaced: move it away by hand, then run again"),
+            )
+        };
+        if meta.len() > limit {
+            return Err(too_large(meta.len()));
+        }
         let mut bytes = Vec::with_capacity(meta.len() as usize);
-        f.read_to_end(&mut bytes)
+        f.take(limit + 1)
+            .read_to_end(&mut bytes)
             .map_err(|e| Error::io(&self.path, e))?;
+        if bytes.len() as u64 > limit {
+            return Err(too_large(bytes.len() as u64));
+        }
         Ok(Some(bytes))
     }
 

@@ -114,6 +114,11 @@ pub struct TreeArgs {
     /// Report malformed reference lines and skip them instead of stopping
     #[arg(long)]
     pub lenient: bool,
+
+    /// Do not hash files larger than SIZE (bytes, or 512M, 2G...); they are reported
+    /// as unreadable [default: 1G]
+    #[arg(long, value_name = "SIZE", value_parser = scan::parse_size)]
+    pub max_file_size: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -217,6 +222,7 @@ fn cmd_scan(cli: &Cli, args: &ScanArgs, out: &mut dyn Write) -> anyhow::Result<O
         },
         clean_content: true,
         diff: args.diff,
+        max_file_size: args.trees.max_file_size,
     };
     let rules = crate::rules_cli::load(&cli.rules)?;
     let mut scans = scan_all(&root, &trees, &opts)?;

@@ -425,6 +425,7 @@ pub fn cmd(
                 t,
                 &ScanOptions {
                     refs: opts,
+                    max_file_size: tree_args.max_file_size,
                     ..ScanOptions::default()
                 },
             )?;
@@ -444,7 +445,10 @@ pub fn cmd(
     } else {
         for p in paths {
             for (i, rel) in resolve(&root, &trees, &refs, p)? {
-                let status = status_of(&trees[i], &refs[i], &rel);
+                let max = tree_args
+                    .max_file_size
+                    .unwrap_or(scan::DEFAULT_MAX_FILE_SIZE);
+                let status = status_of(&trees[i], &refs[i], &rel, max);
                 let list = targets.entry(i).or_default();
                 if !list.iter().any(|t| t.rel == rel) {
                     list.push(Target { rel, status });
@@ -575,7 +579,7 @@ pub fn cmd(
 }
 
 /// The status of one file, judged like the scan does (without walking the tree).
-fn status_of(tree: &Tree, refs: &TreeReferences, rel: &Path) -> FileStatus {
+fn status_of(tree: &Tree, refs: &TreeReferences, rel: &Path, max_size: u64) -> FileStatus {
     let host = tree.host_path.join(rel);
     let meta = std::fs::symlink_metadata(&host);
     match (refs.get(rel), meta) {
@@ -584,6 +588,7 @@ fn status_of(tree: &Tree, refs: &TreeReferences, rel: &Path) -> FileStatus {
         (_, Ok(m)) if !m.is_file() => FileStatus::Unreadable,
         (None, Ok(_)) if refs.is_empty() => FileStatus::Unverified,
         (None, Ok(_)) => FileStatus::Added,
+        (Some(_), Ok(m)) if m.len() > max_size => FileStatus::Unreadable,
         (Some(exp), Ok(_)) => match crate::content::digest_file(&host, exp.digest.algorithm()) {
             Ok(d) if d == exp.digest => FileStatus::Ok,
             Ok(_) => FileStatus::Modified,

@@ -1276,6 +1276,7 @@ pub fn cmd_plan(cli: &Cli, args: &PlanArgs, out: &mut dyn Write) -> anyhow::Resu
         refs: LoadOptions {
             lenient: args.trees.lenient,
         },
+        max_file_size: args.trees.max_file_size,
         ..ScanOptions::default()
     };
     let scans: Vec<TreeScan> = trees

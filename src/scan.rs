@@ -164,6 +164,49 @@ pub struct ScanOptions {
     pub clean_content: bool,
     /// Also diff each modified file against its clean content (implies clean_content).
     pub diff: bool,
+    /// Files larger than this are not hashed (`None`: [`DEFAULT_MAX_FILE_SIZE`]).
+    pub max_file_size: Option<u64>,
+}
+
+/// Largest file the scan hashes unless told otherwise (`--max-file-size`). The
+/// largest amdgpu source files are a few megabytes; a sparse file can claim
+/// terabytes, and hashing it would take hours.
+pub const DEFAULT_MAX_FILE_SIZE: u64 = 1 << 30;
+
+impl ScanOptions {
+    pub fn max_file_size(&self) -> u64 {
+        self.max_file_size.unwrap_or(DEFAULT_MAX_FILE_SIZE)
+    }
+}
+
+/// Parses a size as `--max-file-size` takes it: bytes, or with a K, M, G or T
+/// suffix (powers of 1024; `KiB`, `MB` and the like are read the same way).
+pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size (e.g. 1073741824, 512M, 2G)"))?;
+    let shift = match unit
+        .trim()
+        .to_ascii_uppercase()
+        .trim_end_matches(['B', 'I'])
+    {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => {
+            return Err(format!(
+                "'{text}' is not a size (e.g. 1073741824, 512M, 2G)"
+            ))
+        }
+    };
+    n.checked_mul(1u64 << shift)
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("'{text}' is not a usable size"))
 }
 
 /// Turns the user's `--scope` into a tree-relative prefix: `amdkfd` is short for
@@ -286,7 +329,7 @@ pub fn open_nofollow(path: &Path) -> std::io::Result<File> {
     Ok(file)
 }
 
-fn judge(tree: &Tree, refs: &TreeReferences, entry: &WalkEntry) -> FileResult {
+fn judge(tree: &Tree, refs: &TreeReferences, entry: &WalkEntry, max_size: u64) -> FileResult {
     let expected = refs.get(&entry.rel);
     let mut r = FileResult::new(entry.rel.clone(), FileStatus::Unverified);
     r.reference = expected.map(|e| e.kind);
@@ -317,10 +360,31 @@ fn judge(tree: &Tree, refs: &TreeReferences, entry: &WalkEntry) -> FileResult {
                 r.size = std::fs::symlink_metadata(&host).ok().map(|m| m.len());
                 return r;
             };
-            let hashed = open_nofollow(&host)
-                .and_then(|f| hash::digest_reader(f, &[exp.digest.algorithm()]));
+            let too_large = |size: u64| {
+                format!(
+                    "{size} bytes, more than --max-file-size ({max_size} bytes); not hashed. \
+                     No driver source file is this large: see what it is, or pass a larger --max-file-size to hash it"
+                )
+            };
+            let hashed = open_nofollow(&host).and_then(|f| {
+                let len = f.metadata()?.len();
+                if len > max_size {
+                    return Ok(Err(len));
+                }
+                // A file that grows while it is read stops being read at the limit.
+                let (d, n) = hash::digest_reader(
+                    std::io::Read::take(f, max_size + 1),
+                    &[exp.digest.algorithm()],
+                )?;
+                Ok(if n > max_size { Err(n) } else { Ok((d, n)) })
+            });
             match hashed {
-                Ok((mut digests, size)) => {
+                Ok(Err(size)) => {
+                    r.status = FileStatus::Unreadable;
+                    r.size = Some(size);
+                    r.detail = Some(too_large(size));
+                }
+                Ok(Ok((mut digests, size))) => {
                     let actual = digests.remove(0);
                     r.status = if actual == exp.digest {
                         FileStatus::Ok
@@ -346,7 +410,10 @@ pub fn scan_tree(root: &Root, tree: &Tree, opts: &ScanOptions) -> Result<TreeSca
     let scope = opts.scope.as_deref();
     let entries = walk(tree, scope);
     // Hash in parallel; collect() keeps the walk's order, so output is deterministic.
-    let mut files: Vec<FileResult> = entries.par_iter().map(|e| judge(tree, &refs, e)).collect();
+    let mut files: Vec<FileResult> = entries
+        .par_iter()
+        .map(|e| judge(tree, &refs, e, opts.max_file_size()))
+        .collect();
     let present: BTreeSet<&Path> = entries.iter().map(|e| e.rel.as_path()).collect();
     let mut missing = Vec::new();
     for (rel, exp) in &refs.entries {
@@ -391,6 +458,18 @@ pub fn scan_tree(root: &Root, tree: &Tree, opts: &ScanOptions) -> Result<TreeSca
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1073741824"), Ok(1 << 30));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("3g"), Ok(3 << 30));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("1P").is_err());
+        assert!(parse_size("G").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
 
     #[test]
     fn scope_shorthands() {

@@ -282,6 +282,7 @@ pub fn restore(cli: &Cli, args: &RestoreArgs, out: &mut dyn Write) -> anyhow::Re
         refs: LoadOptions {
             lenient: args.trees.lenient,
         },
+        max_file_size: args.trees.max_file_size,
         ..ScanOptions::default()
     };
     let scans: Vec<TreeScan> = trees

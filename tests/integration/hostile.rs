@@ -347,6 +347,93 @@ fn reference_files_of_100_mb_of_garbage_give_one_line_and_bounded_memory() {
 }
 
 #[test]
+fn a_huge_sparse_file_is_not_hashed_past_the_limit_nor_read_into_memory() {
+    let fx = Fixture::new();
+    fx.amdgpu_tree();
+    // Listed by dpkg (with the md5 of the real file), unlisted, and a huge "backup".
+    sparse(&tree_path(&fx, "amd/amdkfd/kfd_crat.c"), 10 * GIB);
+    sparse(&tree_path(&fx, "amd/amdkfd/huge.bin"), 10 * GIB);
+    sparse(&tree_path(&fx, "Makefile.bak"), 10 * GIB);
+
+    let run = run_bounded(&fx, &["--format", "json", "scan"]);
+    run.expect_code(1);
+    let r = run.json();
+    let f = json_file(&r, "amd/amdkfd/kfd_crat.c").unwrap();
+    assert_eq!(f["status"], "unreadable", "{f:#}");
+    let detail = f["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with(
+            "10737418240 bytes, more than --max-file-size (1073741824 bytes); not hashed"
+        ),
+        "{detail}"
+    );
+    let huge = json_file(&r, "amd/amdkfd/huge.bin").unwrap();
+    assert_eq!(huge["status"], "added");
+    let mk = json_file(&r, "Makefile").unwrap();
+    let bak = &mk["backups"][0];
+    assert_eq!(bak["path"], "Makefile.bak");
+    assert_eq!(bak["verdict"], "unverified");
+    assert!(
+        bak["detail"]
+            .as_str()
+            .unwrap()
+            .contains("10737418240 bytes, more than"),
+        "{bak:#}"
+    );
+
+    // Restore refuses the file it could not judge and touches nothing.
+    fx.write(&format!("{TREE}/amd/amdkfd/kfd_crat.c.orig"), CRAT_C);
+    let run = run_bounded(&fx, &["restore", "--yes"]);
+    run.expect_code(1);
+    assert!(
+        run.stdout()
+            .contains("kfd_crat.c: unreadable (10737418240 bytes"),
+        "{}",
+        run.stdout()
+    );
+    let len = std::fs::metadata(tree_path(&fx, "amd/amdkfd/kfd_crat.c"))
+        .unwrap()
+        .len();
+    assert_eq!(len, 10 * GIB);
+    assert!(!fx.path("var/lib/kfd-audit/quarantine").exists());
+
+    // With a higher limit a listed file is hashed, in bounded memory, and found
+    // modified; restore still refuses to read it whole into memory.
+    sparse(&tree_path(&fx, "amd/amdkfd/kfd_crat.c"), 2 * GIB);
+    let run = run_bounded(&fx, &["--format", "json", "scan", "--max-file-size", "3G"]);
+    run.expect_code(1);
+    let r = run.json();
+    let f = json_file(&r, "amd/amdkfd/kfd_crat.c").unwrap();
+    assert_eq!(f["status"], "modified", "{f:#}");
+    assert_eq!(f["actual"].as_str().unwrap().len(), 32, "{f:#}");
+    assert_ne!(f["actual"], f["expected"], "{f:#}");
+    let run = run_bounded(
+        &fx,
+        &[
+            "--format",
+            "json",
+            "restore",
+            "--yes",
+            "--max-file-size",
+            "3G",
+        ],
+    );
+    run.expect_code(1);
+    let r = run.json();
+    let reason = r["result"]["not_restored"][0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("2147483648 bytes, more than a source file may have"),
+        "{r:#}"
+    );
+    assert_eq!(
+        std::fs::metadata(tree_path(&fx, "amd/amdkfd/kfd_crat.c"))
+            .unwrap()
+            .len(),
+        2 * GIB
+    );
+}
+
+#[test]
 fn fifos_sockets_and_device_nodes_are_reported_not_read() {
     let fx = Fixture::new();
     fx.amdgpu_tree();
