@@ -153,7 +153,9 @@ pub fn locate_data(file: &mut File) -> std::result::Result<DataMember, String> {
         let size: u64 = std::str::from_utf8(&header[48..58])
             .ok()
             .and_then(|s| s.trim().parse().ok())
-            .ok_or_else(|| format!("corrupt: bad size in the header of member '{name}'"))?;
+            .ok_or_else(|| {
+                format!("corrupt: bad size in the header of member '{name}' at byte {offset}")
+            })?;
         let data = offset + AR_HEADER;
         if data + size > len {
             return Err(format!(
@@ -184,8 +186,43 @@ pub fn locate_data(file: &mut File) -> std::result::Result<DataMember, String> {
     }
 }
 
+/// The least data.tar may always expand to; see [`expansion_limit`].
+const MIN_EXPANSION: u64 = 1 << 30;
+/// How many times its compressed size data.tar may expand to beyond that. Source
+/// code compresses about ten times; zeros, the stuff of decompression bombs,
+/// thousands of times.
+const MAX_RATIO: u64 = 64;
+
+/// The most bytes a data.tar of `compressed` bytes is allowed to expand to, so that
+/// a decompression bomb is stopped after a bounded time.
+pub fn expansion_limit(compressed: u64) -> u64 {
+    compressed.saturating_mul(MAX_RATIO).max(MIN_EXPANSION)
+}
+
+/// Counts the bytes read through it, and fails once more than `limit` were read.
+struct Counted<R> {
+    inner: R,
+    count: std::rc::Rc<std::cell::Cell<u64>>,
+    limit: u64,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let total = self.count.get() + n as u64;
+        self.count.set(total);
+        if total > self.limit {
+            return Err(std::io::Error::other("expansion limit reached"));
+        }
+        Ok(n)
+    }
+}
+
 /// Streams the regular files of a `.deb`'s data.tar: `visit` gets each member's
 /// root-relative path and a reader over its bytes, and returns `false` to stop early.
+/// Members that are not regular files (links, devices) or whose path is absolute or
+/// climbs with `..` are never handed out. Errors name the byte offset where the
+/// archive went wrong.
 pub fn for_each_member(
     path: &Path,
     visit: &mut dyn FnMut(&Path, u64, &mut dyn Read) -> std::io::Result<bool>,
@@ -194,7 +231,12 @@ pub fn for_each_member(
     let data = locate_data(&mut file)?;
     file.seek(SeekFrom::Start(data.offset))
         .map_err(|e| format!("cannot read: {e}"))?;
-    let raw = file.take(data.size);
+    let consumed = std::rc::Rc::new(std::cell::Cell::new(0u64));
+    let raw = Counted {
+        inner: file.take(data.size),
+        count: consumed.clone(),
+        limit: u64::MAX,
+    };
     let reader: Box<dyn Read> = match data.compression {
         Compression::None => Box::new(std::io::BufReader::new(raw)),
         Compression::Xz => {
@@ -214,7 +256,32 @@ pub fn for_each_member(
         }
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(raw)),
     };
-    let corrupt = |e: std::io::Error| format!("corrupt {}: {e}", data.name);
+    let limit = if data.compression == Compression::None {
+        data.size
+    } else {
+        expansion_limit(data.size)
+    };
+    let expanded = std::rc::Rc::new(std::cell::Cell::new(0u64));
+    let reader = Counted {
+        inner: reader,
+        count: expanded.clone(),
+        limit,
+    };
+    let corrupt = |e: std::io::Error| {
+        if expanded.get() > limit {
+            format!(
+                "{} expands to more than {limit} bytes from {} compressed ({MAX_RATIO} times, and at least {MIN_EXPANSION} bytes, is the most a package archive is allowed): a decompression bomb or not a package archive; stopped reading it",
+                data.name, data.size
+            )
+        } else {
+            format!(
+                "corrupt {} at byte {} of the uncompressed tar (byte {} of the file): {e}",
+                data.name,
+                expanded.get(),
+                data.offset + consumed.get()
+            )
+        }
+    };
     let mut tar = tar::Archive::new(reader);
     for entry in tar.entries().map_err(corrupt)? {
         let mut entry = entry.map_err(corrupt)?;

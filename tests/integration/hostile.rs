@@ -699,6 +699,89 @@ fn padded(data: &[u8]) -> Vec<u8> {
     v
 }
 
+/// The standard tree with kfd_crat.c patched, dpkg saying the package is installed,
+/// and `deb` as its archive in apt's cache.
+fn tree_with_archive(deb: &[u8]) -> Fixture {
+    let fx = Fixture::new();
+    fx.amdgpu_tree();
+    fx.dpkg_status("amdgpu-dkms", VERSION);
+    fx.write(
+        &format!("{TREE}/amd/amdkfd/kfd_crat.c"),
+        format!("{CRAT_C}flags |= HSA_MEM_FLAGS_HOT_PLUGGABLE;\n"),
+    );
+    fx.write(
+        &format!("var/cache/apt/archives/amdgpu-dkms_{VERSION}_all.deb"),
+        deb,
+    );
+    fx
+}
+
+#[test]
+fn decompression_bombs_in_the_package_archive_are_stopped_and_reported() {
+    // 127 members' worth of zeros (8128 MiB) before the clean kfd_crat.c: a reader
+    // without a bound would decompress all of it, then serve the file.
+    const CHUNK: usize = 64 << 20;
+    const CHUNKS: u64 = 127;
+    let zeros = vec![0u8; CHUNK];
+    let head = tar_header(
+        format!("./{TREE}/amd/amdkfd/zeros.bin").as_bytes(),
+        CHUNK as u64 * CHUNKS,
+        tar::EntryType::Regular,
+        None,
+    );
+    let mut tail = tar_header(
+        format!("./{TREE}/amd/amdkfd/kfd_crat.c").as_bytes(),
+        CRAT_C.len() as u64,
+        tar::EntryType::Regular,
+        None,
+    )
+    .to_vec();
+    tail.extend_from_slice(&padded(CRAT_C.as_bytes()));
+    tail.extend_from_slice(&[0u8; 1024]);
+
+    type Compress = fn(&[u8]) -> Vec<u8>;
+    let kinds: [(&str, Compress); 3] = [
+        ("data.tar.zst", |d| zstd::bulk::compress(d, 3).unwrap()),
+        ("data.tar.xz", |d| {
+            use std::io::Write;
+            let mut e = liblzma::write::XzEncoder::new(Vec::new(), 1);
+            e.write_all(d).unwrap();
+            e.finish().unwrap()
+        }),
+        ("data.tar.gz", |d| {
+            use std::io::Write;
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+            e.write_all(d).unwrap();
+            e.finish().unwrap()
+        }),
+    ];
+    for (name, compress) in kinds {
+        // Concatenated frames (streams, members) decode as one stream.
+        let mut data = compress(&head);
+        let z = compress(&zeros);
+        for _ in 0..CHUNKS {
+            data.extend_from_slice(&z);
+        }
+        data.extend_from_slice(&compress(&tail));
+        let fx = tree_with_archive(&deb(name, &data));
+        let run = run_bounded(&fx, &["--format", "json", "scan"]);
+        run.expect_code(1);
+        let r = run.json();
+        let p = problems(&r);
+        assert!(
+            p.contains(&format!(
+                "{name} expands to more than {} bytes from {} compressed",
+                (data.len() as u64 * 64).max(GIB),
+                data.len()
+            )) && p.contains("a decompression bomb or not a package archive; stopped reading it"),
+            "{name}: {p}"
+        );
+        let f = json_file(&r, "amd/amdkfd/kfd_crat.c").unwrap();
+        assert_eq!(f["status"], "modified");
+        assert!(f.get("clean").is_none(), "{name}: {f:#}");
+    }
+}
+
 #[test]
 fn archive_members_that_escape_or_are_links_are_never_used() {
     let fx = Fixture::new();
