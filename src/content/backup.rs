@@ -154,6 +154,11 @@ impl SiblingBackups {
     /// on its path (`amd/amdkfd.bak/kfd_crat.c`). Symlinks are never taken.
     pub fn find(&self, rel: &Path) -> Vec<PathBuf> {
         let mut found = BTreeSet::new();
+        // A directory of the tree swapped for a link to elsewhere: what is over there
+        // is not a backup in the tree, and is not read.
+        if !real_dirs(&self.tree_dir, rel.parent().unwrap_or(Path::new(""))) {
+            return Vec::new();
+        }
         let host = self.tree_dir.join(rel);
         if let (Some(dir), Some(name)) = (host.parent(), rel.file_name()) {
             for other in list_dir(dir) {
@@ -180,13 +185,30 @@ impl SiblingBackups {
                     continue;
                 }
                 let copy_dir = self.tree_dir.join(&parent).join(&other);
-                if is_real_dir(&copy_dir) && is_regular(&copy_dir.join(&rest)) {
+                if is_real_dir(&copy_dir)
+                    && real_dirs(&copy_dir, rest.parent().unwrap_or(Path::new("")))
+                    && is_regular(&copy_dir.join(&rest))
+                {
                     found.insert(parent.join(&other).join(&rest));
                 }
             }
         }
         found.into_iter().collect()
     }
+}
+
+/// Whether every directory from `base` down through `rel` is a real directory, not
+/// a symlink to one.
+fn real_dirs(base: &Path, rel: &Path) -> bool {
+    let mut here = base.to_path_buf();
+    rel.components().all(|c| match c {
+        Component::Normal(p) => {
+            here.push(p);
+            is_real_dir(&here)
+        }
+        Component::CurDir => true,
+        _ => false,
+    })
 }
 
 fn list_dir(dir: &Path) -> Vec<std::ffi::OsString> {

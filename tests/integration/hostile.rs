@@ -838,3 +838,27 @@ fn archive_members_that_escape_or_are_links_are_never_used() {
     assert_eq!(before, listing(fx.root()), "something was written");
 }
 
+#[test]
+fn a_directory_swapped_for_a_symlink_after_the_plan_is_refused_and_nothing_is_written_outside() {
+    let s = Scenario::new(3);
+    let run = s.run(&["--format", "json", "restore", "--dry-run"]);
+    run.expect_code(1);
+    assert_eq!(run.json()["summary"]["restore"], 3);
+    // Between the plan and the restore, amd/amdkfd becomes a link to a copy elsewhere.
+    let kfd = s.fx.path(&format!("{TREE}/amd/amdkfd"));
+    let outside = s.fx.path("elsewhere/amdkfd");
+    std::fs::create_dir_all(outside.parent().unwrap()).unwrap();
+    std::fs::rename(&kfd, &outside).unwrap();
+    std::os::unix::fs::symlink(&outside, &kfd).unwrap();
+    let before = listing(&outside);
+    let run = bounded(s.command(&["--format", "json", "restore", "--yes"], &[]));
+    run.expect_code(1);
+    let r = run.json();
+    // Nothing is planned through the link: not even the backups over there are read.
+    assert_eq!(r["summary"]["restore"], 0, "{r:#}");
+    assert_eq!(r["summary"]["no_source"], 3, "{r:#}");
+    assert_eq!(r["trees"][0]["kept"], serde_json::json!(["amd/amdkfd"]));
+    assert_eq!(before, listing(&outside));
+    assert!(!s.state().join("quarantine").exists());
+}
+
