@@ -1,6 +1,8 @@
 //! Test failpoints: `KFD_AUDIT_FAILPOINT=<step>:<n>` kills the process with SIGKILL
 //! at the n-th time it reaches `<step>`; `<step>:<n>:error` makes that step fail
-//! with "No space left on device" instead. Unset (always, outside tests) it costs
+//! with "No space left on device" instead; `<step>:<n>:stop` stops the process
+//! (SIGSTOP) there until it is sent SIGCONT, so that a test can change the tree at
+//! that exact moment (a directory swapped for a symlink mid-restore). Unset (always, outside tests) it costs
 //! one environment lookup per process and does nothing.
 //!
 //! The steps of one restored file, in order: `source-verified`, `quarantine-temp-written`,
@@ -15,18 +17,25 @@ struct Failpoint {
     step: String,
     nth: usize,
     error: bool,
+    stop: bool,
 }
 
 fn parse(spec: &str) -> Option<Failpoint> {
     let mut parts = spec.split(':');
     let step = parts.next()?.trim().to_string();
     let nth = parts.next().map_or(Some(1), |n| n.trim().parse().ok())?;
-    let error = match parts.next() {
-        None => false,
-        Some("error") => true,
+    let (error, stop) = match parts.next() {
+        None => (false, false),
+        Some("error") => (true, false),
+        Some("stop") => (false, true),
         Some(_) => return None,
     };
-    (!step.is_empty() && nth > 0).then_some(Failpoint { step, nth, error })
+    (!step.is_empty() && nth > 0).then_some(Failpoint {
+        step,
+        nth,
+        error,
+        stop,
+    })
 }
 
 fn configured() -> Option<&'static Failpoint> {
@@ -61,6 +70,14 @@ pub fn hit(step: &str) -> std::io::Result<()> {
     if fp.error {
         return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
     }
+    if fp.stop {
+        drop(counts);
+        // SAFETY: stopping ourselves; a SIGCONT from the test resumes right here.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGSTOP);
+        }
+        return Ok(());
+    }
     // SAFETY: raising a signal on ourselves; SIGKILL cannot be caught, like a crash.
     unsafe {
         libc::kill(libc::getpid(), libc::SIGKILL);
@@ -79,10 +96,12 @@ mod tests {
             Some(Failpoint {
                 step: "journaled".into(),
                 nth: 3,
-                error: false
+                error: false,
+                stop: false
             })
         );
         assert!(parse("replace-renamed:2:error").unwrap().error);
+        assert!(parse("source-verified:2:stop").unwrap().stop);
         assert_eq!(parse("done").unwrap().nth, 1);
         assert_eq!(parse("done:0"), None);
         assert_eq!(parse("done:x"), None);

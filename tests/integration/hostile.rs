@@ -862,3 +862,69 @@ fn a_directory_swapped_for_a_symlink_after_the_plan_is_refused_and_nothing_is_wr
     assert!(!s.state().join("quarantine").exists());
 }
 
+/// Waits until a process is stopped (state `T` in /proc/<pid>/stat).
+fn wait_stopped(pid: libc::pid_t) {
+    for _ in 0..WATCHDOG.as_millis() / 20 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat.rsplit(") ").next().and_then(|r| r.chars().next());
+        if state == Some('T') {
+            return;
+        }
+        assert!(!stat.is_empty(), "process {pid} ended before its failpoint");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("process {pid} never stopped at its failpoint");
+}
+
+#[test]
+fn a_directory_swapped_for_a_symlink_during_the_restore_is_refused() {
+    let s = Scenario::new(3);
+    let kfd = s.fx.path(&format!("{TREE}/amd/amdkfd"));
+    let outside = s.fx.path("elsewhere/amdkfd");
+    std::fs::create_dir_all(outside.parent().unwrap()).unwrap();
+    let mut swapped = None;
+    // The run stops right after verifying the second file's source, with the first
+    // file restored; the directory is swapped for a link then, and the run resumed.
+    let cmd = s.command(
+        &["--format", "json", "restore", "--yes"],
+        &[("KFD_AUDIT_FAILPOINT", "source-verified:2:stop")],
+    );
+    let run = bounded_with(cmd, |pid| {
+        wait_stopped(pid);
+        std::fs::rename(&kfd, &outside).unwrap();
+        std::os::unix::fs::symlink(&outside, &kfd).unwrap();
+        swapped = Some(listing(&outside));
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+    });
+    run.expect_code(1);
+    let r = run.json();
+    let result = &r["result"];
+    assert_eq!(result["restored"].as_array().unwrap().len(), 1, "{r:#}");
+    let not = result["not_restored"].as_array().unwrap();
+    assert_eq!(not.len(), 2, "{r:#}");
+    // The second file's source was verified before the swap: its directory is refused.
+    let reason = |i: usize| not[i]["reason"].as_str().unwrap().to_string();
+    assert!(
+        reason(0).contains(
+            "is a symbolic link or not a directory; kfd-audit never writes through a link"
+        ),
+        "{r:#}"
+    );
+    // The third file's source is looked for again, and never through the link.
+    assert!(reason(1).contains("no longer matches"), "{r:#}");
+    // Over there: the first file as restored before the swap, the others untouched.
+    assert_eq!(swapped.unwrap(), listing(&outside));
+    assert_eq!(
+        std::fs::read(outside.join("kfd_f0.c")).unwrap(),
+        s.files[0].2
+    );
+    assert_eq!(
+        std::fs::read(outside.join("kfd_f1.c")).unwrap(),
+        s.files[1].1
+    );
+    assert_eq!(
+        std::fs::read(outside.join("kfd_f2.c")).unwrap(),
+        s.files[2].1
+    );
+}
+
