@@ -359,6 +359,9 @@ fn resolve(
 pub struct DiffEntry {
     pub tree: String,
     pub path: String,
+    /// The path as bytes when it is not valid UTF-8 (`path` is then escaped).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_bytes: Option<Vec<u8>>,
     pub status: FileStatus,
     /// The reference kind of the clean content used.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -487,6 +490,7 @@ pub fn cmd(
             let mut e = DiffEntry {
                 tree: term::path(&tree.system_path),
                 path: term::path(&t.rel),
+                path_bytes: crate::report::path_bytes(&t.rel),
                 status: t.status,
                 clean_source: None,
                 clean_origin: None,

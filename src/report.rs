@@ -111,6 +111,9 @@ pub struct CleanReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct BackupReport {
     pub path: String,
+    /// The backup's name as bytes when it is not valid UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_bytes: Option<Vec<u8>>,
     pub verdict: crate::scan::BackupVerdict,
     /// The reference the backup was compared with.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -149,6 +152,13 @@ pub struct Summary {
     pub module_backups: usize,
 }
 
+/// The bytes of a path that is not valid UTF-8 (`None` when it is), for the
+/// `path_bytes` fields that carry such names losslessly in JSON.
+pub fn path_bytes(p: &Path) -> Option<Vec<u8>> {
+    let bytes = p.as_os_str().as_bytes();
+    std::str::from_utf8(bytes).is_err().then(|| bytes.to_vec())
+}
+
 fn path_fields(p: &Path) -> (String, Option<Vec<u8>>) {
     let bytes = p.as_os_str().as_bytes();
     match std::str::from_utf8(bytes) {
@@ -176,6 +186,7 @@ fn file_report(f: &FileResult) -> FileReport {
             .iter()
             .map(|b| BackupReport {
                 path: term::path(&b.path),
+                path_bytes: self::path_bytes(&b.path),
                 verdict: b.verdict,
                 reference: b.reference.map(|r| r.to_string()),
                 restorable: b.verdict == BackupVerdict::VerifiedClean,

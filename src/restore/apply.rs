@@ -188,7 +188,7 @@ fn apply_one(ctx: &mut Ctx, c: &Change, fetch: &mut Fetch) -> Step {
         new_sha256: new_sha.clone(),
         source: c.source.clone(),
         origin: c.origin.clone(),
-        quarantine: quarantine.as_ref().map(|q| q.display().to_string()),
+        quarantine: quarantine.clone(),
         mode: own.mode,
         uid: own.owner.map_or(0, |o| o.0),
         gid: own.owner.map_or(0, |o| o.1),

@@ -115,6 +115,8 @@ struct ResultJson {
 #[derive(Serialize)]
 struct RestoredJson {
     path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path_bytes: Option<Vec<u8>>,
     quarantine: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     warning: Option<String>,
@@ -123,6 +125,8 @@ struct RestoredJson {
 #[derive(Serialize)]
 struct NotRestoredJson {
     path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path_bytes: Option<Vec<u8>>,
     reason: String,
 }
 
@@ -135,6 +139,7 @@ fn result_json(r: &ApplyResult, recovery: &[String]) -> serde_json::Value {
             .iter()
             .map(|a| RestoredJson {
                 path: a.system_path.display().to_string(),
+                path_bytes: crate::report::path_bytes(&a.system_path),
                 quarantine: a.quarantine.as_ref().map(|q| q.display().to_string()),
                 warning: a.warning.clone(),
             })
@@ -144,6 +149,7 @@ fn result_json(r: &ApplyResult, recovery: &[String]) -> serde_json::Value {
             .iter()
             .map(|n| NotRestoredJson {
                 path: n.system_path.display().to_string(),
+                path_bytes: crate::report::path_bytes(&n.system_path),
                 reason: n.reason.clone(),
             })
             .collect(),
@@ -485,7 +491,7 @@ fn run_json(root: &Root, runs: &[Run], r: &Run) -> RunJson {
                     "interrupted"
                 },
                 now: undo::file_state(root, i),
-                quarantine: i.quarantine.clone(),
+                quarantine: i.quarantine.as_ref().map(|q| term::path(q)),
             })
             .collect(),
     }

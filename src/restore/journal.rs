@@ -45,6 +45,28 @@ pub mod path_repr {
     }
 }
 
+/// [`path_repr`] for an optional path.
+pub mod opt_path_repr {
+    use super::*;
+    use serde::{Deserializer, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    struct Wrapped(#[serde(with = "path_repr")] PathBuf);
+
+    pub fn serialize<S: Serializer>(
+        p: &Option<PathBuf>,
+        s: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        p.as_ref().map(|p| Wrapped(p.clone())).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> std::result::Result<Option<PathBuf>, D::Error> {
+        Ok(Option::<Wrapped>::deserialize(d)?.map(|w| w.0))
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RunKind {
@@ -80,8 +102,12 @@ pub struct Intent {
     pub source: String,
     pub origin: String,
     /// System path of the verified copy of the old file; `None` when there was none.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub quarantine: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "opt_path_repr"
+    )]
+    pub quarantine: Option<PathBuf>,
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
@@ -342,7 +368,9 @@ mod tests {
             new_sha256: sha256_hex(b"new"),
             source: "backup".into(),
             origin: "/usr/src/amdgpu-1/a.c.orig".into(),
-            quarantine: Some("/var/lib/kfd-audit/quarantine/x/usr/src/amdgpu-1/a.c".into()),
+            quarantine: Some(PathBuf::from(OsStr::from_bytes(
+                b"/var/lib/kfd-audit/quarantine/x/usr/src/amdgpu-1/a\xff.c",
+            ))),
             mode: 0o644,
             uid: 0,
             gid: 0,

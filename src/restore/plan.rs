@@ -305,6 +305,9 @@ pub struct TreePlanJson {
 #[derive(Debug, Serialize)]
 pub struct ItemJson {
     pub path: String,
+    /// The path as bytes when it is not valid UTF-8 (`path` is then lossy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_bytes: Option<Vec<u8>>,
     pub action: Action,
     pub source: ReferenceKind,
     pub origin: String,
@@ -319,6 +322,9 @@ pub struct ItemJson {
 #[derive(Debug, Serialize)]
 pub struct NoSourceJson {
     pub path: String,
+    /// The path as bytes when it is not valid UTF-8 (`path` is then lossy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_bytes: Option<Vec<u8>>,
     pub status: FileStatus,
     pub reference: Option<ReferenceKind>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -328,6 +334,9 @@ pub struct NoSourceJson {
 #[derive(Debug, Serialize)]
 pub struct RefusedJson {
     pub path: String,
+    /// The path as bytes when it is not valid UTF-8 (`path` is then lossy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_bytes: Option<Vec<u8>>,
     pub reason: String,
 }
 
@@ -373,6 +382,7 @@ impl RestorePlan {
                     .iter()
                     .map(|i| ItemJson {
                         path: text(&i.rel),
+                        path_bytes: crate::report::path_bytes(&i.rel),
                         action: i.action,
                         source: i.source,
                         origin: display_origin(root, &i.origin),
@@ -389,6 +399,7 @@ impl RestorePlan {
                     .iter()
                     .map(|n| NoSourceJson {
                         path: text(&n.rel),
+                        path_bytes: crate::report::path_bytes(&n.rel),
                         status: n.status,
                         reference: n.reference,
                         detail: n.detail.clone(),
@@ -399,6 +410,7 @@ impl RestorePlan {
                     .iter()
                     .map(|r| RefusedJson {
                         path: text(&r.rel),
+                        path_bytes: crate::report::path_bytes(&r.rel),
                         reason: r.reason.clone(),
                     })
                     .collect(),

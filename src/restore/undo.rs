@@ -91,7 +91,7 @@ pub fn plan(root: &Root, run: &Run) -> UndoPlan {
                 continue;
             }
         };
-        let q = intent.quarantine.as_deref().map(PathBuf::from);
+        let q = intent.quarantine.clone();
         let kept_at = q
             .as_ref()
             .map(|q| format!("; its version from before is kept in {}", show(q)))
@@ -174,11 +174,12 @@ pub fn apply(root: &Root, run: &Run, up: &UndoPlan) -> ApplyResult {
             .ok_or("internal: change not in the undo plan")?;
         k = pos + 1;
         let intent = intents[pos];
-        let q = intent.quarantine.as_deref().unwrap_or_default();
-        let bytes = std::fs::read(root.path(q)).map_err(|e| format!("{q}: {e}"))?;
+        let q = intent.quarantine.clone().unwrap_or_default();
+        let bytes = std::fs::read(root.path(&q)).map_err(|e| format!("{}: {e}", show(&q)))?;
         if Some(sha256_hex(&bytes)) != intent.old_sha256 {
             return Err(format!(
-                "refused: the quarantine copy {q} no longer matches the journal"
+                "refused: the quarantine copy {} no longer matches the journal",
+                show(&q)
             ));
         }
         Ok(bytes)

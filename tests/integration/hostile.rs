@@ -928,3 +928,69 @@ fn a_directory_swapped_for_a_symlink_during_the_restore_is_refused() {
     );
 }
 
+#[test]
+fn non_utf8_names_are_reported_losslessly_and_restored() {
+    let fx = Fixture::new();
+    fx.amdgpu_tree();
+    let rel: &[u8] = b"amd/amdkfd/kfd_\xff\xfe.c";
+    let host = fx.path(TREE).join(OsStr::from_bytes(rel));
+    let mut orig = host.clone().into_os_string();
+    orig.push(".orig");
+    std::fs::write(&host, "int patched;\n").unwrap();
+    std::fs::write(&orig, "int clean;\n").unwrap();
+    let sums = fx.path("var/lib/dpkg/info/amdgpu-dkms.md5sums");
+    let mut bytes = std::fs::read(&sums).unwrap();
+    bytes.extend_from_slice(format!("{}  {TREE}/", md5_hex(b"int clean;\n")).as_bytes());
+    bytes.extend_from_slice(rel);
+    bytes.push(b'\n');
+    std::fs::write(&sums, bytes).unwrap();
+    let as_json = |b: &[u8]| serde_json::json!(b);
+    let orig_rel = [rel, b".orig"].concat();
+
+    let run = run_bounded(&fx, &["--format", "json", "scan"]);
+    run.expect_code(1);
+    let r = run.json();
+    let f = r["trees"][0]["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path_bytes"] == as_json(rel))
+        .unwrap_or_else(|| panic!("{r:#}"));
+    assert_eq!(f["status"], "modified");
+    assert_eq!(f["backups"][0]["path_bytes"], as_json(&orig_rel));
+    assert_eq!(f["backups"][0]["verdict"], "verified-clean");
+
+    let run = run_bounded(&fx, &["scan"]);
+    assert!(
+        run.stdout().contains("kfd_\\xff\\xfe.c"),
+        "{}",
+        run.stdout()
+    );
+
+    let run = run_bounded(&fx, &["--format", "json", "diff"]);
+    run.expect_code(1);
+    assert_eq!(run.json()["files"][0]["path_bytes"], as_json(rel));
+
+    let run = run_bounded(&fx, &["--format", "json", "restore", "--dry-run"]);
+    assert_eq!(
+        run.json()["trees"][0]["restore"][0]["path_bytes"],
+        as_json(rel)
+    );
+
+    let run = run_bounded(&fx, &["--format", "json", "restore", "--yes"]);
+    run.expect_code(0);
+    let r = run.json();
+    let sys = [format!("/{TREE}/").as_bytes(), rel].concat();
+    assert_eq!(r["result"]["restored"][0]["path_bytes"], as_json(&sys));
+    assert_eq!(std::fs::read(&host).unwrap(), b"int clean;\n");
+    let run_id = r["result"]["run"].as_str().unwrap();
+    let q = fx
+        .path(&format!("var/lib/kfd-audit/quarantine/{run_id}/{TREE}"))
+        .join(OsStr::from_bytes(rel));
+    assert_eq!(std::fs::read(q).unwrap(), b"int patched;\n");
+
+    let run = run_bounded(&fx, &["undo"]);
+    run.expect_code(0);
+    assert_eq!(std::fs::read(&host).unwrap(), b"int patched;\n");
+}
+
