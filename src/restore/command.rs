@@ -203,7 +203,11 @@ fn result_text(r: &ApplyResult, verb: &str) -> String {
 /// When no module of the tree is built or installed under the root, the planner has
 /// nothing to rebuild; the user still gets the sequence to use when they build it.
 fn generic_rebuild(root: &Root, tree: &crate::tree::Tree) -> Vec<String> {
-    let (m, v) = (tree.package(), tree.version());
+    // From dkms.conf or the directory name: quoted, since a person pastes these lines.
+    let (m, v) = (
+        crate::recovery::shell_quote(&tree.package()),
+        crate::recovery::shell_quote(&tree.version()),
+    );
     let mut cmds = vec![format!(
         "# no built or installed {m} {v} module was found under this root; when you build it:"
     )];

@@ -994,3 +994,34 @@ fn non_utf8_names_are_reported_losslessly_and_restored() {
     assert_eq!(std::fs::read(&host).unwrap(), b"int patched;\n");
 }
 
+#[test]
+fn dkms_conf_values_are_quoted_in_the_commands_printed_after_a_restore() {
+    let fx = Fixture::new();
+    fx.amdgpu_tree();
+    // dkms.conf is not the package's here, so a restore leaves it as it is.
+    let sums = fx.path("var/lib/dpkg/info/amdgpu-dkms.md5sums");
+    let text = std::fs::read_to_string(&sums).unwrap();
+    let kept: String = text
+        .lines()
+        .filter(|l| !l.ends_with("/dkms.conf"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&sums, kept).unwrap();
+    fx.write(
+        &format!("{TREE}/dkms.conf"),
+        "PACKAGE_NAME=\"amdgpu\"\nPACKAGE_VERSION=\"6.8.5; touch /tmp/kfd-audit-pwned\"\n",
+    );
+    fx.write(&format!("{TREE}/amd/amdkfd/kfd_crat.c.orig"), CRAT_C);
+    fx.write(&format!("{TREE}/amd/amdkfd/kfd_crat.c"), "// patched\n");
+    let run = run_bounded(&fx, &["restore", "--yes"]);
+    run.expect_code(0);
+    let out = run.stdout();
+    // Printed commands carry the version quoted, or not at all.
+    assert!(!out.contains("-v 6.8.5; touch"), "{out}");
+    for l in out.lines().filter(|l| l.trim_start().starts_with("dkms ")) {
+        assert!(
+            l.contains("-v '6.8.5; touch /tmp/kfd-audit-pwned'"),
+            "{out}"
+        );
+    }
+}
