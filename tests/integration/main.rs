@@ -8,6 +8,7 @@ mod dkms_real;
 mod fixture;
 mod hostile;
 mod newcomer;
+mod props;
 mod recipe;
 mod recovery;
 mod restore;
