@@ -218,7 +218,7 @@ pub fn find_overrides(root: &Root, module: &str, version: &str) -> Vec<Override>
     found
         .into_iter()
         .filter_map(|(kind, host)| {
-            let bytes = std::fs::read(&host).ok()?;
+            let bytes = crate::content::read_reference(&host).ok()??;
             let text = String::from_utf8_lossy(&bytes).into_owned();
             let conf = DkmsConf::parse(&text);
             let sets = conf
@@ -408,13 +408,16 @@ pub fn audit(root: &Root, scan: &TreeScan, check: &ContentCheck<'_>) -> BuildAud
         let rel = Path::new("patches").join(&name);
         let host = tree.host_path.join(&rel);
         let sys = format!("{}/{}", tree.system_path.display(), rel.display());
-        let text = match crate::scan::open_nofollow(&host).and_then(|mut f| {
-            let mut s = Vec::new();
-            std::io::Read::read_to_end(&mut f, &mut s)?;
-            Ok(s)
-        }) {
+        // The name comes from a file of the tree: a patch is read only from inside
+        // patches/, as a regular file of a source file's size, never through a link.
+        let read = crate::reference::safe_relative(Path::new(&name))
+            .ok_or(())
+            .and_then(|_| {
+                crate::content::read_limited(&host, crate::content::MAX_SOURCE_FILE).map_err(|_| ())
+            });
+        let text = match read {
             Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-            Err(_) => {
+            Err(()) => {
                 audit.findings.push(RecipeFinding {
                     path: named_in.clone(),
                     target: None,
@@ -498,9 +501,28 @@ pub fn audit(root: &Root, scan: &TreeScan, check: &ContentCheck<'_>) -> BuildAud
             ),
         });
         for fp in &p.files {
-            let current = std::fs::read(tree.host_path.join(&fp.path))
-                .map(|b| String::from_utf8_lossy(&b).into_owned())
-                .ok();
+            // The target named in the patch is read only if the scan found it as a
+            // regular file of the tree: never a FIFO, a link, or a path outside.
+            let current = crate::reference::safe_relative(Path::new(&fp.path))
+                .filter(|rel| {
+                    scan.file(rel).is_some_and(|f| {
+                        matches!(
+                            f.status,
+                            FileStatus::Ok
+                                | FileStatus::Modified
+                                | FileStatus::Added
+                                | FileStatus::Unverified
+                        )
+                    })
+                })
+                .and_then(|rel| {
+                    crate::content::read_limited(
+                        &tree.host_path.join(rel),
+                        crate::content::MAX_SOURCE_FILE,
+                    )
+                    .ok()
+                })
+                .map(|b| String::from_utf8_lossy(&b).into_owned());
             let findings = match current.as_deref().map(|c| (c, patch::apply(c, fp))) {
                 Some((old, Ok(new))) => check(&fp.path, &new, Some(old)),
                 // The patch does not apply to the file as it is: judge its added lines alone.

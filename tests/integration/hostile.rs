@@ -6,7 +6,7 @@
 //! test then fails saying so) and the run gets a hard memory limit, so "bounded
 //! memory" is checked, not assumed. Times are never asserted.
 
-use crate::fixture::{json_file, md5_hex, Fixture, Run, CRAT_C, TREE, VERSION};
+use crate::fixture::{json_file, md5_hex, Fixture, Run, CRAT_C, DKMS_CONF, TREE, VERSION};
 use crate::restore::{listing, Scenario};
 use std::ffi::OsStr;
 use std::io::Read;
@@ -1024,4 +1024,37 @@ fn dkms_conf_values_are_quoted_in_the_commands_printed_after_a_restore() {
             "{out}"
         );
     }
+}
+
+#[test]
+fn build_time_patches_that_name_fifos_links_or_paths_outside_are_not_read() {
+    let fx = Fixture::new();
+    fx.amdgpu_tree();
+    fx.write(
+        &format!("{TREE}/dkms.conf"),
+        format!(
+            "{DKMS_CONF}PATCH[0]=\"evil.patch\"\nPATCH[1]=\"../../../../../../../../dev/zero\"\nPATCH[2]=\"fifo.patch\"\n"
+        ),
+    );
+    fx.write("outside/secret.c", "secret\n");
+    mkfifo(&tree_path(&fx, "amd/amdkfd/fifo.c"));
+    // A patch whose targets are a FIFO in the tree and a file outside it.
+    fx.write(
+        &format!("{TREE}/patches/evil.patch"),
+        "--- a/amd/amdkfd/fifo.c\n+++ b/amd/amdkfd/fifo.c\n@@ -1 +1 @@\n-a\n+b\n\
+         --- a/../../../outside/secret.c\n+++ b/../../../outside/secret.c\n@@ -1 +1 @@\n-secret\n+flags |= 1;\n",
+    );
+    mkfifo(&tree_path(&fx, "patches/fifo.patch"));
+    let run = run_bounded(&fx, &["--format", "json", "scan"]);
+    run.expect_code(1);
+    let out = run.stdout();
+    assert!(
+        out.contains("PATCH names ../../../../../../../../dev/zero"),
+        "{out}"
+    );
+    assert!(out.contains("PATCH names fifo.patch"), "{out}");
+    assert!(
+        out.contains("patches amd/amdkfd/fifo.c, ../../../outside/secret.c"),
+        "{out}"
+    );
 }
