@@ -151,6 +151,12 @@ pub fn parse(text: &str) -> Vec<FilePatch> {
     out
 }
 
+/// How many line comparisons placing the hunks of one patch may take. Placing a
+/// hunk searches outward from its stated line, so a patch from a hostile tree with
+/// many hunks that each match far from where they say could take hours; real
+/// patches need a tiny fraction of this.
+pub const MAX_COMPARISONS: usize = 1 << 25;
+
 /// Applies a file's hunks to its current text. Each hunk is looked for at its
 /// stated line first, then at the nearest offset where its old lines match exactly
 /// (as `patch` does without fuzz).
@@ -158,6 +164,7 @@ pub fn apply(original: &str, fp: &FilePatch) -> Result<String, ApplyError> {
     let src: Vec<&str> = original.lines().collect();
     let mut out: Vec<String> = Vec::with_capacity(src.len() + 16);
     let mut pos = 0usize; // next unconsumed source line (0-based)
+    let budget = std::cell::Cell::new(MAX_COMPARISONS);
     for (n, h) in fp.hunks.iter().enumerate() {
         let old: Vec<&str> = h
             .lines
@@ -169,13 +176,19 @@ pub fn apply(original: &str, fp: &FilePatch) -> Result<String, ApplyError> {
             .collect();
         let wanted = h.old_start.saturating_sub(1).max(pos);
         let matches_at = |at: usize| {
-            at + old.len() <= src.len()
-                && src[at..at + old.len()]
-                    .iter()
-                    .zip(&old)
-                    .all(|(a, b)| a == b)
+            if at + old.len() > src.len() {
+                return false;
+            }
+            budget.set(budget.get().saturating_sub(old.len().max(1)));
+            src[at..at + old.len()]
+                .iter()
+                .zip(&old)
+                .all(|(a, b)| a == b)
         };
         let found = (0..=src.len()).find_map(|delta| {
+            if budget.get() == 0 {
+                return None;
+            }
             let fwd = wanted + delta;
             if fwd <= src.len() && matches_at(fwd) {
                 return Some(fwd);
@@ -183,6 +196,14 @@ pub fn apply(original: &str, fp: &FilePatch) -> Result<String, ApplyError> {
             let back = wanted.checked_sub(delta)?;
             (back >= pos && matches_at(back)).then_some(back)
         });
+        if budget.get() == 0 {
+            return Err(ApplyError {
+                hunk: n,
+                reason: format!(
+                    "placing the hunks takes more than {MAX_COMPARISONS} line comparisons; not applied"
+                ),
+            });
+        }
         let Some(at) = found else {
             return Err(ApplyError {
                 hunk: n,
@@ -221,6 +242,28 @@ Some mail header
 +three-and-a-half
  four
 ";
+
+    #[test]
+    fn a_patch_too_costly_to_place_is_refused() {
+        // Distinct lines; each hunk names the end of the file but matches one line
+        // further on from the previous one, so each search walks the whole file.
+        let n = 20_000;
+        let original: String = (0..n).map(|i| format!("l{i}\n")).collect();
+        let hunks = (0..n)
+            .map(|i| Hunk {
+                old_start: n,
+                new_start: n,
+                lines: vec![HunkLine::Context(format!("l{i}"))],
+                header_line: 1,
+            })
+            .collect();
+        let fp = FilePatch {
+            path: "f".into(),
+            hunks,
+        };
+        let err = apply(&original, &fp).unwrap_err();
+        assert!(err.reason.contains("line comparisons"), "{err}");
+    }
 
     #[test]
     fn parses_and_applies_with_offset() {
