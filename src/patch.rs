@@ -221,7 +221,8 @@ pub fn apply(original: &str, fp: &FilePatch) -> Result<String, ApplyError> {
     }
     out.extend(src[pos..].iter().map(|s| s.to_string()));
     let mut text = out.join("\n");
-    if original.ends_with('\n') || original.is_empty() {
+    // A patch that removes every line leaves an empty file, not one empty line.
+    if !out.is_empty() && (original.ends_with('\n') || original.is_empty()) {
         text.push('\n');
     }
     Ok(text)
