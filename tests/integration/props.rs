@@ -338,3 +338,63 @@ proptest! {
         let _ = archive::installed_version(&root, "amdgpu-dkms");
     }
 }
+
+/// Text made of a few distinct lines, so that diffs between two of them have hunks.
+fn lines_text() -> impl Strategy<Value = String> {
+    prop::collection::vec(
+        prop_oneof![
+            Just("a"),
+            Just("b"),
+            Just("flags |= 1;"),
+            Just(""),
+            Just("\t}"),
+            Just("@@ x"),
+            Just("--- y")
+        ],
+        0..40,
+    )
+    .prop_map(|v| v.iter().map(|l| format!("{l}\n")).collect())
+}
+
+proptest! {
+    #![proptest_config(config(256))]
+
+    #[test]
+    fn unified_diffs_never_panic(text in prop_oneof![
+        any::<String>(),
+        prop::collection::vec(prop_oneof![
+            Just("--- a/x.c\n".to_string()), Just("+++ b/x.c\n".to_string()),
+            Just("@@ -1,2 +1,3 @@\n".to_string()), Just("@@ -99999999999999999999 +1 @@\n".to_string()),
+            Just("+added\n".to_string()), Just("-removed\n".to_string()), Just(" ctx\n".to_string()),
+            Just("\\ No newline at end of file\n".to_string()), Just("\n".to_string()),
+            any::<char>().prop_map(String::from),
+        ], 0..40).prop_map(|v| v.concat()),
+    ], original in any::<String>()) {
+        let lines = text.lines().count();
+        for fp in kfd_audit::patch::parse(&text) {
+            for h in &fp.hunks {
+                prop_assert!(h.header_line >= 1 && h.header_line <= lines);
+            }
+            let _ = fp.added_lines();
+            let _ = kfd_audit::patch::apply(&original, &fp);
+        }
+        let _ = kfd_audit::recipe::here_documents(&text);
+    }
+
+    #[test]
+    fn a_unified_diff_applies_back_to_what_it_was_made_from(a in lines_text(), b in lines_text()) {
+        let diff = similar::TextDiff::from_lines(&a, &b)
+            .unified_diff()
+            .header("a/f.c", "b/f.c")
+            .to_string();
+        let patches = kfd_audit::patch::parse(&diff);
+        if a == b {
+            prop_assert!(patches.is_empty());
+        } else {
+            prop_assert_eq!(patches.len(), 1, "{}", diff);
+            prop_assert_eq!(&patches[0].path, "f.c");
+            let got = kfd_audit::patch::apply(&a, &patches[0]).unwrap();
+            prop_assert_eq!(got.lines().collect::<Vec<_>>(), b.lines().collect::<Vec<_>>(), "{}", diff);
+        }
+    }
+}
