@@ -193,9 +193,14 @@ impl CFile {
         CFile::from_views(Views::of_c(raw))
     }
 
-    /// Parses the statements of views made by [`Views::of_c`].
+    /// Parses the statements of views made by [`Views::of_c`]. Code nested deeper
+    /// than [`MAX_DEPTH`] (no real source is; a hostile file can nest a million
+    /// `if`s on one line, and every statement's context would copy the whole chain)
+    /// is read as plain lines instead.
     pub fn from_views(views: Views) -> CFile {
-        let stmts = Parser::new(views.code.as_bytes()).run();
+        let Some(stmts) = Parser::new(views.code.as_bytes()).run() else {
+            return CFile::plain_from_views(views);
+        };
         let lines = views.raw.lines().count().max(1);
         let mut line_stmt = vec![None; lines + 1];
         for (i, s) in stmts.iter().enumerate() {
@@ -335,7 +340,12 @@ impl Cur {
     }
 }
 
+/// The deepest nesting of control statements and of `#if`s the reader follows.
+pub const MAX_DEPTH: usize = 256;
+
 struct Parser<'a> {
+    /// Nesting went past [`MAX_DEPTH`]: the parse is abandoned.
+    too_deep: bool,
     b: &'a [u8],
     pos: usize,
     line: usize,
@@ -360,6 +370,7 @@ fn is_ident(c: u8) -> bool {
 impl<'a> Parser<'a> {
     fn new(b: &'a [u8]) -> Parser<'a> {
         Parser {
+            too_deep: false,
             b,
             pos: 0,
             line: 1,
@@ -491,6 +502,7 @@ impl<'a> Parser<'a> {
     }
 
     fn push_frame(&mut self, kind: FrameKind, braced: bool, line: usize) {
+        self.too_deep |= self.frames.len() >= MAX_DEPTH;
         self.frames.push(Frame { kind, braced, line });
         self.invalidate();
     }
@@ -798,6 +810,7 @@ impl<'a> Parser<'a> {
         match word.as_str() {
             "if" | "ifdef" | "ifndef" => {
                 let dead = word == "if" && rest == "0";
+                self.too_deep |= self.pp.len() >= MAX_DEPTH;
                 self.pp.push(PpEntry {
                     snapshot: (self.frames.clone(), depth),
                     first_end: None,
@@ -886,8 +899,11 @@ impl<'a> Parser<'a> {
         }
     }
 
-    fn run(mut self) -> Vec<Stmt> {
+    fn run(mut self) -> Option<Vec<Stmt>> {
         while self.pos < self.b.len() {
+            if self.too_deep {
+                return None;
+            }
             let c = self.b[self.pos];
             if c == b'\n' {
                 self.line += 1;
@@ -1032,7 +1048,7 @@ impl<'a> Parser<'a> {
         if let Some(cur) = self.cur.take() {
             self.emit(Kind::Statement, cur);
         }
-        self.out
+        (!self.too_deep).then_some(self.out)
     }
 }
 
@@ -1201,6 +1217,29 @@ pub fn conjuncts(cond: &str) -> Vec<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nesting_past_the_limit_is_read_as_plain_lines() {
+        let deep = format!(
+            "void g(void) {{ {}flags |= 1; }}\n",
+            "if (x) ".repeat(MAX_DEPTH + 1)
+        );
+        let f = CFile::parse(&deep);
+        assert_eq!(f.stmts.len(), 1);
+        assert!(f.stmts[0].ctx.conds.is_empty());
+        let pp = format!("{}int a;\n", "#if X\n".repeat(MAX_DEPTH + 1));
+        let f = CFile::parse(&pp);
+        assert_eq!(f.stmts.len(), MAX_DEPTH + 2);
+        assert!(f.stmts.iter().all(|s| s.ctx.conds.is_empty()));
+        // Just under the limit, the structure is kept.
+        let ok = format!(
+            "void g(void) {{ {}flags |= 1; }}\n",
+            "if (x) ".repeat(MAX_DEPTH - 2)
+        );
+        let f = CFile::parse(&ok);
+        let last = f.stmts.iter().find(|s| s.text == "flags |= 1;").unwrap();
+        assert_eq!(last.ctx.conds.len(), MAX_DEPTH - 2);
+    }
 
     fn stmt<'a>(f: &'a CFile, needle: &str) -> &'a Stmt {
         f.stmts
