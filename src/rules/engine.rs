@@ -241,6 +241,8 @@ pub fn match_hits(rule: &Rule, p: &Parsed) -> Vec<Hit> {
     };
     let views = &p.views;
     let mut out: Vec<Hit> = Vec::new();
+    // Lines already hit: a set, since a hostile file can have a hit on every line.
+    let mut seen: std::collections::HashSet<usize> = std::collections::HashSet::new();
     match rule.on {
         On::Code => {
             let ranges = candidate_lines(p, rule, &views.code);
@@ -279,7 +281,7 @@ pub fn match_hits(rule: &Rule, p: &Parsed) -> Vec<Hit> {
                         continue;
                     }
                     let line = stmt.line_at(m.start());
-                    if out.iter().any(|h| h.line == line) {
+                    if !seen.insert(line) {
                         continue;
                     }
                     out.push(Hit {
@@ -307,7 +309,7 @@ pub fn match_hits(rule: &Rule, p: &Parsed) -> Vec<Hit> {
                     let text = text.join("\n");
                     let Some(m) = re.find(&text) else { continue };
                     let at = line + text[..m.start()].matches('\n').count();
-                    if out.iter().any(|h| h.line == at) {
+                    if seen.contains(&at) {
                         continue;
                     }
                     if let Some(ctx) = p.file().ctx_of_line(at) {
@@ -325,6 +327,7 @@ pub fn match_hits(rule: &Rule, p: &Parsed) -> Vec<Hit> {
                     } else if rule.in_function.is_some() || !rule.when_guard.is_empty() {
                         continue;
                     }
+                    seen.insert(at);
                     out.push(Hit {
                         line: at,
                         stmt: None,
@@ -599,8 +602,66 @@ pub fn evaluate(rules: &[&Rule], rel: &Path, current: &str, clean: Option<&str>)
     });
     let mut out = Vec::new();
     for rule in rules {
+        let mut cap = Cap::default();
+        evaluate_rule(rule, &new, old.as_ref(), diff.as_ref(), &mut out, &mut cap);
+        cap.finish(&mut out, rule);
+    }
+    out.sort_by(|a, b| {
+        a.line
+            .cmp(&b.line)
+            .then(b.severity.cmp(&a.severity))
+            .then(a.rule.cmp(&b.rule))
+    });
+    out
+}
+
+/// At most this many findings of one rule in one file are listed; the rest are
+/// counted in one more finding. A hostile file can match a rule on every one of a
+/// million lines, and a report of a million identical findings helps no one.
+pub const MAX_FINDINGS_PER_RULE: usize = 100;
+
+#[derive(Default)]
+struct Cap {
+    listed: usize,
+    more: usize,
+    first_more: usize,
+}
+
+impl Cap {
+    fn push(&mut self, out: &mut Vec<Finding>, line: usize, make: impl FnOnce() -> Finding) {
+        if self.listed < MAX_FINDINGS_PER_RULE {
+            self.listed += 1;
+            out.push(make());
+        } else {
+            if self.more == 0 || line < self.first_more {
+                self.first_more = line;
+            }
+            self.more += 1;
+        }
+    }
+
+    fn finish(self, out: &mut Vec<Finding>, rule: &Rule) {
+        if self.more > 0 {
+            let text = format!(
+                "... and {} more line(s) of this file match this rule (not listed one by one)",
+                self.more
+            );
+            out.push(finding(rule, self.first_more, &text, None));
+        }
+    }
+}
+
+fn evaluate_rule(
+    rule: &Rule,
+    new: &Parsed,
+    old: Option<&Parsed>,
+    diff: Option<&LineDiff>,
+    out: &mut Vec<Finding>,
+    cap: &mut Cap,
+) {
+    {
         if rule.require.is_some() {
-            let now = presence(rule, &new);
+            let now = presence(rule, new);
             let before: Option<Vec<(String, usize, bool)>> =
                 old.as_ref().map(|o| presence(rule, o));
             for (name, line, has) in now {
@@ -613,33 +674,37 @@ pub fn evaluate(rules: &[&Rule], rel: &Path, current: &str, clean: Option<&str>)
                         continue;
                     }
                 }
-                out.push(finding(rule, line, new.raw_line(line), None));
+                cap.push(out, line, || finding(rule, line, new.raw_line(line), None));
             }
-            continue;
+            return;
         }
         match (&old, &diff, rule.scope) {
             (None, _, Scope::Removed | Scope::AddedOnly) => {}
             (None, _, _) | (Some(_), _, Scope::File) => {
-                for h in match_hits(rule, &new) {
-                    out.push(finding(rule, h.line, new.raw_line(h.line), h.detail));
+                for h in match_hits(rule, new) {
+                    cap.push(out, h.line, || {
+                        finding(rule, h.line, new.raw_line(h.line), h.detail)
+                    });
                 }
             }
             (Some(o), Some(d), Scope::Added | Scope::AddedOnly) => {
-                let a = match_hits(rule, &new);
+                let a = match_hits(rule, new);
                 if a.is_empty() {
-                    continue;
+                    return;
                 }
                 let b = match_hits(rule, o);
                 for h in surplus(a, &b, &d.changed_new) {
-                    out.push(finding(rule, h.line, new.raw_line(h.line), h.detail));
+                    cap.push(out, h.line, || {
+                        finding(rule, h.line, new.raw_line(h.line), h.detail)
+                    });
                 }
             }
             (Some(o), Some(d), Scope::Removed) => {
                 let b = match_hits(rule, o);
                 if b.is_empty() {
-                    continue;
+                    return;
                 }
-                let a = match_hits(rule, &new);
+                let a = match_hits(rule, new);
                 for h in surplus(b, &a, &d.deleted_old) {
                     let mapped = d.old_to_new.get(h.line).copied().unwrap_or(0);
                     // Put under `#if 0` counts as deleted: the line is there, dead.
@@ -648,22 +713,15 @@ pub fn evaluate(rules: &[&Rule], rel: &Path, current: &str, clean: Option<&str>)
                             && new.file().ctx_of_line(mapped).is_some_and(|c| c.dead));
                     match rule.removal {
                         Removal::Any => {}
-                        Removal::Deleted if !only || !targeted(o, &new, h.stmt) => continue,
+                        Removal::Deleted if !only || !targeted(o, new, h.stmt) => continue,
                         Removal::Replaced if only => continue,
                         _ => {}
                     }
                     let at = d.old_to_new.get(h.line).copied().unwrap_or(0).max(1);
-                    out.push(finding(rule, at, o.raw_line(h.line), h.detail));
+                    cap.push(out, at, || finding(rule, at, o.raw_line(h.line), h.detail));
                 }
             }
             (Some(_), None, _) => {}
         }
     }
-    out.sort_by(|a, b| {
-        a.line
-            .cmp(&b.line)
-            .then(b.severity.cmp(&a.severity))
-            .then(a.rule.cmp(&b.rule))
-    });
-    out
 }

@@ -1058,3 +1058,50 @@ fn build_time_patches_that_name_fifos_links_or_paths_outside_are_not_read() {
         "{out}"
     );
 }
+
+#[test]
+fn the_rules_stay_linear_on_hostile_c_files() {
+    let fx = Fixture::new();
+    fx.amdgpu_tree();
+    // A million `if`s nested on one 10 MB line, and a hot-pluggable flag forced on
+    // each of 440,000 lines (just under the 16 MiB the rules read).
+    fx.write(
+        &format!("{TREE}/amd/amdkfd/kfd_crat.c"),
+        format!(
+            "void g(void) {{ {}flags |= 1; }}\n",
+            "if (x) ".repeat((10 << 20) / 7)
+        ),
+    );
+    let line = "flags |= HSA_MEM_FLAGS_HOT_PLUGGABLE;\n";
+    fx.write(
+        &format!("{TREE}/amd/amdkfd/kfd_topology.c"),
+        line.repeat((16 << 20) / line.len() - 1000),
+    );
+    let run = run_bounded(&fx, &["--format", "json", "scan"]);
+    run.expect_code(1);
+    let r = run.json();
+    assert_eq!(
+        json_file(&r, "amd/amdkfd/kfd_crat.c").unwrap()["status"],
+        "modified"
+    );
+    let f = json_file(&r, "amd/amdkfd/kfd_topology.c").unwrap();
+    let findings = f["findings"].as_array().unwrap();
+    assert_eq!(findings.len(), 101, "{:#}", findings[0]);
+    let more = findings
+        .iter()
+        .find(|x| x["text"].as_str().unwrap().starts_with("... and "))
+        .unwrap();
+    assert_eq!(
+        more["text"],
+        format!(
+            "... and {} more line(s) of this file match this rule (not listed one by one)",
+            (16 << 20) / line.len() - 1000 - 100
+        )
+    );
+    assert_eq!(more["line"], 101);
+    assert!(
+        run.stdout().len() < 1 << 20,
+        "{} bytes of report",
+        run.stdout().len()
+    );
+}
