@@ -398,3 +398,56 @@ proptest! {
         }
     }
 }
+
+/// The built-in rule files, as text to mutate.
+const RULE_FILES: &[&str] = &[
+    include_str!("../../patterns/memory.toml"),
+    include_str!("../../patterns/gfx-target.toml"),
+    include_str!("../../patterns/safety-checks.toml"),
+    include_str!("../../patterns/markers.toml"),
+];
+
+proptest! {
+    #![proptest_config(config(128))]
+
+    #[test]
+    fn mutated_rule_files_are_errors_with_file_and_line_or_rules_that_run(
+        which in 0usize..4,
+        cuts in prop::collection::vec((any::<prop::sample::Index>(), 0usize..64, "[\\[\\]\"'= a-z_0-9\\n{}()|\\\\*]{0,8}"), 1..4),
+    ) {
+        let mut text = RULE_FILES[which].to_string();
+        for (at, len, insert) in &cuts {
+            let mut i = at.index(text.len() + 1);
+            while !text.is_char_boundary(i) {
+                i -= 1;
+            }
+            let mut e = (i + len).min(text.len());
+            while !text.is_char_boundary(e) {
+                e -= 1;
+            }
+            text.replace_range(i..e, insert);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rules.toml");
+        std::fs::write(&path, &text).unwrap();
+        match kfd_audit::rules::RuleSet::parse_file(&path) {
+            Ok(rules) => {
+                let mut set = kfd_audit::rules::RuleSet::default();
+                if set.add(rules).is_ok() {
+                    let crat = crate::fixture::CRAT_C.as_bytes();
+                    let patched = format!("{}\nflags |= HSA_MEM_FLAGS_HOT_PLUGGABLE;\n", crate::fixture::CRAT_C);
+                    let rel = Path::new("amd/amdkfd/kfd_crat.c");
+                    let _ = set.check(rel, patched.as_bytes(), Some(crat));
+                    let _ = set.check(rel, patched.as_bytes(), None);
+                }
+            }
+            Err(e) => {
+                let m = e.to_string();
+                let prefix = format!("{}:", path.display());
+                prop_assert!(m.starts_with(&prefix), "{}", m);
+                let line: Option<usize> = m[prefix.len()..].split(':').next().and_then(|n| n.parse().ok());
+                prop_assert!(line.is_some_and(|l| l >= 1 && l <= text.lines().count().max(1)), "{}", m);
+            }
+        }
+    }
+}
