@@ -461,22 +461,44 @@ pub fn render_markdown(findings: &[(&str, &[SystemFinding])]) -> String {
 /// Reads a small text file under the root (a last-component symlink resolved inside
 /// the root). `None` when it does not exist; when it cannot be read (permissions, a
 /// directory) a note says so and the scan goes on.
+/// Only a regular file of at most [`MAX_TEXT_FILE`] bytes is read: some of these
+/// files (`~/.bashrc`) belong to users, who could otherwise make a root-run scan hang
+/// on a FIFO or fill its memory from a link to `/dev/zero`.
 pub(crate) fn read_text(root: &Root, system_path: &str, notes: &mut Vec<String>) -> Option<String> {
     let host = resolve_in_root(root, system_path);
-    match std::fs::read(&host) {
+    match read_small(&host, MAX_TEXT_FILE) {
         Ok(bytes) => Some(String::from_utf8_lossy(&bytes).into_owned()),
-        Err(e)
+        Err(None) => None,
+        Err(Some(why)) => {
+            notes.push(format!("{system_path}: not read ({why})"));
+            None
+        }
+    }
+}
+
+/// Largest configuration or sysfs file read whole.
+pub const MAX_TEXT_FILE: u64 = 4 * 1024 * 1024;
+
+/// Reads a small regular file (see [`crate::content::read_limited`]). `Err(None)`:
+/// it does not exist; `Err(Some(why))`: it cannot be read, and why (without the path).
+pub(crate) fn read_small(
+    host: &std::path::Path,
+    limit: u64,
+) -> std::result::Result<Vec<u8>, Option<String>> {
+    use crate::error::Error;
+    match crate::content::read_limited(host, limit) {
+        Ok(b) => Ok(b),
+        Err(Error::Io { source, .. })
             if matches!(
-                e.kind(),
+                source.kind(),
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
             ) =>
         {
-            None
+            Err(None)
         }
-        Err(e) => {
-            notes.push(format!("{system_path}: not read ({e})"));
-            None
-        }
+        Err(Error::Io { source, .. }) => Err(Some(source.to_string())),
+        Err(Error::Refused { message, .. }) => Err(Some(message)),
+        Err(e) => Err(Some(e.to_string())),
     }
 }
 

@@ -201,10 +201,11 @@ fn read_props(
     notes: &mut Vec<String>,
 ) -> Result<Option<Properties>> {
     let host = root.path(system);
-    let text = match std::fs::read(&host) {
+    let text = match crate::beyond::read_small(&host, crate::beyond::MAX_TEXT_FILE) {
         Ok(b) => String::from_utf8_lossy(&b).into_owned(),
-        Err(e) => {
-            notes.push(format!("{system}: not read ({e})"));
+        Err(why) => {
+            let why = why.unwrap_or_else(|| "No such file or directory".into());
+            notes.push(format!("{system}: not read ({why})"));
             return Ok(None);
         }
     };
@@ -249,10 +250,13 @@ pub fn read_topology(root: &Root, lenient: bool) -> Result<Topology> {
         else {
             continue;
         };
-        let name = std::fs::read_to_string(root.path(format!("{base}/name")))
-            .ok()
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty());
+        let name = crate::beyond::read_small(
+            &root.path(format!("{base}/name")),
+            crate::beyond::MAX_TEXT_FILE,
+        )
+        .ok()
+        .map(|s| String::from_utf8_lossy(&s).trim().to_string())
+        .filter(|s| !s.is_empty());
         let mut mem_banks = Vec::new();
         for m in numbered_dirs(&root.path(format!("{base}/mem_banks"))) {
             if let Some(p) = read_props(

@@ -738,9 +738,12 @@ pub fn collect(root: &Root) -> Result<Collected> {
 /// The value of a loaded module's parameter, when sysfs under the root has it.
 fn loaded_value(root: &Root, key: &str) -> Option<String> {
     let (module, param) = key.split_once('.')?;
-    std::fs::read_to_string(root.path(format!("/sys/module/{module}/parameters/{param}")))
-        .ok()
-        .map(|s| s.trim().to_string())
+    beyond::read_small(
+        &root.path(format!("/sys/module/{module}/parameters/{param}")),
+        beyond::MAX_TEXT_FILE,
+    )
+    .ok()
+    .map(|s| String::from_utf8_lossy(&s).trim().to_string())
 }
 
 fn judge(root: &Root, c: &Collected, rules: &RuleSet) -> Vec<SystemFinding> {

@@ -1105,3 +1105,51 @@ fn the_rules_stay_linear_on_hostile_c_files() {
         run.stdout().len()
     );
 }
+
+#[test]
+fn a_users_dotfiles_and_system_files_cannot_hang_or_flood_a_root_scan() {
+    let fx = Fixture::new();
+    fx.amdgpu_tree();
+    // Any user owns their ~/.bashrc; kfd-audit reads it as root, looking for
+    // HSA_OVERRIDE_GFX_VERSION.
+    let alice = fx.path("home/alice");
+    std::fs::create_dir_all(&alice).unwrap();
+    mkfifo(&alice.join(".bashrc"));
+    sparse(&alice.join(".profile"), 10 * GIB);
+    let bob = fx.path("home/bob");
+    std::fs::create_dir_all(&bob).unwrap();
+    // An absolute link is taken inside the root: make the root's /dev/zero a real one.
+    let zero = is_root() && {
+        std::fs::create_dir_all(fx.path("dev")).unwrap();
+        let c = std::ffi::CString::new(fx.path("dev/zero").as_os_str().as_bytes()).unwrap();
+        unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 5)) == 0 }
+    };
+    std::os::unix::fs::symlink("/dev/zero", bob.join(".bashrc")).unwrap();
+    std::fs::create_dir_all(fx.path("etc/modprobe.d")).unwrap();
+    mkfifo(&fx.path("etc/modprobe.d/amdgpu.conf"));
+    std::fs::create_dir_all(fx.path("proc")).unwrap();
+    mkfifo(&fx.path("proc/cmdline"));
+
+    let run = run_bounded(&fx, &["--format", "json", "scan"]);
+    run.expect_code(0);
+    let notes = run.json()["sections"]["rocm"]["notes"].to_string();
+    assert!(
+        notes.contains("/home/alice/.bashrc: not read (not a regular file)"),
+        "{notes}"
+    );
+    assert!(
+        notes.contains("/home/alice/.profile: not read (10737418240 bytes, more than"),
+        "{notes}"
+    );
+    if zero {
+        assert!(
+            notes.contains("/home/bob/.bashrc: not read (not a regular file)"),
+            "{notes}"
+        );
+    }
+    let all = run.stdout();
+    assert!(
+        all.contains("/proc/cmdline: not read (not a regular file)"),
+        "{all}"
+    );
+}
