@@ -451,3 +451,69 @@ proptest! {
         }
     }
 }
+
+/// Text built from the pieces of module options, kernel command lines, env files and
+/// sysfs properties, mixed with arbitrary characters.
+fn config_text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        any::<String>(),
+        prop::collection::vec(
+            prop_oneof![
+                Just("options amdgpu noretry=0 mtype_local=1\n".to_string()),
+                Just("install amdgpu /bin/false\n".to_string()),
+                Just(
+                    "GRUB_CMDLINE_LINUX_DEFAULT=\"quiet amdgpu.ppfeaturemask=0xffffffff\"\n"
+                        .to_string()
+                ),
+                Just("export HSA_OVERRIDE_GFX_VERSION=10.3.0\n".to_string()),
+                Just("Environment=\"HSA_OVERRIDE_GFX_VERSION=11.0.0\" X=1\n".to_string()),
+                Just("gfx_target_version 100100\n".to_string()),
+                Just("flags 18446744073709551615\n".to_string()),
+                Just("\\\n".to_string()),
+                Just("\"".to_string()),
+                Just("'".to_string()),
+                Just("=".to_string()),
+                Just(" ".to_string()),
+                Just("\n".to_string()),
+                Just("#".to_string()),
+                Just(".".to_string()),
+                Just("-".to_string()),
+                any::<char>().prop_map(String::from),
+                "[a-z0-9_]{1,6}",
+            ],
+            0..40,
+        )
+        .prop_map(|v| v.concat()),
+    ]
+}
+
+proptest! {
+    #![proptest_config(config(256))]
+
+    #[test]
+    fn module_options_command_lines_and_env_files_never_panic(text in config_text()) {
+        use kfd_audit::{modopts, rocm};
+        let _ = modopts::parse_modprobe("/etc/modprobe.d/x.conf", &text);
+        let _ = modopts::parse_grub("/etc/default/grub", &text);
+        let _ = modopts::modprobe_lines(&text);
+        for (arg, _) in modopts::split_args(&text) {
+            let _ = modopts::classify_kernel_arg(&arg);
+            let _ = modopts::canonical_value(&arg);
+        }
+        let _ = rocm::parse_env_file("/etc/environment", &text, rocm::EnvSyntax::Assignment);
+        let _ = rocm::parse_env_file("/etc/systemd/system/x.service", &text, rocm::EnvSyntax::SystemdUnit);
+        let _ = rocm::glob_match(&text, "rocm-core");
+        let _ = kfd_audit::gpu_table::parse_override(&text);
+    }
+
+    #[test]
+    fn sysfs_properties_are_values_or_an_error_with_its_line(text in config_text()) {
+        match kfd_audit::live::parse_properties(&text) {
+            Ok(props) => prop_assert!(props.len() <= text.lines().count()),
+            Err((line, message)) => {
+                prop_assert!(line >= 1 && line <= text.lines().count(), "line {} of {:?}", line, text);
+                prop_assert!(!message.is_empty());
+            }
+        }
+    }
+}
