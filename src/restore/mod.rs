@@ -127,7 +127,9 @@ fn change_for(tp: &plan::TreePlan, item: &PlanItem, root: &Root) -> Change {
 }
 
 /// Applies the selected items of a plan. `scans` are the scans the plan was built
-/// from (same order); each source is fetched and verified again right before use.
+/// from (same order). Every selected source is fetched again when the apply starts
+/// (after the review; all at once, so a package archive is read through once, not
+/// once per file) and each is verified again right before use.
 pub fn apply_plan(
     root: &Root,
     plan: &RestorePlan,
@@ -146,6 +148,23 @@ pub fn apply_plan(
         })
         .collect();
     let only_changes: Vec<Change> = changes.iter().map(|(_, _, c)| c.clone()).collect();
+    let mut fresh: Vec<std::collections::BTreeMap<std::path::PathBuf, crate::content::CleanCopy>> =
+        contents.iter().map(|_| Default::default()).collect();
+    for (t, content) in contents.iter().enumerate() {
+        let rels: Vec<std::path::PathBuf> = changes
+            .iter()
+            .filter(|(ct, _, _)| *ct == t)
+            .map(|(_, i, _)| plan.trees[t].items[*i].rel.clone())
+            .collect();
+        if rels.is_empty() {
+            continue;
+        }
+        content.get_many(&rels, &mut |rel, copy| {
+            if let Some(c) = copy {
+                fresh[t].insert(rel.to_path_buf(), c);
+            }
+        });
+    }
     let mut next = 0usize;
     let mut fetch = |c: &Change| -> std::result::Result<Vec<u8>, String> {
         // Changes are applied in order; find this one's plan item.
@@ -157,8 +176,7 @@ pub fn apply_plan(
         next = pos + 1;
         let (t, i, _) = &changes[pos];
         let item = &plan.trees[*t].items[*i];
-        let fresh = contents[*t].get(&item.rel).map_err(|e| e.to_string())?;
-        match fresh {
+        match fresh[*t].remove(&item.rel) {
             Some(copy) if copy.verified == item.expected && verifies(&copy.bytes, &item.expected) => {
                 Ok(copy.bytes)
             }

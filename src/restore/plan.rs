@@ -171,6 +171,21 @@ pub fn build(root: &Root, scans: &[TreeScan], only: &[PathBuf]) -> Result<Restor
             kept: Vec::new(),
             leftover_temps: Vec::new(),
         };
+        // Clean content of every file to restore, asked for all at once: a package
+        // archive is then read through once, not once per file.
+        let wanted: Vec<PathBuf> = scan
+            .files
+            .iter()
+            .filter(|f| matches!(f.status, FileStatus::Modified | FileStatus::Missing))
+            .filter(|f| !is_temp(&f.path) && only_matches(only, tree, &f.path))
+            .map(|f| f.path.clone())
+            .collect();
+        let mut copies = std::collections::BTreeMap::new();
+        content.get_many(&wanted, &mut |rel, copy| {
+            if let Some(c) = copy {
+                copies.insert(rel.to_path_buf(), c);
+            }
+        });
         for f in &scan.files {
             if is_temp(&f.path) {
                 tp.leftover_temps.push(f.path.clone());
@@ -182,8 +197,8 @@ pub fn build(root: &Root, scans: &[TreeScan], only: &[PathBuf]) -> Result<Restor
             let counts = match f.status {
                 FileStatus::Modified | FileStatus::Missing => {
                     let expected = scan.refs.get(&f.path).cloned();
-                    match (content.get(&f.path), expected) {
-                        (Ok(Some(copy)), Some(exp)) => tp.items.push(PlanItem {
+                    match (copies.remove(&f.path), expected) {
+                        (Some(copy), Some(exp)) => tp.items.push(PlanItem {
                             rel: f.path.clone(),
                             action: if f.status == FileStatus::Missing {
                                 Action::Create
@@ -197,11 +212,11 @@ pub fn build(root: &Root, scans: &[TreeScan], only: &[PathBuf]) -> Result<Restor
                             origin: copy.origin,
                             clean: copy.bytes,
                         }),
-                        (res, _) => tp.no_source.push(NoSource {
+                        _ => tp.no_source.push(NoSource {
                             rel: f.path.clone(),
                             status: f.status,
                             reference: f.reference,
-                            detail: res.err().map(|e| e.to_string()),
+                            detail: None,
                         }),
                     }
                     true
