@@ -96,13 +96,15 @@ struct ExampleSpec {
     line: Option<usize>,
 }
 
-/// 1-based line of a byte offset.
+/// 1-based line of a byte offset. An error at the very end of a file that ends with a
+/// newline (an unterminated string, say) names the last line, one the user can open.
 fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())]
+    let line = text.as_bytes()[..offset.min(text.len())]
         .iter()
         .filter(|&&b| b == b'\n')
         .count()
-        + 1
+        + 1;
+    line.min(text.lines().count().max(1))
 }
 
 struct Ctx<'a> {
@@ -409,4 +411,15 @@ fn compile(cx: &Ctx, r: RuleSpec) -> Result<Rule, Error> {
         origin: cx.origin.to_path_buf(),
         line,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_error_at_the_end_names_the_last_line() {
+        assert_eq!(super::line_of("a\nb\n", 4), 2);
+        assert_eq!(super::line_of("a\nb\n", 2), 2);
+        assert_eq!(super::line_of("a\nb", 0), 1);
+        assert_eq!(super::line_of("", 0), 1);
+    }
 }
