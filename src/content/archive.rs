@@ -372,14 +372,6 @@ impl ContentProvider for DebArchive {
             .clone()
     }
 
-    fn candidates(&self, rel: &Path) -> Result<Vec<(Vec<u8>, String)>> {
-        let mut out = Vec::new();
-        self.candidates_many(&[rel.to_path_buf()], &mut |_, c| {
-            out.push((c.bytes, c.origin))
-        })?;
-        Ok(out)
-    }
-
     fn candidates_many(
         &self,
         rels: &[PathBuf],

@@ -162,14 +162,6 @@ impl ContentProvider for BaselineCopies {
         format!("baseline copies {}", shown(&self.root, &self.dir))
     }
 
-    fn candidates(&self, rel: &Path) -> Result<Vec<(Vec<u8>, String)>> {
-        let mut out = Vec::new();
-        self.candidates_many(&[rel.to_path_buf()], &mut |_, c| {
-            out.push((c.bytes, c.origin))
-        })?;
-        Ok(out)
-    }
-
     fn candidates_many(
         &self,
         rels: &[PathBuf],

@@ -69,30 +69,22 @@ pub struct Candidate {
 pub trait ContentProvider: Send + Sync {
     fn kind(&self) -> ReferenceKind;
 
-    /// Candidate bytes for the tree-relative path, with a description of their origin.
-    fn candidates(&self, rel: &Path) -> Result<Vec<(Vec<u8>, String)>>;
-
     /// Candidates for many files at once, handed to `visit` in any order. A provider
-    /// that must read through a container to find members (a `.deb`) overrides this
-    /// to serve every file in one pass and to keep one member in memory at a time.
+    /// that must read through a container to find members (a `.deb`) serves every
+    /// file in one pass and keeps one member in memory at a time.
     fn candidates_many(
         &self,
         rels: &[PathBuf],
         visit: &mut dyn FnMut(&Path, Candidate),
-    ) -> Result<()> {
-        for rel in rels {
-            for (bytes, origin) in self.candidates(rel)? {
-                visit(
-                    rel,
-                    Candidate {
-                        bytes,
-                        origin,
-                        source_path: PathBuf::new(),
-                    },
-                );
-            }
-        }
-        Ok(())
+    ) -> Result<()>;
+
+    /// Candidate bytes for one tree-relative path, with a description of their origin.
+    fn candidates(&self, rel: &Path) -> Result<Vec<(Vec<u8>, String)>> {
+        let mut out = Vec::new();
+        self.candidates_many(&[rel.to_path_buf()], &mut |_, c| {
+            out.push((c.bytes, c.origin))
+        })?;
+        Ok(out)
     }
 
     /// What this provider is, for the report (`dpkg archive /var/cache/...deb`).
