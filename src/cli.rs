@@ -195,10 +195,15 @@ pub fn select_trees(root: &Root, args: &TreeArgs) -> Result<Vec<Tree>, Error> {
     }
 }
 
-fn scan_all(root: &Root, trees: &[Tree], opts: &ScanOptions) -> Result<Vec<TreeScan>, Error> {
+fn scan_all(
+    root: &Root,
+    trees: &[Tree],
+    opts: &ScanOptions,
+    counters: Option<&crate::progress::Counters>,
+) -> Result<Vec<TreeScan>, Error> {
     trees
         .iter()
-        .map(|t| scan::scan_tree(root, t, opts))
+        .map(|t| scan::scan_tree_counted(root, t, opts, counters))
         .collect()
 }
 
@@ -224,8 +229,19 @@ fn cmd_scan(cli: &Cli, args: &ScanArgs, out: &mut dyn Write) -> anyhow::Result<O
         diff: args.diff,
         max_file_size: args.trees.max_file_size,
     };
-    let rules = crate::rules_cli::load(&cli.rules)?;
-    let mut scans = scan_all(&root, &trees, &opts)?;
+    // A progress line on a terminal's stderr while the trees are hashed, and the
+    // rules compiled meanwhile (tens of milliseconds of regex building that would
+    // otherwise come first, with a core idle while the trees are listed).
+    let counters = std::sync::Arc::new(crate::progress::Counters::default());
+    let display = crate::progress::Display::start(counters.clone(), cli.quiet);
+    let (rules, scans) = std::thread::scope(|s| {
+        let rules = s.spawn(|| crate::rules_cli::load(&cli.rules));
+        let scans = scan_all(&root, &trees, &opts, Some(&counters));
+        (rules.join(), scans)
+    });
+    drop(display);
+    let rules = rules.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+    let mut scans = scans?;
     if !args.no_rules {
         for s in &mut scans {
             let tree = s.tree.clone();

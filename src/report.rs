@@ -198,7 +198,7 @@ fn file_report(f: &FileResult) -> FileReport {
             reference: c.kind.to_string(),
             origin: c.origin.clone(),
         }),
-        diff: f.diff.clone(),
+        diff: f.diff.as_deref().cloned(),
     }
 }
 

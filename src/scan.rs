@@ -4,13 +4,14 @@
 
 use crate::error::Result;
 use crate::finding::{Finding, Severity};
-use crate::hash::{self, Digest};
-use crate::reference::{self, LoadOptions, ReferenceKind, TreeReferences};
+use crate::hash::{self, Algorithm, Digest};
+use crate::progress::Counters;
+use crate::reference::{self, Expected, LoadOptions, ReferenceKind, TreeReferences};
 use crate::root::Root;
 use crate::tree::Tree;
 use rayon::prelude::*;
 use serde::Serialize;
-use std::collections::BTreeSet;
+use std::collections::HashSet;
 use std::fs::File;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -104,8 +105,9 @@ pub struct FileResult {
     /// Where verified clean content of a modified or missing file is (set when the
     /// scan looks for clean content).
     pub clean: Option<crate::content::CleanSource>,
-    /// The file against its clean content (`scan --diff`).
-    pub diff: Option<crate::diff::FileDiff>,
+    /// The file against its clean content (`scan --diff`). Boxed: few files have
+    /// one, and every file of a large tree pays for the space of an unboxed one.
+    pub diff: Option<Box<crate::diff::FileDiff>>,
 }
 
 impl FileResult {
@@ -222,8 +224,20 @@ pub fn scope_prefix(scope: &str) -> PathBuf {
 
 /// The amdkfd compute driver is where capability lies are told; it is listed first.
 pub fn order_key(path: &Path) -> (u8, PathBuf) {
-    let rank = if path.starts_with("amd/amdkfd") { 0 } else { 1 };
-    (rank, path.to_path_buf())
+    (order_rank(path), path.to_path_buf())
+}
+
+fn order_rank(path: &Path) -> u8 {
+    if path.starts_with("amd/amdkfd") {
+        0
+    } else {
+        1
+    }
+}
+
+/// The order of [`order_key`], without copying paths.
+pub fn order_cmp(a: &Path, b: &Path) -> std::cmp::Ordering {
+    order_rank(a).cmp(&order_rank(b)).then_with(|| a.cmp(b))
 }
 
 #[derive(Debug)]
@@ -247,7 +261,7 @@ fn in_scope(rel: &Path, scope: Option<&Path>) -> bool {
 /// Lists every non-directory entry of the tree, never following symlinks. A
 /// directory that is its own ancestor (a bind mount loop) is listed as unreadable
 /// and not entered (see [`crate::walk`]).
-fn walk(tree: &Tree, scope: Option<&Path>) -> Vec<WalkEntry> {
+fn walk(tree: &Tree, scope: Option<&Path>, counters: Option<&Counters>) -> Vec<WalkEntry> {
     let mut out = Vec::new();
     for step in crate::walk::Walk::new(&tree.host_path) {
         match step {
@@ -274,6 +288,9 @@ fn walk(tree: &Tree, scope: Option<&Path>) -> Vec<WalkEntry> {
                     EntryKind::Special("not a regular file")
                 };
                 out.push(WalkEntry { rel, kind });
+                if let Some(c) = counters {
+                    c.found(1);
+                }
             }
             crate::walk::Step::Loop { entry, ancestor } => {
                 let Ok(rel) = entry.path().strip_prefix(&tree.host_path) else {
@@ -329,16 +346,138 @@ pub fn open_nofollow(path: &Path) -> std::io::Result<File> {
     Ok(file)
 }
 
-fn judge(tree: &Tree, refs: &TreeReferences, entry: &WalkEntry, max_size: u64) -> FileResult {
-    let expected = refs.get(&entry.rel);
-    let mut r = FileResult::new(entry.rel.clone(), FileStatus::Unverified);
+/// A file's digest with the algorithm of its reference, and its length.
+type Hashed = std::io::Result<(Digest, u64)>;
+
+/// Hashes the files at `pending` (regular files a reference lists) with the
+/// algorithm of their reference and judges them. MD5 (dpkg's md5sums, most of any
+/// tree) goes through [`md5_lanes`](crate::md5_lanes), sixteen files at a time on
+/// each core; SHA-256 (the baseline) one file per core. Every file is read in
+/// chunks, once, and never past `max_size` bytes. Per file this keeps a few words
+/// besides the result itself.
+fn hash_files(
+    tree: &Tree,
+    files: &mut [FileResult],
+    pending: &[usize],
+    max_size: u64,
+    counters: Option<&Counters>,
+) {
+    let lanes = std::env::var_os("KFD_AUDIT_MD5_LANES").is_none_or(|v| v != "off");
+    let algorithm = |i: usize| files[i].expected.as_ref().map(Digest::algorithm);
+    let on_lanes = |i: usize| lanes && algorithm(i) == Some(Algorithm::Md5);
+    let mut md5 = Vec::with_capacity(pending.iter().filter(|&&i| on_lanes(i)).count());
+    let mut other = Vec::with_capacity(pending.len() - md5.capacity());
+    for (j, &i) in pending.iter().enumerate() {
+        match algorithm(i) {
+            Some(_) if on_lanes(i) => md5.push(j),
+            Some(alg) => other.push((j, alg)),
+            None => {}
+        }
+    }
+    // The paths are lent out while the results are written (not copied: a tree may
+    // have a hundred thousand files), and given back at the end.
+    let paths: Vec<PathBuf> = pending
+        .iter()
+        .map(|&i| std::mem::take(&mut files[i].path))
+        .collect();
+    let host = |j: usize| tree.host_path.join(&paths[j]);
+    // Sizes let the largest files start first and the progress line show a total.
+    let size = |j: usize| std::fs::symlink_metadata(host(j)).map_or(0, |m| m.len());
+    let mut md5_sizes: Vec<u64> = md5.par_iter().map(|&j| size(j)).collect();
+    // Results go straight to their file, from whichever thread has them.
+    let slots = std::sync::Mutex::new(&mut *files);
+    let record = |j: usize, r: Hashed| {
+        let mut files = slots.lock().unwrap_or_else(|e| e.into_inner());
+        record_hash(&mut files[pending[j]], r, max_size);
+    };
+    // Files already longer than the limit are judged by their length, not read.
+    if md5_sizes.iter().any(|&n| n > max_size) {
+        let (keep, over): (Vec<_>, Vec<_>) = md5
+            .iter()
+            .zip(&md5_sizes)
+            .partition(|(_, &n)| n <= max_size);
+        for (&j, &n) in over {
+            record(j, Ok((Digest::Md5([0; 16]), n)));
+        }
+        (md5, md5_sizes) = keep.into_iter().unzip();
+    }
+    if let Some(c) = counters {
+        let other_bytes: u64 = other.par_iter().map(|&(j, _)| size(j).min(max_size)).sum();
+        let total = (md5.len() + other.len()) as u64;
+        c.add_total(total, md5_sizes.iter().sum::<u64>() + other_bytes);
+    }
+    crate::md5_lanes::md5_files(
+        &|k| host(md5[k]),
+        &md5_sizes,
+        max_size,
+        counters,
+        &|k, r| record(md5[k], r.map(|(d, n)| (Digest::Md5(d), n))),
+    );
+    other.par_iter().for_each(|&(j, alg)| {
+        let r = open_nofollow(&host(j)).and_then(|f| {
+            let len = f.metadata()?.len();
+            if len > max_size {
+                // Not read: judged too large by its length.
+                return Ok((Digest::of_bytes(alg, b""), len));
+            }
+            // A file that grows while it is read stops being read past the limit.
+            let (mut d, n) = hash::digest_reader(std::io::Read::take(f, max_size + 1), &[alg])?;
+            Ok((d.remove(0), n))
+        });
+        if let Some(c) = counters {
+            c.add_bytes(r.as_ref().map_or(0, |(_, n)| (*n).min(max_size)));
+            c.file_done();
+        }
+        record(j, r);
+    });
+    let files = slots.into_inner().unwrap_or_else(|e| e.into_inner());
+    for (&i, path) in pending.iter().zip(paths) {
+        files[i].path = path;
+    }
+}
+
+/// Judges a listed file by its digest; a file longer than `max_size` is not judged.
+fn record_hash(r: &mut FileResult, hashed: Hashed, max_size: u64) {
+    match hashed {
+        Ok((_, size)) if size > max_size => {
+            r.status = FileStatus::Unreadable;
+            r.size = Some(size);
+            r.detail = Some(format!(
+                "{size} bytes, more than --max-file-size ({max_size} bytes); not hashed. \
+                 No driver source file is this large: see what it is, or pass a larger --max-file-size to hash it"
+            ));
+        }
+        Ok((actual, size)) => {
+            r.status = if r.expected.as_ref() == Some(&actual) {
+                FileStatus::Ok
+            } else {
+                FileStatus::Modified
+            };
+            r.actual = Some(actual);
+            r.size = Some(size);
+        }
+        Err(e) => {
+            r.status = FileStatus::Unreadable;
+            r.detail = Some(e.to_string());
+        }
+    }
+}
+
+/// Judges what needs no reading: symlinks, special files, walk errors, files no
+/// reference lists. A listed regular file is left for [`hash_files`].
+fn judge(
+    tree: &Tree,
+    refs: &TreeReferences,
+    entry: WalkEntry,
+    expected: Option<&Expected>,
+) -> FileResult {
+    let mut r = FileResult::new(entry.rel, FileStatus::Unverified);
     r.reference = expected.map(|e| e.kind);
     r.expected = expected.map(|e| e.digest.clone());
-    let host = tree.host_path.join(&entry.rel);
-    match &entry.kind {
+    match entry.kind {
         EntryKind::Symlink => {
             r.status = FileStatus::Symlink;
-            r.detail = std::fs::read_link(&host)
+            r.detail = std::fs::read_link(tree.host_path.join(&r.path))
                 .ok()
                 .map(|t| format!("-> {}", t.display()));
         }
@@ -348,84 +487,107 @@ fn judge(tree: &Tree, refs: &TreeReferences, entry: &WalkEntry, max_size: u64) -
         }
         EntryKind::Error(msg) => {
             r.status = FileStatus::Unreadable;
-            r.detail = Some(msg.clone());
+            r.detail = Some(msg);
         }
-        EntryKind::File => {
-            let Some(exp) = expected else {
-                r.status = if refs.is_empty() {
-                    FileStatus::Unverified
-                } else {
-                    FileStatus::Added
-                };
-                r.size = std::fs::symlink_metadata(&host).ok().map(|m| m.len());
-                return r;
+        EntryKind::File if expected.is_none() => {
+            r.status = if refs.is_empty() {
+                FileStatus::Unverified
+            } else {
+                FileStatus::Added
             };
-            let too_large = |size: u64| {
-                format!(
-                    "{size} bytes, more than --max-file-size ({max_size} bytes); not hashed. \
-                     No driver source file is this large: see what it is, or pass a larger --max-file-size to hash it"
-                )
-            };
-            let hashed = open_nofollow(&host).and_then(|f| {
-                let len = f.metadata()?.len();
-                if len > max_size {
-                    return Ok(Err(len));
-                }
-                // A file that grows while it is read stops being read at the limit.
-                let (d, n) = hash::digest_reader(
-                    std::io::Read::take(f, max_size + 1),
-                    &[exp.digest.algorithm()],
-                )?;
-                Ok(if n > max_size { Err(n) } else { Ok((d, n)) })
-            });
-            match hashed {
-                Ok(Err(size)) => {
-                    r.status = FileStatus::Unreadable;
-                    r.size = Some(size);
-                    r.detail = Some(too_large(size));
-                }
-                Ok(Ok((mut digests, size))) => {
-                    let actual = digests.remove(0);
-                    r.status = if actual == exp.digest {
-                        FileStatus::Ok
-                    } else {
-                        FileStatus::Modified
-                    };
-                    r.actual = Some(actual);
-                    r.size = Some(size);
-                }
-                Err(e) => {
-                    r.status = FileStatus::Unreadable;
-                    r.detail = Some(e.to_string());
-                }
-            }
+            r.size = std::fs::symlink_metadata(tree.host_path.join(&r.path))
+                .ok()
+                .map(|m| m.len());
         }
+        EntryKind::File => {}
     }
     r
 }
 
-/// Scans one tree against its references.
-pub fn scan_tree(root: &Root, tree: &Tree, opts: &ScanOptions) -> Result<TreeScan> {
-    let refs = reference::load(root, tree, opts.refs)?;
-    let scope = opts.scope.as_deref();
-    let entries = walk(tree, scope);
-    // Hash in parallel; collect() keeps the walk's order, so output is deterministic.
-    let mut files: Vec<FileResult> = entries
-        .par_iter()
-        .map(|e| judge(tree, &refs, e, opts.max_file_size()))
-        .collect();
-    let present: BTreeSet<&Path> = entries.iter().map(|e| e.rel.as_path()).collect();
-    let mut missing = Vec::new();
-    for (rel, exp) in &refs.entries {
-        if in_scope(rel, scope) && !present.contains(rel.as_path()) {
-            let mut r = FileResult::new(rel.clone(), FileStatus::Missing);
-            r.reference = Some(exp.kind);
-            r.expected = Some(exp.digest.clone());
-            missing.push(r);
+/// Puts files in report order ([`order_key`]). The walk already lists them in path
+/// order (names sorted, depth first), so a stable sort that keeps runs does little
+/// work; it sorts indices, not the large results, and then moves each result once.
+fn sort_files(files: &mut [FileResult]) {
+    let mut order: Vec<usize> = (0..files.len()).collect();
+    order.sort_by(|&a, &b| order_cmp(&files[a].path, &files[b].path));
+    // Position i receives the result at order[i]: follow each cycle of the
+    // permutation, marking places done by pointing them at themselves.
+    for start in 0..order.len() {
+        let mut at = start;
+        loop {
+            let from = order[at];
+            order[at] = at;
+            if from == start || from == at {
+                break;
+            }
+            files.swap(at, from);
+            at = from;
         }
     }
+}
+
+/// Scans one tree against its references.
+pub fn scan_tree(root: &Root, tree: &Tree, opts: &ScanOptions) -> Result<TreeScan> {
+    scan_tree_counted(root, tree, opts, None)
+}
+
+/// [`scan_tree`], advancing `counters` as files are listed and hashed (for a
+/// progress display).
+pub fn scan_tree_counted(
+    root: &Root,
+    tree: &Tree,
+    opts: &ScanOptions,
+    counters: Option<&Counters>,
+) -> Result<TreeScan> {
+    let refs = reference::load(root, tree, opts.refs)?;
+    let scope = opts.scope.as_deref();
+    let mut entries = walk(tree, scope, counters);
+    entries.shrink_to_fit();
+    // One reference look-up per file.
+    let expected: Vec<Option<&Expected>> = entries.par_iter().map(|e| refs.get(&e.rel)).collect();
+    // Listed files the walk did not see are missing. Most often every listed file is
+    // there, and counting says so (the walk yields each path once) without building
+    // a set of the tree's paths.
+    let listed = refs
+        .entries
+        .keys()
+        .filter(|rel| in_scope(rel, scope))
+        .count();
+    let seen = expected.iter().filter(|x| x.is_some()).count();
+    let present: HashSet<&Path> = if seen != listed {
+        entries.iter().map(|e| e.rel.as_path()).collect()
+    } else {
+        HashSet::new()
+    };
+    let mut missing = Vec::new();
+    if seen != listed {
+        for (rel, exp) in &refs.entries {
+            if in_scope(rel, scope) && !present.contains(rel.as_path()) {
+                let mut r = FileResult::new(rel.clone(), FileStatus::Missing);
+                r.reference = Some(exp.kind);
+                r.expected = Some(exp.digest.clone());
+                missing.push(r);
+            }
+        }
+    }
+    drop(present);
+    let pending: Vec<usize> = entries
+        .iter()
+        .zip(&expected)
+        .enumerate()
+        .filter(|(_, (e, x))| matches!(e.kind, EntryKind::File) && x.is_some())
+        .map(|(i, _)| i)
+        .collect();
+    let mut files: Vec<FileResult> = entries
+        .into_par_iter()
+        .zip(expected)
+        .map(|(e, x)| judge(tree, &refs, e, x))
+        .collect();
+    // Hashed in parallel, each result put in its file's place: output is deterministic.
+    hash_files(tree, &mut files, &pending, opts.max_file_size(), counters);
+    drop(pending);
     files.extend(missing);
-    files.sort_by_cached_key(|f| order_key(&f.path));
+    sort_files(&mut files);
     // Backups are listed under the file they back up, not as added files. Hashes
     // decide verified-clean and same-as-current here; `rules::apply` later marks the
     // remaining ones that carry an unsafe change.
@@ -460,21 +622,56 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sizes() {
-        assert_eq!(parse_size("1073741824"), Ok(1 << 30));
-        assert_eq!(parse_size("512M"), Ok(512 << 20));
-        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
-        assert_eq!(parse_size("3g"), Ok(3 << 30));
-        assert!(parse_size("0").is_err());
-        assert!(parse_size("1P").is_err());
-        assert!(parse_size("G").is_err());
-        assert!(parse_size("99999999999T").is_err());
-    }
-
-    #[test]
     fn scope_shorthands() {
         assert_eq!(scope_prefix("amdkfd"), PathBuf::from("amd/amdkfd"));
         assert_eq!(scope_prefix("./amd/display/"), PathBuf::from("amd/display"));
+    }
+
+    #[test]
+    fn sorting_files_moves_each_to_its_place() {
+        let names = [
+            "b",
+            "amd/amdkfd/z.c",
+            "a",
+            "amd/amdgpu/x.c",
+            "amd/amdkfd/a.c",
+            "c",
+        ];
+        let mut files: Vec<FileResult> = names
+            .iter()
+            .map(|n| FileResult::new(PathBuf::from(n), FileStatus::Ok))
+            .collect();
+        sort_files(&mut files);
+        let got: Vec<&str> = files.iter().map(|f| f.path.to_str().unwrap()).collect();
+        assert_eq!(
+            got,
+            [
+                "amd/amdkfd/a.c",
+                "amd/amdkfd/z.c",
+                "a",
+                "amd/amdgpu/x.c",
+                "b",
+                "c"
+            ]
+        );
+        // Against the reference order on many shuffles.
+        let mut paths: Vec<PathBuf> = (0..200)
+            .map(|i| {
+                PathBuf::from(format!(
+                    "amd/amd{}/f{}",
+                    ["kfd", "gpu"][i % 2],
+                    i * 7919 % 200
+                ))
+            })
+            .collect();
+        let mut files: Vec<FileResult> = paths
+            .iter()
+            .map(|p| FileResult::new(p.clone(), FileStatus::Ok))
+            .collect();
+        sort_files(&mut files);
+        paths.sort_by_cached_key(|p| order_key(p));
+        let got: Vec<PathBuf> = files.into_iter().map(|f| f.path).collect();
+        assert_eq!(got, paths);
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::root::Root;
 use crate::scan::{Backup, BackupVerdict, FileResult, FileStatus};
 use crate::tree::Tree;
 use rayon::prelude::*;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
@@ -153,6 +153,11 @@ impl SiblingBackups {
     /// in the same directory, then the same file in directory copies of any directory
     /// on its path (`amd/amdkfd.bak/kfd_crat.c`). Symlinks are never taken.
     pub fn find(&self, rel: &Path) -> Vec<PathBuf> {
+        self.find_listed(rel, &mut Listings::default())
+    }
+
+    /// [`Self::find`], reading each directory once for all the files asked about.
+    fn find_listed(&self, rel: &Path, listings: &mut Listings) -> Vec<PathBuf> {
         let mut found = BTreeSet::new();
         // A directory of the tree swapped for a link to elsewhere: what is over there
         // is not a backup in the tree, and is not read.
@@ -161,14 +166,14 @@ impl SiblingBackups {
         }
         let host = self.tree_dir.join(rel);
         if let (Some(dir), Some(name)) = (host.parent(), rel.file_name()) {
-            for other in list_dir(dir) {
+            for other in listings.of(dir) {
                 let Some(rest) = other.as_bytes().strip_prefix(name.as_bytes()) else {
                     continue;
                 };
                 if std::str::from_utf8(rest).is_ok_and(is_backup_suffix)
-                    && is_regular(&dir.join(&other))
+                    && is_regular(&dir.join(other))
                 {
-                    found.insert(rel.with_file_name(&other));
+                    found.insert(rel.with_file_name(other));
                 }
             }
         }
@@ -177,19 +182,19 @@ impl SiblingBackups {
             let parent: PathBuf = parts[..i].iter().collect();
             let rest: PathBuf = parts[i + 1..].iter().collect();
             let dir_name = parts[i].as_bytes();
-            for other in list_dir(&self.tree_dir.join(&parent)) {
+            for other in listings.of(&self.tree_dir.join(&parent)) {
                 let Some(suffix) = other.as_bytes().strip_prefix(dir_name) else {
                     continue;
                 };
                 if !std::str::from_utf8(suffix).is_ok_and(is_backup_suffix) {
                     continue;
                 }
-                let copy_dir = self.tree_dir.join(&parent).join(&other);
+                let copy_dir = self.tree_dir.join(&parent).join(other);
                 if is_real_dir(&copy_dir)
                     && real_dirs(&copy_dir, rest.parent().unwrap_or(Path::new("")))
                     && is_regular(&copy_dir.join(&rest))
                 {
-                    found.insert(parent.join(&other).join(&rest));
+                    found.insert(parent.join(other).join(&rest));
                 }
             }
         }
@@ -220,6 +225,20 @@ fn list_dir(dir: &Path) -> Vec<std::ffi::OsString> {
         .collect()
 }
 
+/// Directory listings read once and kept while backups of many files are looked
+/// for: a modified tree may have thousands of modified files in a few directories,
+/// and each file's search lists its directory and every directory above it.
+#[derive(Default)]
+struct Listings(HashMap<PathBuf, Vec<std::ffi::OsString>>);
+
+impl Listings {
+    fn of(&mut self, dir: &Path) -> &[std::ffi::OsString] {
+        self.0
+            .entry(dir.to_path_buf())
+            .or_insert_with(|| list_dir(dir))
+    }
+}
+
 impl ContentProvider for SiblingBackups {
     fn kind(&self) -> ReferenceKind {
         ReferenceKind::Backup
@@ -234,8 +253,9 @@ impl ContentProvider for SiblingBackups {
         rels: &[PathBuf],
         visit: &mut dyn FnMut(&Path, Candidate),
     ) -> Result<()> {
+        let mut listings = Listings::default();
         for rel in rels {
-            for b in self.find(rel) {
+            for b in self.find_listed(rel, &mut listings) {
                 let host = self.tree_dir.join(&b);
                 // An unreadable backup is just not a source; its verdict says why.
                 let Ok(bytes) = read_limited(&host, MAX_SOURCE_FILE) else {
@@ -307,24 +327,28 @@ pub fn attach(
     files: &mut Vec<FileResult>,
     unsafe_change: UnsafeCheck,
 ) -> usize {
-    let index: BTreeMap<PathBuf, usize> = files
-        .iter()
-        .enumerate()
-        .map(|(i, f)| (f.path.clone(), i))
-        .collect();
     let is_candidate = |f: &FileResult| {
         matches!(f.status, FileStatus::Added | FileStatus::Unverified) && f.detail.is_none()
     };
-    // An original is a file of the package, or a file that does not look like a
-    // backup itself (a user's own added file can have backups too).
-    let is_original =
-        |p: &Path| index.contains_key(p) && (refs.get(p).is_some() || !backup_looking(p));
-    let pairs: Vec<(usize, PathBuf)> = files
+    let candidates: Vec<usize> = files
         .iter()
         .enumerate()
         .filter(|(_, f)| is_candidate(f) && backup_looking(&f.path))
-        .filter_map(|(i, f)| backup_target(&f.path, &is_original).map(|(t, _)| (i, t)))
+        .map(|(i, _)| i)
         .collect();
+    // Most trees have no backup at all: no index of every path is built for them.
+    if candidates.is_empty() {
+        return 0;
+    }
+    let index: HashSet<&Path> = files.iter().map(|f| f.path.as_path()).collect();
+    // An original is a file of the package, or a file that does not look like a
+    // backup itself (a user's own added file can have backups too).
+    let is_original = |p: &Path| index.contains(p) && (refs.get(p).is_some() || !backup_looking(p));
+    let pairs: Vec<(usize, PathBuf)> = candidates
+        .into_iter()
+        .filter_map(|i| backup_target(&files[i].path, &is_original).map(|(t, _)| (i, t)))
+        .collect();
+    drop(index);
     if pairs.is_empty() {
         return 0;
     }

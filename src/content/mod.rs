@@ -352,13 +352,13 @@ pub fn annotate(
                 FileStatus::Missing => None,
                 _ => read_limited(&tree.host_path.join(rel), MAX_SOURCE_FILE).ok(),
             };
-            f.diff = Some(crate::diff::FileDiff::compute(
+            f.diff = Some(Box::new(crate::diff::FileDiff::compute(
                 rel,
                 &copy,
                 &tree.system_path,
                 current.as_deref(),
                 crate::diff::CONTEXT,
-            ));
+            )));
         }
         f.clean = Some(CleanSource {
             kind: copy.source,

@@ -6,6 +6,7 @@ mod content;
 mod corpus;
 mod dkms_real;
 mod fixture;
+mod hashing;
 mod hostile;
 mod newcomer;
 mod props;
