@@ -599,6 +599,46 @@ mod tests {
         assert_eq!(counters.bytes(), lens.iter().sum::<usize>() as u64);
     }
 
+    #[test]
+    fn portable_and_detected_code_agree() {
+        // The tests above run the code this CPU selects (AVX2 on most x86-64); the
+        // portable build runs on the others.
+        let inputs: Vec<Vec<u8>> = (0..LANES).map(|l| data(64 * (3 + l % 4), l)).collect();
+        let ins: [&[u8]; LANES] = std::array::from_fn(|l| &inputs[l][..]);
+        let mut a: State<LANES> = std::array::from_fn(|w| [IV[w]; LANES]);
+        let mut b = a;
+        compress_lanes(&mut a, &ins, 3);
+        compress_lanes_portable(&mut b, &ins, 3);
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn streams_past_the_limit_stop_one_byte_after_it() {
+        let inputs: Vec<Vec<u8>> = [10, 100, 101, 102, 5000, CHUNK + 3, 3 * CHUNK]
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| data(n, i))
+            .collect();
+        // Sizes as a stat saw them earlier: the files have grown since.
+        let sizes = vec![1; inputs.len()];
+        let all: Mutex<Vec<Option<Md5Result>>> =
+            Mutex::new(std::iter::repeat_with(|| None).take(inputs.len()).collect());
+        for limit in [100u64, CHUNK as u64] {
+            md5_streams(&sizes, &|i| Ok(&inputs[i][..]), limit, None, &|i, r| {
+                all.lock().unwrap()[i] = Some(r)
+            });
+            for (i, r) in all.lock().unwrap().iter_mut().enumerate() {
+                let (d, n) = r.take().unwrap().unwrap();
+                let len = inputs[i].len() as u64;
+                if len <= limit {
+                    assert_eq!((d, n), (reference(&inputs[i]), len), "stream {i}");
+                } else {
+                    assert_eq!(n, limit + 1, "stream {i}, limit {limit}");
+                }
+            }
+        }
+    }
+
     /// Reads at most a few bytes at a time, and fails where told.
     struct Trickle<'a> {
         data: &'a [u8],
