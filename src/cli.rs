@@ -195,7 +195,21 @@ pub fn select_trees(root: &Root, args: &TreeArgs) -> Result<Vec<Tree>, Error> {
     }
 }
 
-fn scan_all(
+impl TreeArgs {
+    /// Scan options for commands that judge whole trees (plan, restore): the user's
+    /// reference and size settings, no scope, no diff.
+    pub fn scan_options(&self) -> ScanOptions {
+        ScanOptions {
+            refs: LoadOptions {
+                lenient: self.lenient,
+            },
+            max_file_size: self.max_file_size,
+            ..ScanOptions::default()
+        }
+    }
+}
+
+pub fn scan_all(
     root: &Root,
     trees: &[Tree],
     opts: &ScanOptions,

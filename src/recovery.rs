@@ -19,9 +19,8 @@ use crate::cli::{self, Cli, Format, PlanArgs};
 use crate::dkms::{self, DkmsState, KernelState, PackageState};
 use crate::exit::Outcome;
 use crate::mounts;
-use crate::reference::LoadOptions;
 use crate::root::Root;
-use crate::scan::{self, FileStatus, ScanOptions, TreeScan};
+use crate::scan::{FileStatus, TreeScan};
 use crate::term;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -1271,18 +1270,8 @@ pub fn run_steps(
 pub fn cmd_plan(cli: &Cli, args: &PlanArgs, out: &mut dyn Write) -> anyhow::Result<Outcome> {
     let root = Root::open(&cli.root)?;
     let trees = cli::select_trees(&root, &args.trees)?;
-    let opts = ScanOptions {
-        scope: None,
-        refs: LoadOptions {
-            lenient: args.trees.lenient,
-        },
-        max_file_size: args.trees.max_file_size,
-        ..ScanOptions::default()
-    };
-    let scans: Vec<TreeScan> = trees
-        .iter()
-        .map(|t| scan::scan_tree(&root, t, &opts))
-        .collect::<Result<_, _>>()?;
+    let opts = args.trees.scan_options();
+    let scans: Vec<TreeScan> = crate::cli::scan_all(&root, &trees, &opts, None)?;
     let state = DkmsState::collect(&root, &scans);
     let plan = build(&root, &scans, &state, &PlanOptions::for_root(&root));
     if args.run {

@@ -10,9 +10,8 @@ use crate::atomic;
 use crate::cli::{select_trees, Cli, Format, TreeArgs};
 use crate::exit::Outcome;
 use crate::mounts;
-use crate::reference::LoadOptions;
 use crate::root::Root;
-use crate::scan::{self, ScanOptions, TreeScan};
+use crate::scan::{self, TreeScan};
 use crate::term;
 use clap::Args;
 use serde::Serialize;
@@ -287,18 +286,8 @@ pub fn restore(cli: &Cli, args: &RestoreArgs, out: &mut dyn Write) -> anyhow::Re
             term::path(&root.path("/usr/src"))
         );
     }
-    let opts = ScanOptions {
-        scope: None,
-        refs: LoadOptions {
-            lenient: args.trees.lenient,
-        },
-        max_file_size: args.trees.max_file_size,
-        ..ScanOptions::default()
-    };
-    let scans: Vec<TreeScan> = trees
-        .iter()
-        .map(|t| scan::scan_tree(&root, t, &opts))
-        .collect::<Result<_, _>>()?;
+    let opts = args.trees.scan_options();
+    let scans: Vec<TreeScan> = crate::cli::scan_all(&root, &trees, &opts, None)?;
     let plan = plan::build(&root, &scans, &args.only)?;
 
     if args.dry_run {
