@@ -10,7 +10,7 @@
 //! Measured per core on x86-64: about 4× a single stream with the SSE2 every x86-64
 //! has, about 7× with AVX2 (chosen at run time when the CPU has it).
 //!
-//! [`hash_files`] feeds the lanes from files: the largest files first, so that no
+//! [`md5_files`] feeds the lanes from files: the largest files first, so that no
 //! big file starts late and finishes alone, each lane reading its file in chunks
 //! (memory stays at `LANES` chunks per thread, whatever the file sizes), and the
 //! last few files of each thread finished one at a time, which is faster than
