@@ -1121,26 +1121,7 @@ pub fn function_name(header: &str) -> Option<&str> {
 
 /// Splits a condition on top-level `||` (parentheses respected).
 pub fn disjuncts(cond: &str) -> Vec<&str> {
-    let b = cond.as_bytes();
-    let mut out = Vec::new();
-    let mut depth = 0;
-    let mut start = 0;
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'(' | b'[' => depth += 1,
-            b')' | b']' => depth -= 1,
-            b'|' if depth == 0 && b.get(i + 1) == Some(&b'|') => {
-                out.push(cond[start..i].trim());
-                start = i + 2;
-                i += 1;
-            }
-            _ => {}
-        }
-        i += 1;
-    }
-    out.push(cond[start..].trim());
-    out
+    split_top_level(cond, b'|')
 }
 
 /// Strips redundant outer parentheses: `((a || b))` → `a || b`.
@@ -1192,6 +1173,11 @@ pub fn always_false(cond: &str) -> bool {
 
 /// Splits a condition on top-level `&&`.
 pub fn conjuncts(cond: &str) -> Vec<&str> {
+    split_top_level(cond, b'&')
+}
+
+/// Splits a condition on a doubled operator (`||`, `&&`) outside parentheses and brackets.
+fn split_top_level(cond: &str, op: u8) -> Vec<&str> {
     let b = cond.as_bytes();
     let mut out = Vec::new();
     let mut depth = 0;
@@ -1201,7 +1187,7 @@ pub fn conjuncts(cond: &str) -> Vec<&str> {
         match b[i] {
             b'(' | b'[' => depth += 1,
             b')' | b']' => depth -= 1,
-            b'&' if depth == 0 && b.get(i + 1) == Some(&b'&') => {
+            c if c == op && depth == 0 && b.get(i + 1) == Some(&op) => {
                 out.push(cond[start..i].trim());
                 start = i + 2;
                 i += 1;
