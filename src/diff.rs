@@ -7,12 +7,12 @@
 //! characters in the file's lines are escaped (a tampered file must not be able to
 //! drive the terminal); in a pipe the lines are written byte for byte.
 
-use crate::cli::{Cli, Format, TreeArgs};
+use crate::app::{Cli, Format, TreeArgs};
 use crate::content::{CleanContent, CleanCopy};
 use crate::error::Error;
 use crate::exit::Outcome;
+use crate::io::root::Root;
 use crate::reference::{self, safe_relative, LoadOptions, TreeReferences};
-use crate::root::Root;
 use crate::scan::{self, FileStatus, ScanOptions};
 use crate::term;
 use crate::tree::Tree;
@@ -410,7 +410,7 @@ pub fn cmd(
     out: &mut dyn Write,
 ) -> anyhow::Result<Outcome> {
     let root = Root::open(&cli.root)?;
-    let trees = crate::cli::select_trees(&root, tree_args)?;
+    let trees = crate::app::select_trees(&root, tree_args)?;
     let opts = LoadOptions {
         lenient: tree_args.lenient,
     };
@@ -604,7 +604,7 @@ fn status_of(tree: &Tree, refs: &TreeReferences, rel: &Path, max_size: u64) -> F
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hash::{Algorithm, Digest};
+    use crate::io::hash::{Algorithm, Digest};
     use crate::reference::ReferenceKind;
 
     fn copy(bytes: &[u8]) -> CleanCopy {

@@ -1,4 +1,4 @@
 //! Thin entry point: parse arguments, run the library, turn the outcome into an exit code.
 fn main() -> std::process::ExitCode {
-    kfd_audit::cli::main()
+    kfd_audit::app::main()
 }

@@ -4,7 +4,7 @@
 //! `$kernelver` and friends, so values are kept as text, never expanded.
 
 use crate::error::{Error, Result};
-use crate::root::Root;
+use crate::io::root::Root;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

@@ -18,9 +18,9 @@
 
 use super::{shown, Candidate, ContentProvider, MAX_SOURCE_FILE};
 use crate::error::{Error, Result};
-use crate::hash::{Algorithm, Digest};
+use crate::io::hash::{Algorithm, Digest};
+use crate::io::root::Root;
 use crate::reference::{safe_relative, ReferenceKind, TreeReferences};
-use crate::root::Root;
 use crate::tree::Tree;
 use std::collections::BTreeMap;
 use std::fs::File;

@@ -17,9 +17,10 @@
 
 use super::{read_limited, shown, Candidate, ContentProvider, MAX_SOURCE_FILE};
 use crate::error::Result;
-use crate::hash::{Algorithm, Digest};
-use crate::reference::{dpkg, Expected, ReferenceKind, TreeReferences};
-use crate::root::Root;
+use crate::io::hash::{Algorithm, Digest};
+use crate::io::root::Root;
+use crate::pkgdb::dpkg;
+use crate::reference::{Expected, ReferenceKind, TreeReferences};
 use crate::scan::{Backup, BackupVerdict, FileResult, FileStatus};
 use crate::tree::Tree;
 use rayon::prelude::*;
@@ -412,7 +413,7 @@ fn is_module_name(name: &OsStr) -> bool {
 pub fn module_backups(root: &Root) -> Vec<ModuleBackup> {
     let base = root.path("/lib/modules");
     let mut found: Vec<(PathBuf, PathBuf)> = Vec::new();
-    for entry in crate::walk::Walk::new(&base).entries() {
+    for entry in crate::io::walk::Walk::new(&base).entries() {
         if !entry.file_type().is_file() {
             continue;
         }

@@ -9,12 +9,12 @@
 //! baseline manifest's SHA-256, which was computed from the same bytes.
 
 use super::{shown, Candidate, ContentProvider, MAX_SOURCE_FILE};
-use crate::atomic;
-use crate::baseline;
 use crate::error::{Error, Result};
-use crate::hash::{Algorithm, Digest};
+use crate::io::atomic;
+use crate::io::hash::{Algorithm, Digest};
+use crate::io::root::Root;
+use crate::reference::baseline;
 use crate::reference::{ReferenceKind, TreeReferences};
-use crate::root::Root;
 use crate::scan;
 use crate::tree::Tree;
 use rayon::prelude::*;

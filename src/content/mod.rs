@@ -29,9 +29,9 @@ pub mod baseline_copies;
 pub use backup::{is_backup_suffix, SiblingBackups, BACKUP_SUFFIXES};
 
 use crate::error::{Error, Result};
-use crate::hash::{self, Digest};
+use crate::io::hash::{self, Digest};
+use crate::io::root::Root;
 use crate::reference::{ReferenceKind, TreeReferences};
-use crate::root::Root;
 use crate::scan;
 use crate::tree::Tree;
 use std::collections::BTreeSet;

@@ -6,12 +6,12 @@
 //! Per file the strongest reference that lists it judges it, and the report names
 //! that reference next to the verdict.
 
-pub mod dpkg;
+pub mod baseline;
 
-use crate::baseline;
 use crate::error::Result;
-use crate::hash::Digest;
-use crate::root::Root;
+use crate::io::hash::Digest;
+use crate::io::root::Root;
+use crate::pkgdb::dpkg;
 use crate::tree::Tree;
 use serde::Serialize;
 use std::collections::BTreeMap;

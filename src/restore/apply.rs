@@ -13,12 +13,12 @@
 //! the run at once: every file is whole, and the result says which were replaced.
 //! Restore and undo both go through here, so an undo is journaled like a restore.
 
-use super::failpoint;
 use super::journal::{sha256_hex, Entry, Intent, JournalWriter, RunKind};
 use super::plan::{quarantine_path, STATE_DIR};
-use crate::atomic::{Ownership, TreeFile};
-use crate::hash::Digest;
-use crate::root::Root;
+use crate::io::atomic::{Ownership, TreeFile};
+use crate::io::failpoint;
+use crate::io::hash::Digest;
+use crate::io::root::Root;
 use std::path::PathBuf;
 
 /// What the file must be right before it is replaced.
@@ -243,7 +243,7 @@ pub fn apply(
 ) -> ApplyResult {
     let mut result = ApplyResult::default();
     let state_host = root.path(STATE_DIR);
-    let journal = match crate::atomic::create_private_dir(&state_host).and_then(|_| {
+    let journal = match crate::io::atomic::create_private_dir(&state_host).and_then(|_| {
         JournalWriter::create(&state_host, |id| Entry::Begin {
             id: id.to_string(),
             kind,

@@ -8,9 +8,9 @@
 //! or new: its hash says which (see [`FileState`]). `undo` reads the same lines
 //! backwards.
 
-use crate::atomic::TreeFile;
 use crate::error::{Error, Result};
-use crate::hash::{Algorithm, Digest};
+use crate::io::atomic::TreeFile;
+use crate::io::hash::{Algorithm, Digest};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;

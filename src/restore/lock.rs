@@ -4,8 +4,8 @@
 //! process still owns it (refuse), a dead one left it behind when it was killed
 //! (take it over, with a warning).
 
-use crate::atomic::{self, process_alive};
 use crate::error::{Error, Result};
+use crate::io::atomic::{self, process_alive};
 use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::os::fd::AsRawFd;

@@ -6,8 +6,6 @@
 //! which. `undo` puts back what a run replaced, itself as a journaled run.
 
 pub mod apply;
-pub mod command;
-pub mod failpoint;
 pub mod journal;
 pub mod lock;
 pub mod plan;
@@ -15,10 +13,8 @@ pub mod prompt;
 pub mod render;
 pub mod undo;
 
-pub use command::{RestoreArgs, UndoArgs};
-
 use crate::error::Result;
-use crate::root::Root;
+use crate::io::root::Root;
 use crate::scan::TreeScan;
 use apply::{ApplyResult, Change, Expect};
 use plan::{clean_content, display_origin, PlanItem, RestorePlan};
@@ -108,8 +104,8 @@ pub fn review(
 }
 
 /// Whether bytes hash to the digest.
-pub fn verifies(bytes: &[u8], d: &crate::hash::Digest) -> bool {
-    crate::hash::Digest::of_bytes(d.algorithm(), bytes) == *d
+pub fn verifies(bytes: &[u8], d: &crate::io::hash::Digest) -> bool {
+    crate::io::hash::Digest::of_bytes(d.algorithm(), bytes) == *d
 }
 
 fn change_for(tp: &plan::TreePlan, item: &PlanItem, root: &Root) -> Change {

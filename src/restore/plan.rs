@@ -2,12 +2,12 @@
 //! chosen, its hash, and what happens to the current file. Built from a scan and
 //! read-only; applying it is [`super::apply`]'s job.
 
-use crate::atomic::{self, TEMP_PREFIX};
 use crate::content::CleanContent;
 use crate::error::{Error, Result};
-use crate::hash::{Algorithm, Digest};
+use crate::io::atomic::{self, TEMP_PREFIX};
+use crate::io::hash::{Algorithm, Digest};
+use crate::io::root::Root;
 use crate::reference::ReferenceKind;
-use crate::root::Root;
 use crate::scan::{FileStatus, TreeScan};
 use crate::tree::Tree;
 use serde::Serialize;
@@ -15,7 +15,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 /// kfd-audit's state directory as the audited system names it.
-pub const STATE_DIR: &str = crate::baseline::STATE_DIR;
+pub const STATE_DIR: &str = crate::reference::baseline::STATE_DIR;
 
 /// The clean content providers of a scanned tree. The one place the restore
 /// engine asks for them, so that new providers arrive here only.

@@ -2,7 +2,7 @@
 //! Markdown for a bug report. Every name from a tree is escaped before printing.
 
 use super::plan::{advice, display_origin, quarantine_path, Action, RestorePlan};
-use crate::root::Root;
+use crate::io::root::Root;
 use crate::term;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -15,10 +15,10 @@ fn plural(n: usize, word: &str) -> String {
     }
 }
 
-fn algo(d: &crate::hash::Digest) -> &'static str {
+fn algo(d: &crate::io::hash::Digest) -> &'static str {
     match d.algorithm() {
-        crate::hash::Algorithm::Md5 => "md5",
-        crate::hash::Algorithm::Sha256 => "sha256",
+        crate::io::hash::Algorithm::Md5 => "md5",
+        crate::io::hash::Algorithm::Sha256 => "sha256",
     }
 }
 

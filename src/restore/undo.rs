@@ -6,10 +6,10 @@
 
 use super::apply::{self, ApplyResult, Change, Expect};
 use super::journal::{judge, sha256_hex, FileState, Intent, Run, RunKind};
-use crate::atomic::TreeFile;
 use crate::error::{Error, Result};
-use crate::hash::{Algorithm, Digest};
-use crate::root::Root;
+use crate::io::atomic::TreeFile;
+use crate::io::hash::{Algorithm, Digest};
+use crate::io::root::Root;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 

@@ -23,7 +23,7 @@ mod spec;
 use crate::content::CleanContent;
 use crate::error::{Error, Result};
 use crate::finding::{Finding, Severity};
-use crate::root::Root;
+use crate::io::root::Root;
 use crate::scan::{self, FileStatus, TreeScan};
 use crate::tree::Tree;
 use globset::GlobSet;
@@ -335,7 +335,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
         "amdgpu-overrides.toml",
         include_str!("../../patterns/amdgpu-overrides.toml"),
     ),
-    // Module options and kernel parameters: run on `<module-options>` (src/modopts.rs).
+    // Module options and kernel parameters: run on `<module-options>` (src/system/modopts.rs).
     (
         "modprobe.toml",
         include_str!("../../patterns/modprobe.toml"),

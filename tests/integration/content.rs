@@ -3,8 +3,8 @@
 
 use crate::fixture::{amdgpu_tree_files, json_file, md5_hex, Fixture, CRAT_C, TREE};
 use kfd_audit::content::CleanContent;
+use kfd_audit::io::root::Root;
 use kfd_audit::reference::{self, LoadOptions, ReferenceKind};
-use kfd_audit::root::Root;
 use kfd_audit::tree;
 use std::path::{Path, PathBuf};
 

@@ -3,7 +3,7 @@
 
 use crate::fixture::{Fixture, Run, TREE};
 use clap::Parser as _;
-use kfd_audit::cli::Cli;
+use kfd_audit::app::Cli;
 use std::process::Command;
 
 fn kfd(args: &[&str]) -> Run {

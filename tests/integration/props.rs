@@ -5,12 +5,13 @@
 //! bounded so that the whole suite stays quick.
 
 use crate::fixture::{md5_hex, Fixture};
-use kfd_audit::baseline;
 use kfd_audit::content::archive;
 use kfd_audit::dkms;
-use kfd_audit::hash::{Algorithm, Digest};
-use kfd_audit::mounts;
-use kfd_audit::reference::{dpkg, safe_relative};
+use kfd_audit::io::hash::{Algorithm, Digest};
+use kfd_audit::io::mounts;
+use kfd_audit::pkgdb::dpkg;
+use kfd_audit::reference::baseline;
+use kfd_audit::reference::safe_relative;
 use kfd_audit::restore::journal;
 use kfd_audit::tree::DkmsConf;
 use proptest::prelude::*;
@@ -334,7 +335,7 @@ proptest! {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("var/lib/dpkg")).unwrap();
         std::fs::write(dir.path().join("var/lib/dpkg/status"), &text).unwrap();
-        let root = kfd_audit::root::Root::open(dir.path()).unwrap();
+        let root = kfd_audit::io::root::Root::open(dir.path()).unwrap();
         let _ = archive::installed_version(&root, "amdgpu-dkms");
     }
 }
@@ -371,14 +372,14 @@ proptest! {
         ], 0..40).prop_map(|v| v.concat()),
     ], original in any::<String>()) {
         let lines = text.lines().count();
-        for fp in kfd_audit::patch::parse(&text) {
+        for fp in kfd_audit::dkms::patch::parse(&text) {
             for h in &fp.hunks {
                 prop_assert!(h.header_line >= 1 && h.header_line <= lines);
             }
             let _ = fp.added_lines();
-            let _ = kfd_audit::patch::apply(&original, &fp);
+            let _ = kfd_audit::dkms::patch::apply(&original, &fp);
         }
-        let _ = kfd_audit::recipe::here_documents(&text);
+        let _ = kfd_audit::dkms::recipe::here_documents(&text);
     }
 
     #[test]
@@ -387,13 +388,13 @@ proptest! {
             .unified_diff()
             .header("a/f.c", "b/f.c")
             .to_string();
-        let patches = kfd_audit::patch::parse(&diff);
+        let patches = kfd_audit::dkms::patch::parse(&diff);
         if a == b {
             prop_assert!(patches.is_empty());
         } else {
             prop_assert_eq!(patches.len(), 1, "{}", diff);
             prop_assert_eq!(&patches[0].path, "f.c");
-            let got = kfd_audit::patch::apply(&a, &patches[0]).unwrap();
+            let got = kfd_audit::dkms::patch::apply(&a, &patches[0]).unwrap();
             prop_assert_eq!(got.lines().collect::<Vec<_>>(), b.lines().collect::<Vec<_>>(), "{}", diff);
         }
     }
@@ -492,7 +493,7 @@ proptest! {
 
     #[test]
     fn module_options_command_lines_and_env_files_never_panic(text in config_text()) {
-        use kfd_audit::{modopts, rocm};
+        use kfd_audit::system::{modopts, rocm};
         let _ = modopts::parse_modprobe("/etc/modprobe.d/x.conf", &text);
         let _ = modopts::parse_grub("/etc/default/grub", &text);
         let _ = modopts::modprobe_lines(&text);
@@ -508,7 +509,7 @@ proptest! {
 
     #[test]
     fn sysfs_properties_are_values_or_an_error_with_its_line(text in config_text()) {
-        match kfd_audit::live::parse_properties(&text) {
+        match kfd_audit::system::live::parse_properties(&text) {
             Ok(props) => prop_assert!(props.len() <= text.lines().count()),
             Err((line, message)) => {
                 prop_assert!(line >= 1 && line <= text.lines().count(), "line {} of {:?}", line, text);

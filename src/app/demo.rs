@@ -414,7 +414,7 @@ fn color_word(c: crate::term::ColorChoice) -> &'static str {
 
 /// Runs one kfd-audit command line inside the sandbox, echoing it like a shell would.
 fn show(
-    cli: &crate::cli::Cli,
+    cli: &crate::app::Cli,
     root: &Path,
     args: &[&str],
     out: &mut dyn std::io::Write,
@@ -434,19 +434,19 @@ fn show(
         color_word(cli.color),
     ];
     argv.extend_from_slice(args);
-    let inner = crate::cli::Cli::try_parse_from(argv)?;
-    crate::cli::run(&inner, out)?;
+    let inner = crate::app::Cli::try_parse_from(argv)?;
+    crate::app::run(&inner, out)?;
     Ok(())
 }
 
 /// `kfd-audit demo`: build the sandbox, run the scan and the plan on it, and say how
 /// to try the interactive restore and undo.
 pub fn cmd(
-    cli: &crate::cli::Cli,
+    cli: &crate::app::Cli,
     args: &DemoArgs,
     out: &mut dyn std::io::Write,
 ) -> anyhow::Result<crate::exit::Outcome> {
-    if cli.format != crate::cli::Format::Text {
+    if cli.format != crate::app::Format::Text {
         anyhow::bail!("kfd-audit demo prints text only; drop --format");
     }
     let temp;

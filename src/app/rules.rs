@@ -1,7 +1,7 @@
 //! `kfd-audit rules list` and `kfd-audit rules check FILE...`, and loading the rule
 //! set a command runs with (built-ins plus `--rules DIR`).
 
-use crate::cli::{Cli, Format};
+use crate::app::{Cli, Format};
 use crate::exit::Outcome;
 use crate::rules::{Rule, RuleSet};
 use crate::term;

@@ -1,16 +1,16 @@
 //! `kfd-audit restore` and `kfd-audit undo`: arguments, checks before anything is
 //! written (terminal, read-only filesystem, lock), and what is printed.
 
-use super::apply::ApplyResult;
-use super::journal::{self, FileState, Run};
-use super::plan::{self, RestorePlan, STATE_DIR};
-use super::prompt::TerminalPrompter;
-use super::{lock, render, undo, Review};
-use crate::atomic;
-use crate::cli::{select_trees, Cli, Format, TreeArgs};
+use crate::app::{select_trees, Cli, Format, TreeArgs};
 use crate::exit::Outcome;
-use crate::mounts;
-use crate::root::Root;
+use crate::io::atomic;
+use crate::io::mounts;
+use crate::io::root::Root;
+use crate::restore::apply::ApplyResult;
+use crate::restore::journal::{self, FileState, Run};
+use crate::restore::plan::{self, RestorePlan, STATE_DIR};
+use crate::restore::prompt::TerminalPrompter;
+use crate::restore::{self, lock, render, undo, Review};
 use crate::scan::{self, TreeScan};
 use crate::term;
 use clap::Args;
@@ -287,7 +287,7 @@ pub fn restore(cli: &Cli, args: &RestoreArgs, out: &mut dyn Write) -> anyhow::Re
         );
     }
     let opts = args.trees.scan_options();
-    let scans: Vec<TreeScan> = crate::cli::scan_all(&root, &trees, &opts, None)?;
+    let scans: Vec<TreeScan> = crate::app::scan_all(&root, &trees, &opts, None)?;
     let plan = plan::build(&root, &scans, &args.only)?;
 
     if args.dry_run {
@@ -340,9 +340,9 @@ pub fn restore(cli: &Cli, args: &RestoreArgs, out: &mut dyn Write) -> anyhow::Re
         }
         let mut prompter = TerminalPrompter::default();
         let review = if cli.format == Format::Text {
-            super::review(&root, &plan, &mut prompter, out)?
+            restore::review(&root, &plan, &mut prompter, out)?
         } else {
-            super::review(&root, &plan, &mut prompter, &mut std::io::stderr())?
+            restore::review(&root, &plan, &mut prompter, &mut std::io::stderr())?
         };
         match review {
             Review::Selected(s) => s,
@@ -359,10 +359,10 @@ pub fn restore(cli: &Cli, args: &RestoreArgs, out: &mut dyn Write) -> anyhow::Re
         if cli.format == Format::Text {
             out.write_all(render::plan_text(&root, &plan, "<run>").as_bytes())?;
         }
-        super::select_all(&plan)
+        restore::select_all(&plan)
     };
 
-    let result = super::apply_plan(&root, &plan, &scans, &selection);
+    let result = restore::apply_plan(&root, &plan, &scans, &selection);
     let restored_trees: BTreeSet<PathBuf> = result
         .applied
         .iter()

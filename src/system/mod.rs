@@ -1,18 +1,22 @@
 //! Beyond the source tree: the parts of a machine that can keep an unsafe driver
 //! change alive after the DKMS tree is clean again. Each is a section of `scan`:
 //!
-//! - `live`: the running driver's KFD topology in sysfs ([`crate::live`]);
-//! - `options`: module options and kernel command line ([`crate::modopts`]);
-//! - `rocm`: ROCm packages' files and `HSA_OVERRIDE_GFX_VERSION` ([`crate::rocm`]).
+//! - `live`: the running driver's KFD topology in sysfs ([`crate::system::live`]);
+//! - `options`: module options and kernel command line ([`crate::system::modopts`]);
+//! - `rocm`: ROCm packages' files and `HSA_OVERRIDE_GFX_VERSION` ([`crate::system::rocm`]).
 //!
 //! Findings here are about a file on the audited system (a sysfs attribute, a config
 //! line, a library), so each carries its `source` and an [`Action`]: the step that
 //! undoes it, for people (`fix`) and for the restore planner (`action`). kfd-audit
 //! never edits these files during a scan.
 
+pub mod live;
+pub mod modopts;
+pub mod rocm;
+
 use crate::error::Result;
 use crate::finding::{Finding, Severity};
-use crate::root::Root;
+use crate::io::root::Root;
 use crate::term;
 use anstyle::{AnsiColor, Style};
 use serde::Serialize;
@@ -225,18 +229,18 @@ pub fn run(root: &Root, opts: &Options) -> Result<SystemReport> {
     // The ROCm section compares HSA_OVERRIDE_GFX_VERSION with the GPUs sysfs reports,
     // so the topology is read whenever either section runs.
     let topology = if opts.wants(Section::Live) || wants_rocm {
-        Some(crate::live::read_topology(root, opts.lenient)?)
+        Some(crate::system::live::read_topology(root, opts.lenient)?)
     } else {
         None
     };
     if opts.wants(Section::Live) {
         let topo = topology.as_ref().expect("read above");
-        let (findings, section) = crate::live::check(topo);
+        let (findings, section) = crate::system::live::check(topo);
         report.live = Some(findings);
         report.sections.live = Some(section);
     }
     if opts.wants(Section::Options) {
-        let (findings, section) = crate::modopts::scan(root, &opts.rules)?;
+        let (findings, section) = crate::system::modopts::scan(root, &opts.rules)?;
         report.module_options = Some(findings);
         report.sections.module_options = Some(section);
     }
@@ -251,9 +255,9 @@ pub fn run(root: &Root, opts: &Options) -> Result<SystemReport> {
         } else {
             Vec::new()
         };
-        let (findings, section) = crate::rocm::scan(
+        let (findings, section) = crate::system::rocm::scan(
             root,
-            &crate::rocm::RocmOptions {
+            &crate::system::rocm::RocmOptions {
                 patterns: opts.rocm_packages.clone(),
                 lenient: opts.lenient,
                 process_env: env,

@@ -1,10 +1,12 @@
 //! The scan report: one data model, rendered as text for people, JSON for tools
 //! (the contract in DESIGN.md: extend, never rename) and Markdown for bug reports.
 
-use crate::beyond::{Sections, SystemFinding, SystemReport};
+pub mod prometheus;
+
 use crate::exit::Outcome;
 use crate::finding::{Finding, Severity};
 use crate::scan::{BackupVerdict, FileResult, FileStatus, TreeScan};
+use crate::system::{Sections, SystemFinding, SystemReport};
 use crate::term;
 use anstyle::{AnsiColor, Style};
 use serde::Serialize;
@@ -72,7 +74,7 @@ pub struct TreeReport {
     /// What dkms will really compile: overrides, build-time patches, and findings
     /// about them (see `recipe.rs`). Absent when nothing changes the build.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub build: Option<crate::recipe::BuildAudit>,
+    pub build: Option<crate::dkms::recipe::BuildAudit>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -369,7 +371,7 @@ impl Report {
 
     /// Adds each tree's build-recipe audit (same order as the trees); its findings
     /// count in the summary and the exit code like findings in files.
-    pub fn attach_build(&mut self, audits: Vec<crate::recipe::BuildAudit>) {
+    pub fn attach_build(&mut self, audits: Vec<crate::dkms::recipe::BuildAudit>) {
         for (t, a) in self.trees.iter_mut().zip(audits) {
             if a.overrides.is_empty() && a.patches.is_empty() && a.findings.is_empty() {
                 continue;
@@ -732,7 +734,7 @@ pub fn render_text(r: &Report, color: bool, verbose: bool) -> String {
         out.push_str(&crate::dkms::render_text(d));
     }
     if let Some(sections) = &r.sections {
-        out.push_str(&crate::beyond::render_text(
+        out.push_str(&crate::system::render_text(
             r.live.as_deref(),
             r.module_options.as_deref(),
             r.rocm.as_deref(),
@@ -851,6 +853,6 @@ pub fn render_markdown(r: &Report) -> String {
     .into_iter()
     .filter_map(|(t, f)| Some((t, f?)))
     .collect();
-    out.push_str(&crate::beyond::render_markdown(&system));
+    out.push_str(&crate::system::render_markdown(&system));
     out
 }

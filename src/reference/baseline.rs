@@ -6,11 +6,11 @@
 //! Names containing a backslash or newline are escaped the way coreutils does
 //! (line starts with `\`, then `\\` and `\n` in the name).
 
-use crate::atomic;
 use crate::error::{Error, Result};
-use crate::hash::{self, Algorithm, Digest};
+use crate::io::atomic;
+use crate::io::hash::{self, Algorithm, Digest};
+use crate::io::root::Root;
 use crate::reference::{safe_relative, LoadOptions, Skipped};
-use crate::root::Root;
 use crate::scan::{self, FileStatus, ScanOptions};
 use crate::tree::Tree;
 use rayon::prelude::*;

@@ -19,8 +19,11 @@
 //! and when was the module built (the build's make.log) or installed. File times can
 //! lie (`cp -p`, `tar`, a wrong clock), so verdicts say "probably".
 
+pub mod patch;
+pub mod recipe;
+
 use crate::finding::Severity;
-use crate::root::Root;
+use crate::io::root::Root;
 use crate::scan::{FileStatus, TreeScan};
 use crate::term;
 use serde::{Serialize, Serializer};
@@ -367,7 +370,7 @@ impl SourceChanges {
                 }
             }
         }
-        for entry in crate::walk::Walk::new(&scan.tree.host_path).entries() {
+        for entry in crate::io::walk::Walk::new(&scan.tree.host_path).entries() {
             let rel = entry
                 .path()
                 .strip_prefix(&scan.tree.host_path)

@@ -15,19 +15,19 @@
 //! auditing the running system (`--root /`) — kfd-audit's own environment. Each is
 //! compared with the GPU that sysfs reports.
 
-use crate::beyond::{
-    self, Action, PackageSummary, RocmSection, SectionStatus, SystemBackup, SystemFinding,
-};
 use crate::content::is_backup_suffix;
 use crate::error::Result;
 use crate::finding::{Finding, Severity};
 use crate::gpu_table;
-use crate::hash::{self, Algorithm, Digest};
-use crate::live::Topology;
-use crate::reference::dpkg;
+use crate::io::hash::{self, Algorithm, Digest};
+use crate::io::root::Root;
+use crate::pkgdb::dpkg;
 use crate::reference::{LoadOptions, Skipped};
-use crate::root::Root;
 use crate::scan::{self, BackupVerdict};
+use crate::system::live::Topology;
+use crate::system::{
+    self, Action, PackageSummary, RocmSection, SectionStatus, SystemBackup, SystemFinding,
+};
 use rayon::prelude::*;
 use regex::Regex;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -99,7 +99,7 @@ pub struct Package {
 
 /// Installed packages matching the patterns, sorted by name.
 pub fn matching_packages(root: &Root, patterns: &[String]) -> Vec<Package> {
-    let mut out: Vec<Package> = beyond::list_dir(root, dpkg::INFO_DIR, ".md5sums")
+    let mut out: Vec<Package> = system::list_dir(root, dpkg::INFO_DIR, ".md5sums")
         .into_iter()
         .filter_map(|p| {
             let file = p.rsplit('/').next()?.to_string();
@@ -167,7 +167,7 @@ fn is_code(system_path: &str, host: &Path) -> bool {
 }
 
 fn read_lines(root: &Root, system_path: &str) -> Vec<String> {
-    beyond::read_text(root, system_path, &mut Vec::new())
+    system::read_text(root, system_path, &mut Vec::new())
         .map(|t| {
             t.lines()
                 .map(str::trim)
@@ -631,13 +631,13 @@ pub fn env_files(root: &Root) -> Vec<(String, EnvSyntax)> {
     use EnvSyntax::*;
     let mut out: Vec<(String, EnvSyntax)> = vec![("/etc/environment".into(), Assignment)];
     out.extend(
-        beyond::list_dir(root, "/etc/environment.d", ".conf")
+        system::list_dir(root, "/etc/environment.d", ".conf")
             .into_iter()
             .map(|f| (f, Assignment)),
     );
     out.push(("/etc/profile".into(), Assignment));
     out.extend(
-        beyond::list_dir(root, "/etc/profile.d", ".sh")
+        system::list_dir(root, "/etc/profile.d", ".sh")
             .into_iter()
             .map(|f| (f, Assignment)),
     );
@@ -660,7 +660,7 @@ pub fn env_files(root: &Root) -> Vec<(String, EnvSyntax)> {
     }
     let units = "/etc/systemd/system";
     out.extend(
-        beyond::list_dir(root, units, ".service")
+        system::list_dir(root, units, ".service")
             .into_iter()
             .map(|f| (f, SystemdUnit)),
     );
@@ -673,7 +673,7 @@ pub fn env_files(root: &Root) -> Vec<(String, EnvSyntax)> {
         dropins.sort();
         for d in dropins {
             out.extend(
-                beyond::list_dir(root, &format!("{units}/{d}"), ".conf")
+                system::list_dir(root, &format!("{units}/{d}"), ".conf")
                     .into_iter()
                     .map(|f| (f, SystemdUnit)),
             );
@@ -776,7 +776,7 @@ fn judge_override(o: &Override, topo: &Topology, own_nodes: &HashSet<u32>) -> Ve
                     "{} names KFD node {}, which is not a GPU in {}: it has no effect here. {DEBUG_ONLY}",
                     o.variable,
                     o.node.unwrap_or_default(),
-                    crate::live::NODES_DIR
+                    crate::system::live::NODES_DIR
                 ),
             )
         } else {
@@ -786,7 +786,7 @@ fn judge_override(o: &Override, topo: &Topology, own_nodes: &HashSet<u32>) -> Ve
                     "It makes ROCm treat the GPU as {gfx_wanted}. kfd-audit cannot see the GPU under this root \
                      (no {}), so it cannot tell whether that is what the GPU is; unless it is, ROCm runs code \
                      built for another instruction set on it. {DEBUG_ONLY}",
-                    crate::live::NODES_DIR
+                    crate::system::live::NODES_DIR
                 ),
             )
         };
@@ -901,7 +901,7 @@ pub fn scan(
     let mut environment_files = Vec::new();
     let mut overrides = Vec::new();
     for (file, syntax) in env_files(root) {
-        if let Some(text) = beyond::read_text(root, &file, &mut notes) {
+        if let Some(text) = system::read_text(root, &file, &mut notes) {
             overrides.extend(parse_env_file(&file, &text, syntax));
             environment_files.push(file);
         }

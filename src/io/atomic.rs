@@ -8,7 +8,7 @@
 //! followed or replaced. The replacement keeps the target's mode and owner.
 
 use crate::error::{Error, Result};
-use crate::restore::failpoint;
+use crate::io::failpoint;
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
 use std::io::{Read, Write};
@@ -468,7 +468,7 @@ pub fn remove_stale_temps(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// Temporary files under `dir` whose process is gone (symlinks not followed).
 pub fn find_stale_temps(dir: &Path) -> Vec<PathBuf> {
-    crate::walk::Walk::new(dir)
+    crate::io::walk::Walk::new(dir)
         .entries()
         .filter(|e| e.file_type().is_file())
         .filter(|e| {

@@ -1,14 +1,18 @@
 //! Command-line interface: argument definitions and dispatch to the library.
 //! Errors become one `kfd-audit: error: ...` line and exit code 2.
 
-use crate::baseline;
-use crate::beyond::{self, Section};
+pub mod demo;
+pub mod restore;
+pub mod rules;
+
 use crate::error::Error;
 use crate::exit::Outcome;
+use crate::io::root::Root;
+use crate::reference::baseline;
 use crate::reference::LoadOptions;
 use crate::report::{self, Report};
-use crate::root::Root;
 use crate::scan::{self, ScanOptions, TreeScan};
+use crate::system::{self, Section};
 use crate::term::{self, ColorChoice};
 use crate::tree::{self, Tree};
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
@@ -73,11 +77,11 @@ pub enum Command {
     /// Show what changed: unified diff of modified files against their clean content
     Diff(DiffArgs),
     /// Restore modified and missing files from verified clean sources (asks first)
-    Restore(crate::restore::RestoreArgs),
+    Restore(restore::RestoreArgs),
     /// Put back what the last (or a named) restore replaced, from the quarantine
-    Undo(crate::restore::UndoArgs),
+    Undo(restore::UndoArgs),
     /// Reproduce the incident in a throw-away sandbox and show what kfd-audit does
-    Demo(crate::demo::DemoArgs),
+    Demo(crate::app::demo::DemoArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions {
         #[arg(value_enum)]
@@ -87,7 +91,7 @@ pub enum Command {
     Man,
     /// List the rules, or check rule files (syntax, regexes, ids, examples)
     #[command(subcommand)]
-    Rules(crate::rules_cli::RulesCommand),
+    Rules(crate::app::rules::RulesCommand),
 }
 
 #[derive(Debug, Args)]
@@ -249,7 +253,7 @@ fn cmd_scan(cli: &Cli, args: &ScanArgs, out: &mut dyn Write) -> anyhow::Result<O
     let counters = std::sync::Arc::new(crate::progress::Counters::default());
     let display = crate::progress::Display::start(counters.clone(), cli.quiet);
     let (rules, scans) = std::thread::scope(|s| {
-        let rules = s.spawn(|| crate::rules_cli::load(&cli.rules));
+        let rules = s.spawn(|| crate::app::rules::load(&cli.rules));
         let scans = scan_all(&root, &trees, &opts, Some(&counters));
         (rules.join(), scans)
     });
@@ -282,19 +286,19 @@ fn cmd_scan(cli: &Cli, args: &ScanArgs, out: &mut dyn Write) -> anyhow::Result<O
         report.attach_build(
             scans
                 .iter()
-                .map(|s| crate::recipe::audit(&root, s, &judge))
+                .map(|s| crate::dkms::recipe::audit(&root, s, &judge))
                 .collect(),
         );
     }
     report.trees_checked = trees_checked;
-    let system = beyond::run(
+    let system = system::run(
         &root,
-        &beyond::Options {
+        &system::Options {
             sections,
             lenient: args.trees.lenient,
             rules: rules.clone(),
             rocm_packages: if args.rocm_packages.is_empty() {
-                crate::rocm::default_patterns()
+                crate::system::rocm::default_patterns()
             } else {
                 args.rocm_packages.clone()
             },
@@ -305,7 +309,8 @@ fn cmd_scan(cli: &Cli, args: &ScanArgs, out: &mut dyn Write) -> anyhow::Result<O
         Format::Json => out.write_all(report.to_json().as_bytes())?,
         Format::Markdown => out.write_all(report::render_markdown(&report).as_bytes())?,
         Format::Prometheus => out.write_all(
-            crate::metrics::render(&report, &scans, std::time::SystemTime::now()).as_bytes(),
+            crate::report::prometheus::render(&report, &scans, std::time::SystemTime::now())
+                .as_bytes(),
         )?,
         Format::Text => {
             let text = report::render_text(&report, term::use_color(cli.color), cli.verbose > 0);
@@ -371,9 +376,9 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<Outcome> {
         Command::Baseline(cmd) => cmd_baseline(cli, cmd, out),
         Command::Plan(args) => crate::recovery::cmd_plan(cli, args, out),
         Command::Diff(args) => crate::diff::cmd(cli, &args.trees, &args.paths, args.context, out),
-        Command::Restore(args) => crate::restore::command::restore(cli, args, out),
-        Command::Undo(args) => crate::restore::command::undo(cli, args, out),
-        Command::Demo(args) => crate::demo::cmd(cli, args, out),
+        Command::Restore(args) => crate::app::restore::restore(cli, args, out),
+        Command::Undo(args) => crate::app::restore::undo(cli, args, out),
+        Command::Demo(args) => crate::app::demo::cmd(cli, args, out),
         Command::Completions { shell } => {
             clap_complete::generate(*shell, &mut Cli::command(), "kfd-audit", out);
             Ok(Outcome::Clean)
@@ -382,7 +387,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<Outcome> {
             clap_mangen::Man::new(Cli::command()).render(out)?;
             Ok(Outcome::Clean)
         }
-        Command::Rules(cmd) => crate::rules_cli::run(cli, cmd, out),
+        Command::Rules(cmd) => crate::app::rules::run(cli, cmd, out),
     }
 }
 

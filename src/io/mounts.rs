@@ -7,7 +7,7 @@
 //! has no mount table (a disk mounted from a live USB), `statvfs(2)` on the host
 //! path answers instead.
 
-use crate::root::Root;
+use crate::io::root::Root;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};

@@ -19,11 +19,11 @@
 //! `nomodeset`) and the list is judged by the rule engine ([`crate::rules`]) as the
 //! pseudo-file `<module-options>`: the built-in rules are `patterns/modprobe.toml`.
 
-use crate::beyond::{self, Action, OptionsSection, SectionStatus, SystemFinding};
 use crate::error::Result;
 use crate::finding::{Finding, Severity};
-use crate::root::Root;
+use crate::io::root::Root;
 use crate::rules::RuleSet;
+use crate::system::{self, Action, OptionsSection, SectionStatus, SystemFinding};
 use std::collections::{BTreeMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -273,8 +273,8 @@ pub fn modprobe_files(root: &Root) -> (Vec<String>, Vec<String>) {
     let mut seen: HashSet<(u64, u64)> = HashSet::new();
     let mut notes = Vec::new();
     for dir in MODPROBE_DIRS {
-        for path in beyond::list_dir(root, dir, ".conf") {
-            let host = beyond::resolve_in_root(root, &path);
+        for path in system::list_dir(root, dir, ".conf") {
+            let host = system::resolve_in_root(root, &path);
             // /lib is /usr/lib on merged-/usr systems: the same file seen twice.
             if let Ok(m) = std::fs::metadata(&host) {
                 if !seen.insert((m.dev(), m.ino())) {
@@ -612,7 +612,7 @@ pub fn collect(root: &Root) -> Result<Collected> {
     c.notes.extend(notes);
     let mut modprobe = Vec::new();
     for f in files {
-        if let Some(text) = beyond::read_text(root, &f, &mut c.notes) {
+        if let Some(text) = system::read_text(root, &f, &mut c.notes) {
             modprobe.extend(parse_modprobe(&f, &text));
             c.files.push(f);
         }
@@ -623,16 +623,16 @@ pub fn collect(root: &Root) -> Result<Collected> {
     // GRUB: /etc/default/grub, then /etc/default/grub.d/*.cfg, as update-grub sources them.
     let mut assignments = Vec::new();
     let mut grub_files = vec![GRUB_DEFAULT.to_string()];
-    grub_files.extend(beyond::list_dir(root, GRUB_DEFAULT_D, ".cfg"));
+    grub_files.extend(system::list_dir(root, GRUB_DEFAULT_D, ".cfg"));
     for f in grub_files {
-        if let Some(text) = beyond::read_text(root, &f, &mut c.notes) {
+        if let Some(text) = system::read_text(root, &f, &mut c.notes) {
             assignments.extend(parse_grub(&f, &text));
             c.files.push(f);
         }
     }
     let (finals, dropped) = apply_grub(&assignments);
     let grub_line_text = |file: &str, line: usize| -> String {
-        beyond::read_text(root, file, &mut Vec::new())
+        system::read_text(root, file, &mut Vec::new())
             .and_then(|t| {
                 t.lines()
                     .nth(line.saturating_sub(1))
@@ -679,7 +679,7 @@ pub fn collect(root: &Root) -> Result<Collected> {
     c.settings.extend(grub);
 
     // /etc/kernel/cmdline
-    if let Some(text) = beyond::read_text(root, KERNEL_CMDLINE, &mut c.notes) {
+    if let Some(text) = system::read_text(root, KERNEL_CMDLINE, &mut c.notes) {
         let mut kc = Vec::new();
         for (i, l) in text.lines().enumerate() {
             for (arg, _) in split_args(l) {
@@ -706,7 +706,7 @@ pub fn collect(root: &Root) -> Result<Collected> {
     }
 
     // The running kernel's command line.
-    if let Some(text) = beyond::read_text(root, PROC_CMDLINE, &mut c.notes) {
+    if let Some(text) = system::read_text(root, PROC_CMDLINE, &mut c.notes) {
         let mut running = Vec::new();
         for (arg, _) in split_args(&text) {
             if arg == "--" {
@@ -738,9 +738,9 @@ pub fn collect(root: &Root) -> Result<Collected> {
 /// The value of a loaded module's parameter, when sysfs under the root has it.
 fn loaded_value(root: &Root, key: &str) -> Option<String> {
     let (module, param) = key.split_once('.')?;
-    beyond::read_small(
+    system::read_small(
         &root.path(format!("/sys/module/{module}/parameters/{param}")),
-        beyond::MAX_TEXT_FILE,
+        system::MAX_TEXT_FILE,
     )
     .ok()
     .map(|s| String::from_utf8_lossy(&s).trim().to_string())

@@ -13,11 +13,11 @@
 //! `_FB_PRIVATE` 2; `HSA_MEM_FLAGS_HOT_PLUGGABLE` 0x1, `HSA_MEM_FLAGS_NON_VOLATILE`
 //! 0x2; `HSA_CAP_FLAGS_COHERENTHOSTACCESS` 0x10000000.
 
-use crate::beyond::{Action, LiveSection, NodeSummary, SectionStatus, SystemFinding};
 use crate::error::{Error, Result};
 use crate::finding::{Finding, Severity};
 use crate::gpu_table::{self, Asic};
-use crate::root::Root;
+use crate::io::root::Root;
+use crate::system::{Action, LiveSection, NodeSummary, SectionStatus, SystemFinding};
 
 /// Where amdkfd publishes its topology.
 pub const NODES_DIR: &str = "/sys/class/kfd/kfd/topology/nodes";
@@ -201,7 +201,7 @@ fn read_props(
     notes: &mut Vec<String>,
 ) -> Result<Option<Properties>> {
     let host = root.path(system);
-    let text = match crate::beyond::read_small(&host, crate::beyond::MAX_TEXT_FILE) {
+    let text = match crate::system::read_small(&host, crate::system::MAX_TEXT_FILE) {
         Ok(b) => String::from_utf8_lossy(&b).into_owned(),
         Err(why) => {
             let why = why.unwrap_or_else(|| "No such file or directory".into());
@@ -250,9 +250,9 @@ pub fn read_topology(root: &Root, lenient: bool) -> Result<Topology> {
         else {
             continue;
         };
-        let name = crate::beyond::read_small(
+        let name = crate::system::read_small(
             &root.path(format!("{base}/name")),
-            crate::beyond::MAX_TEXT_FILE,
+            crate::system::MAX_TEXT_FILE,
         )
         .ok()
         .map(|s| String::from_utf8_lossy(&s).trim().to_string())

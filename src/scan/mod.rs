@@ -4,10 +4,10 @@
 
 use crate::error::Result;
 use crate::finding::{Finding, Severity};
-use crate::hash::{self, Algorithm, Digest};
+use crate::io::hash::{self, Algorithm, Digest};
+use crate::io::root::Root;
 use crate::progress::Counters;
 use crate::reference::{self, Expected, LoadOptions, ReferenceKind, TreeReferences};
-use crate::root::Root;
 use crate::tree::Tree;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -260,12 +260,12 @@ fn in_scope(rel: &Path, scope: Option<&Path>) -> bool {
 
 /// Lists every non-directory entry of the tree, never following symlinks. A
 /// directory that is its own ancestor (a bind mount loop) is listed as unreadable
-/// and not entered (see [`crate::walk`]).
+/// and not entered (see [`crate::io::walk`]).
 fn walk(tree: &Tree, scope: Option<&Path>, counters: Option<&Counters>) -> Vec<WalkEntry> {
     let mut out = Vec::new();
-    for step in crate::walk::Walk::new(&tree.host_path) {
+    for step in crate::io::walk::Walk::new(&tree.host_path) {
         match step {
-            crate::walk::Step::Entry(entry) => {
+            crate::io::walk::Step::Entry(entry) => {
                 let rel = match entry.path().strip_prefix(&tree.host_path) {
                     Ok(r) if !r.as_os_str().is_empty() => r.to_path_buf(),
                     _ => continue,
@@ -292,7 +292,7 @@ fn walk(tree: &Tree, scope: Option<&Path>, counters: Option<&Counters>) -> Vec<W
                     c.found(1);
                 }
             }
-            crate::walk::Step::Loop { entry, ancestor } => {
+            crate::io::walk::Step::Loop { entry, ancestor } => {
                 let Ok(rel) = entry.path().strip_prefix(&tree.host_path) else {
                     continue;
                 };
@@ -312,7 +312,7 @@ fn walk(tree: &Tree, scope: Option<&Path>, counters: Option<&Counters>) -> Vec<W
                     )),
                 });
             }
-            crate::walk::Step::Error(err) => {
+            crate::io::walk::Step::Error(err) => {
                 let Some(path) = err.path() else { continue };
                 let Ok(rel) = path.strip_prefix(&tree.host_path) else {
                     continue;
@@ -351,7 +351,7 @@ type Hashed = std::io::Result<(Digest, u64)>;
 
 /// Hashes the files at `pending` (regular files a reference lists) with the
 /// algorithm of their reference and judges them. MD5 (dpkg's md5sums, most of any
-/// tree) goes through [`md5_lanes`](crate::md5_lanes), sixteen files at a time on
+/// tree) goes through [`md5_lanes`](crate::io::md5_lanes), sixteen files at a time on
 /// each core; SHA-256 (the baseline) one file per core. Every file is read in
 /// chunks, once, and never past `max_size` bytes. Per file this keeps a few words
 /// besides the result itself.
@@ -406,7 +406,7 @@ fn hash_files(
         let total = (md5.len() + other.len()) as u64;
         c.add_total(total, md5_sizes.iter().sum::<u64>() + other_bytes);
     }
-    crate::md5_lanes::md5_files(
+    crate::io::md5_lanes::md5_files(
         &|k| host(md5[k]),
         &md5_sizes,
         max_size,

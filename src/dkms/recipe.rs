@@ -10,9 +10,9 @@
 //! trees. A patch named by `PATCH[n]` is applied as `patch -p1 < ./patches/<name>` in
 //! the build copy, for kernels matching the `PATCH_MATCH[n]` regex (all when unset).
 
+use crate::dkms::patch::{self, FilePatch};
 use crate::finding::{Finding, Severity};
-use crate::patch::{self, FilePatch};
-use crate::root::Root;
+use crate::io::root::Root;
 use crate::scan::{FileStatus, TreeScan};
 use crate::tree::DkmsConf;
 use serde::Serialize;

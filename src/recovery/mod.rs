@@ -15,11 +15,11 @@
 //! Restoring files is the restore command's job (it keeps a journal and can undo);
 //! the plan names it, `plan --run` refuses to rebuild sources that still differ.
 
-use crate::cli::{self, Cli, Format, PlanArgs};
+use crate::app::{self, Cli, Format, PlanArgs};
 use crate::dkms::{self, DkmsState, KernelState, PackageState};
 use crate::exit::Outcome;
-use crate::mounts;
-use crate::root::Root;
+use crate::io::mounts;
+use crate::io::root::Root;
 use crate::scan::{FileStatus, TreeScan};
 use crate::term;
 use serde::Serialize;
@@ -384,7 +384,7 @@ pub fn build(
                 reasons.push(format!("kernel {}: {}", k.kernel, k.verdict));
             }
         }
-        let overrides = crate::recipe::build_overrides(root, &pkg.name, &pkg.version);
+        let overrides = crate::dkms::recipe::build_overrides(root, &pkg.name, &pkg.version);
         if !overrides.is_empty() {
             reasons.push(format!(
                 "dkms reads override(s) that change how the module is built: {}",
@@ -1269,9 +1269,9 @@ pub fn run_steps(
 /// `kfd-audit plan`: print the plan, or with `--run` execute it.
 pub fn cmd_plan(cli: &Cli, args: &PlanArgs, out: &mut dyn Write) -> anyhow::Result<Outcome> {
     let root = Root::open(&cli.root)?;
-    let trees = cli::select_trees(&root, &args.trees)?;
+    let trees = app::select_trees(&root, &args.trees)?;
     let opts = args.trees.scan_options();
-    let scans: Vec<TreeScan> = crate::cli::scan_all(&root, &trees, &opts, None)?;
+    let scans: Vec<TreeScan> = crate::app::scan_all(&root, &trees, &opts, None)?;
     let state = DkmsState::collect(&root, &scans);
     let plan = build(&root, &scans, &state, &PlanOptions::for_root(&root));
     if args.run {
