@@ -8,6 +8,7 @@ mod dkms_real;
 mod fixture;
 mod hashing;
 mod hostile;
+mod layers;
 mod newcomer;
 mod props;
 mod recipe;
