@@ -204,7 +204,7 @@ impl Tree {
         let conf_path = host_path.join("dkms.conf");
         // Read as a regular file only, and only so much: a FIFO, a link to /dev/zero
         // or a huge file put in its place must not hang the scan or fill the memory.
-        let (conf, conf_problem) = match crate::content::read_limited(&conf_path, MAX_DKMS_CONF) {
+        let (conf, conf_problem) = match crate::io::read::read_limited(&conf_path, MAX_DKMS_CONF) {
             Ok(bytes) => (
                 Some(DkmsConf::parse(&String::from_utf8_lossy(&bytes))),
                 None,

@@ -2,6 +2,8 @@
 //! Errors become one `kfd-audit: error: ...` line and exit code 2.
 
 pub mod demo;
+pub mod diff;
+pub mod plan;
 pub mod restore;
 pub mod rules;
 
@@ -374,8 +376,8 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<Outcome> {
     match &cli.command {
         Command::Scan(args) => cmd_scan(cli, args, out),
         Command::Baseline(cmd) => cmd_baseline(cli, cmd, out),
-        Command::Plan(args) => crate::recovery::cmd_plan(cli, args, out),
-        Command::Diff(args) => crate::diff::cmd(cli, &args.trees, &args.paths, args.context, out),
+        Command::Plan(args) => plan::cmd_plan(cli, args, out),
+        Command::Diff(args) => diff::cmd(cli, &args.trees, &args.paths, args.context, out),
         Command::Restore(args) => crate::app::restore::restore(cli, args, out),
         Command::Undo(args) => crate::app::restore::undo(cli, args, out),
         Command::Demo(args) => crate::app::demo::cmd(cli, args, out),

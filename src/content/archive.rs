@@ -16,9 +16,10 @@
 //! every size be checked against the file length first, so a truncated download is
 //! reported as such, naming the member, before any decompression starts.
 
-use super::{shown, Candidate, ContentProvider, MAX_SOURCE_FILE};
+use super::{shown, Candidate, ContentProvider};
 use crate::error::{Error, Result};
 use crate::io::hash::{Algorithm, Digest};
+use crate::io::read::MAX_SOURCE_FILE;
 use crate::io::root::Root;
 use crate::reference::{safe_relative, ReferenceKind, TreeReferences};
 use crate::tree::Tree;
@@ -39,7 +40,7 @@ const ZSTD_WINDOW_LOG_MAX: u32 = 27;
 /// The version of an installed package according to dpkg's status file.
 pub fn installed_version(root: &Root, package: &str) -> Result<Option<String>> {
     let path = root.path(STATUS_FILE);
-    let text = match super::read_reference(&path)? {
+    let text = match crate::io::read::read_reference(&path)? {
         Some(b) => String::from_utf8_lossy(&b).into_owned(),
         None => return Ok(None),
     };

@@ -15,9 +15,10 @@
 //! showing up as an unexplained added file. A backup-looking name whose original is
 //! neither in the tree nor in a reference stays an added file.
 
-use super::{read_limited, shown, Candidate, ContentProvider, MAX_SOURCE_FILE};
+use super::{shown, Candidate, ContentProvider};
 use crate::error::Result;
 use crate::io::hash::{Algorithm, Digest};
+use crate::io::read::{read_limited, MAX_SOURCE_FILE};
 use crate::io::root::Root;
 use crate::pkgdb::dpkg;
 use crate::reference::{Expected, ReferenceKind, TreeReferences};
@@ -435,15 +436,15 @@ pub fn module_backups(root: &Root) -> Vec<ModuleBackup> {
             let original = sys(&orig_host);
             let listed = packaged.get(&original);
             let mut verdict = BackupVerdict::Unverified;
-            let md5 = super::digest_file(&host, Algorithm::Md5).ok();
+            let md5 = crate::io::read::digest_file(&host, Algorithm::Md5).ok();
             if let (Some((_, want)), Some(have)) = (listed, &md5) {
                 if want == have {
                     verdict = BackupVerdict::VerifiedClean;
                 }
             }
             if verdict == BackupVerdict::Unverified && is_regular(&orig_host) {
-                let a = super::digest_file(&host, Algorithm::Sha256).ok();
-                let b = super::digest_file(&orig_host, Algorithm::Sha256).ok();
+                let a = crate::io::read::digest_file(&host, Algorithm::Sha256).ok();
+                let b = crate::io::read::digest_file(&orig_host, Algorithm::Sha256).ok();
                 if a.is_some() && a == b {
                     verdict = BackupVerdict::SameAsCurrent;
                 }
@@ -478,7 +479,7 @@ fn dpkg_md5_of(root: &Root, wanted: &[PathBuf]) -> BTreeMap<PathBuf, (String, Di
         .collect();
     lists.sort();
     for list in lists {
-        let Ok(Some(bytes)) = super::read_reference(&list) else {
+        let Ok(Some(bytes)) = crate::io::read::read_reference(&list) else {
             continue;
         };
         let pkg = list.file_stem().unwrap_or_default().to_string_lossy();

@@ -8,14 +8,14 @@
 //! lets a user inspect one with `zstdcat`. A copy is served only when it matches the
 //! baseline manifest's SHA-256, which was computed from the same bytes.
 
-use super::{shown, Candidate, ContentProvider, MAX_SOURCE_FILE};
+use super::{shown, Candidate, ContentProvider};
 use crate::error::{Error, Result};
 use crate::io::atomic;
 use crate::io::hash::{Algorithm, Digest};
+use crate::io::read::MAX_SOURCE_FILE;
 use crate::io::root::Root;
 use crate::reference::baseline;
 use crate::reference::{ReferenceKind, TreeReferences};
-use crate::scan;
 use crate::tree::Tree;
 use rayon::prelude::*;
 use std::collections::BTreeMap;
@@ -79,7 +79,7 @@ pub fn store(root: &Root, tree: &Tree, files: &[(PathBuf, Digest)], all: bool) -
         .collect();
     chosen.par_iter().try_for_each(|(rel, digest)| {
         let host = tree.host_path.join(rel);
-        let bytes = super::read_limited(&host, MAX_SOURCE_FILE)?;
+        let bytes = crate::io::read::read_limited(&host, MAX_SOURCE_FILE)?;
         if &Digest::of_bytes(Algorithm::Sha256, &bytes) != digest {
             return Err(Error::Refused {
                 path: host,
@@ -108,7 +108,7 @@ pub fn store(root: &Root, tree: &Tree, files: &[(PathBuf, Digest)], all: bool) -
 
 /// Decompresses a stored copy, refusing more than a source file may hold.
 pub fn read_copy(path: &Path) -> Result<Vec<u8>> {
-    let f = scan::open_nofollow(path).map_err(|e| Error::io(path, e))?;
+    let f = crate::io::read::open_nofollow(path).map_err(|e| Error::io(path, e))?;
     let mut out = Vec::new();
     zstd::stream::read::Decoder::new(f)
         .map_err(|e| Error::io(path, e))?

@@ -605,7 +605,8 @@ impl DkmsState {
 
 /// The running kernel's release, from `<root>/proc/sys/kernel/osrelease`.
 pub fn running_kernel(root: &Root) -> Option<String> {
-    let bytes = crate::content::read_reference(&root.path("/proc/sys/kernel/osrelease")).ok()??;
+    let bytes =
+        crate::io::read::read_reference(&root.path("/proc/sys/kernel/osrelease")).ok()??;
     let text = String::from_utf8_lossy(&bytes);
     let k = text.trim();
     is_safe_name(k).then(|| k.to_string())

@@ -218,7 +218,7 @@ pub fn find_overrides(root: &Root, module: &str, version: &str) -> Vec<Override>
     found
         .into_iter()
         .filter_map(|(kind, host)| {
-            let bytes = crate::content::read_reference(&host).ok()??;
+            let bytes = crate::io::read::read_reference(&host).ok()??;
             let text = String::from_utf8_lossy(&bytes).into_owned();
             let conf = DkmsConf::parse(&text);
             let sets = conf
@@ -413,7 +413,8 @@ pub fn audit(root: &Root, scan: &TreeScan, check: &ContentCheck<'_>) -> BuildAud
         let read = crate::reference::safe_relative(Path::new(&name))
             .ok_or(())
             .and_then(|_| {
-                crate::content::read_limited(&host, crate::content::MAX_SOURCE_FILE).map_err(|_| ())
+                crate::io::read::read_limited(&host, crate::io::read::MAX_SOURCE_FILE)
+                    .map_err(|_| ())
             });
         let text = match read {
             Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
@@ -516,9 +517,9 @@ pub fn audit(root: &Root, scan: &TreeScan, check: &ContentCheck<'_>) -> BuildAud
                     })
                 })
                 .and_then(|rel| {
-                    crate::content::read_limited(
+                    crate::io::read::read_limited(
                         &tree.host_path.join(rel),
-                        crate::content::MAX_SOURCE_FILE,
+                        crate::io::read::MAX_SOURCE_FILE,
                     )
                     .ok()
                 })

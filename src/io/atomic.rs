@@ -289,7 +289,7 @@ impl TreeFile {
         }
         // Only source files are read whole: a huge (or sparse) file in their place is
         // not copied into memory or into the quarantine.
-        let limit = crate::content::MAX_SOURCE_FILE;
+        let limit = crate::io::read::MAX_SOURCE_FILE;
         let too_large = |size: u64| {
             refused(
                 &self.path,

@@ -481,7 +481,7 @@ pub fn md5_streams<R: Read>(
 }
 
 /// MD5 of files, `path(i)` naming file `i`, each opened with
-/// [`crate::scan::open_nofollow`] and read once from start to end (see
+/// [`crate::io::read::open_nofollow`] and read once from start to end (see
 /// [`md5_streams`] for `limit`). `sizes` are the sizes the walk saw (to start the
 /// largest first).
 pub fn md5_files(
@@ -504,7 +504,7 @@ pub fn md5_files(
 /// default read-ahead (128 KiB) is announced as read sequentially, which doubles the
 /// read-ahead on a cold cache; for smaller ones the call would only cost a syscall.
 fn open_sequential(path: &std::path::Path, size: u64) -> io::Result<File> {
-    let file = crate::scan::open_nofollow(path)?;
+    let file = crate::io::read::open_nofollow(path)?;
     #[cfg(target_os = "linux")]
     if size > 128 * 1024 {
         use std::os::fd::AsRawFd;

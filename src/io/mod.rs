@@ -6,5 +6,6 @@ pub mod failpoint;
 pub mod hash;
 pub mod md5_lanes;
 pub mod mounts;
+pub mod read;
 pub mod root;
 pub mod walk;

@@ -98,7 +98,7 @@ impl Writability {
 /// the root when there is one, else from statvfs on the host path.
 pub fn writability(root: &Root, system_path: &Path) -> Writability {
     let table_path = root.path("/proc/self/mounts");
-    if let Ok(Some(bytes)) = crate::content::read_reference(&table_path) {
+    if let Ok(Some(bytes)) = crate::io::read::read_reference(&table_path) {
         let table = parse_table(&String::from_utf8_lossy(&bytes));
         if let Some(m) = mount_for(&table, system_path) {
             return if m.read_only {

@@ -60,7 +60,7 @@ pub fn find_owner(root: &Root, tree: &Tree) -> Result<Option<String>> {
     };
     let lists = |bytes: &[u8]| bytes.windows(needle.len()).any(|w| w == needle.as_slice());
     for pkg in LIKELY_OWNERS {
-        if let Ok(Some(bytes)) = crate::content::read_reference(&md5sums_path(root, pkg)) {
+        if let Ok(Some(bytes)) = crate::io::read::read_reference(&md5sums_path(root, pkg)) {
             if lists(&bytes) {
                 return Ok(Some(pkg.to_string()));
             }
@@ -78,7 +78,7 @@ pub fn find_owner(root: &Root, tree: &Tree) -> Result<Option<String>> {
         .collect();
     candidates.sort();
     for path in candidates {
-        if let Ok(Some(bytes)) = crate::content::read_reference(&path) {
+        if let Ok(Some(bytes)) = crate::io::read::read_reference(&path) {
             if lists(&bytes) {
                 let name = path.file_stem().unwrap_or_default().to_string_lossy();
                 // Multi-arch packages are named `pkg:arch.md5sums`.
@@ -97,7 +97,7 @@ pub fn load_package(
     skipped: &mut Vec<Skipped>,
 ) -> Result<Vec<Md5Line>> {
     let path = md5sums_path(root, package);
-    let bytes = crate::content::read_reference(&path)?
+    let bytes = crate::io::read::read_reference(&path)?
         .ok_or_else(|| Error::io(&path, std::io::Error::from(std::io::ErrorKind::NotFound)))?;
     let mut out = Vec::new();
     let mut skips = crate::reference::SkipList::new(&path);

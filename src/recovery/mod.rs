@@ -15,7 +15,6 @@
 //! Restoring files is the restore command's job (it keeps a journal and can undo);
 //! the plan names it, `plan --run` refuses to rebuild sources that still differ.
 
-use crate::app::{self, Cli, Format, PlanArgs};
 use crate::dkms::{self, DkmsState, KernelState, PackageState};
 use crate::exit::Outcome;
 use crate::io::mounts;
@@ -25,7 +24,7 @@ use crate::term;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -247,7 +246,7 @@ fn blacklist_notes(root: &Root) -> Vec<String> {
     // Files of the audited system: regular files only, never a FIFO or a link to
     // /dev/zero that would hang or fill the memory.
     let read = |p: &Path| {
-        crate::content::read_reference(p)
+        crate::io::read::read_reference(p)
             .ok()
             .flatten()
             .map(|b| String::from_utf8_lossy(&b).into_owned())
@@ -1264,33 +1263,6 @@ pub fn run_steps(
         )?;
     }
     Ok(Outcome::Clean)
-}
-
-/// `kfd-audit plan`: print the plan, or with `--run` execute it.
-pub fn cmd_plan(cli: &Cli, args: &PlanArgs, out: &mut dyn Write) -> anyhow::Result<Outcome> {
-    let root = Root::open(&cli.root)?;
-    let trees = app::select_trees(&root, &args.trees)?;
-    let opts = args.trees.scan_options();
-    let scans: Vec<TreeScan> = crate::app::scan_all(&root, &trees, &opts, None)?;
-    let state = DkmsState::collect(&root, &scans);
-    let plan = build(&root, &scans, &state, &PlanOptions::for_root(&root));
-    if args.run {
-        if cli.format != Format::Text {
-            anyhow::bail!("plan --run streams the commands' output as text: leave out --format");
-        }
-        let tty = std::io::stdin().is_terminal();
-        return run_command(&plan, args.yes, tty, out, &mut TerminalConfirm);
-    }
-    match cli.format {
-        Format::Text | Format::Prometheus => out.write_all(render_text(&plan).as_bytes())?,
-        Format::Markdown => out.write_all(render_markdown(&plan).as_bytes())?,
-        Format::Json => out.write_all(render_json(&plan).as_bytes())?,
-    }
-    Ok(if plan.needs_recovery() {
-        Outcome::Found
-    } else {
-        Outcome::Clean
-    })
 }
 
 /// `plan --run`: refuse what it must not do, ask (when `tty`: stdin is a terminal),

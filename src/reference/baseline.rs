@@ -114,7 +114,7 @@ pub fn load_manifest(
     skipped: &mut Vec<Skipped>,
 ) -> Result<Option<Vec<(PathBuf, Digest)>>> {
     let path = manifest_path(root, tree);
-    let Some(bytes) = crate::content::read_reference(&path)? else {
+    let Some(bytes) = crate::io::read::read_reference(&path)? else {
         return Ok(None);
     };
     let prefix = tree.dpkg_prefix();
@@ -196,7 +196,7 @@ pub fn create(root: &Root, tree: &Tree, opts: CreateOptions) -> Result<Created> 
         .par_iter()
         .map(|rel| {
             let host = tree.host_path.join(rel);
-            let f = scan::open_nofollow(&host).map_err(|e| Error::io(&host, e))?;
+            let f = crate::io::read::open_nofollow(&host).map_err(|e| Error::io(&host, e))?;
             let (mut d, _) =
                 hash::digest_reader(f, &[Algorithm::Sha256]).map_err(|e| Error::io(&host, e))?;
             let sys = prefix.join(rel);

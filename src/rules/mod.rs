@@ -24,7 +24,7 @@ use crate::content::CleanContent;
 use crate::error::{Error, Result};
 use crate::finding::{Finding, Severity};
 use crate::io::root::Root;
-use crate::scan::{self, FileStatus, TreeScan};
+use crate::scan::{FileStatus, TreeScan};
 use crate::tree::Tree;
 use globset::GlobSet;
 use rayon::prelude::*;
@@ -560,7 +560,7 @@ pub fn apply(rules: &RuleSet, root: &Root, tree: &Tree, scan: &mut TreeScan) -> 
             let f = &files[*i];
             let host = tree.host_path.join(&f.path);
             let mut bytes = Vec::new();
-            scan::open_nofollow(&host)
+            crate::io::read::open_nofollow(&host)
                 .and_then(|mut h| h.read_to_end(&mut bytes))
                 .ok()?;
             let clean = clean_bytes.get(&f.path);
@@ -615,7 +615,7 @@ fn judge_backups(
             .filter(|b| b.verdict == BackupVerdict::Unverified)
         {
             let Ok(bytes) =
-                crate::content::read_limited(&tree.host_path.join(&b.path), MAX_RULE_FILE)
+                crate::io::read::read_limited(&tree.host_path.join(&b.path), MAX_RULE_FILE)
             else {
                 continue;
             };

@@ -5,6 +5,7 @@
 use crate::error::Result;
 use crate::finding::{Finding, Severity};
 use crate::io::hash::{self, Algorithm, Digest};
+use crate::io::read::open_nofollow;
 use crate::io::root::Root;
 use crate::progress::Counters;
 use crate::reference::{self, Expected, LoadOptions, ReferenceKind, TreeReferences};
@@ -12,8 +13,7 @@ use crate::tree::Tree;
 use rayon::prelude::*;
 use serde::Serialize;
 use std::collections::HashSet;
-use std::fs::File;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -331,19 +331,6 @@ fn walk(tree: &Tree, scope: Option<&Path>, counters: Option<&Counters>) -> Vec<W
         }
     }
     out
-}
-
-/// Opens a file for reading without following a symlink at its last component and
-/// without blocking on a FIFO swapped in since the walk.
-pub fn open_nofollow(path: &Path) -> std::io::Result<File> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)?;
-    if !file.metadata()?.is_file() {
-        return Err(std::io::Error::other("not a regular file"));
-    }
-    Ok(file)
 }
 
 /// A file's digest with the algorithm of its reference, and its length.

@@ -483,14 +483,14 @@ pub(crate) fn read_text(root: &Root, system_path: &str, notes: &mut Vec<String>)
 /// Largest configuration or sysfs file read whole.
 pub const MAX_TEXT_FILE: u64 = 4 * 1024 * 1024;
 
-/// Reads a small regular file (see [`crate::content::read_limited`]). `Err(None)`:
+/// Reads a small regular file (see [`crate::io::read::read_limited`]). `Err(None)`:
 /// it does not exist; `Err(Some(why))`: it cannot be read, and why (without the path).
 pub(crate) fn read_small(
     host: &std::path::Path,
     limit: u64,
 ) -> std::result::Result<Vec<u8>, Option<String>> {
     use crate::error::Error;
-    match crate::content::read_limited(host, limit) {
+    match crate::io::read::read_limited(host, limit) {
         Ok(b) => Ok(b),
         Err(Error::Io { source, .. })
             if matches!(

@@ -23,7 +23,7 @@ use crate::io::hash::{self, Algorithm, Digest};
 use crate::io::root::Root;
 use crate::pkgdb::dpkg;
 use crate::reference::{LoadOptions, Skipped};
-use crate::scan::{self, BackupVerdict};
+use crate::scan::BackupVerdict;
 use crate::system::live::Topology;
 use crate::system::{
     self, Action, PackageSummary, RocmSection, SectionStatus, SystemBackup, SystemFinding,
@@ -136,7 +136,9 @@ fn check_file(host: &Path, expected: &Digest) -> FileState {
         }
         Ok(_) => {}
     }
-    match scan::open_nofollow(host).and_then(|f| hash::digest_reader(f, &[expected.algorithm()])) {
+    match crate::io::read::open_nofollow(host)
+        .and_then(|f| hash::digest_reader(f, &[expected.algorithm()]))
+    {
         Ok((mut d, _)) => {
             let actual = d.remove(0);
             if &actual == expected {
@@ -150,7 +152,7 @@ fn check_file(host: &Path, expected: &Digest) -> FileState {
 }
 
 fn md5_of(host: &Path) -> Option<Digest> {
-    let f = scan::open_nofollow(host).ok()?;
+    let f = crate::io::read::open_nofollow(host).ok()?;
     hash::digest_reader(f, &[Algorithm::Md5])
         .ok()
         .map(|(mut d, _)| d.remove(0))
