@@ -1087,3 +1087,33 @@ fn corpus_swap_between_kernel_series_is_not_dangerous() {
         }
     }
 }
+
+/// Every rule file in `patterns/` is built into the binary: a file added there and not to
+/// the built-in list would be silently ignored, and its rules would never run.
+#[test]
+fn every_rule_file_in_patterns_is_built_in() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("patterns");
+    let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".toml"))
+        .collect();
+    on_disk.sort();
+    let mut built_in: Vec<String> = kfd_audit::rules::BUILTIN
+        .iter()
+        .map(|(name, _)| name.to_string())
+        .collect();
+    built_in.sort();
+    assert_eq!(
+        on_disk, built_in,
+        "patterns/*.toml and rules::BUILTIN differ: add the file to BUILTIN in src/rules/mod.rs"
+    );
+    // And what is built in is what is on disk now, byte for byte.
+    for (name, text) in kfd_audit::rules::BUILTIN {
+        assert_eq!(
+            std::fs::read_to_string(dir.join(name)).unwrap(),
+            *text,
+            "{name}"
+        );
+    }
+}
