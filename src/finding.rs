@@ -1,5 +1,5 @@
 //! What a rule says about a line of a file. Shared by the rule engine, the scanner
-//! and the report renderers; the JSON field names follow the contract in DESIGN.md.
+//! and the report renderers; the JSON field names follow the contract in the README ("The JSON report").
 
 use serde::{Deserialize, Serialize};
 
