@@ -274,9 +274,8 @@ pub fn modprobe_files(root: &Root) -> (Vec<String>, Vec<String>) {
     let mut notes = Vec::new();
     for dir in MODPROBE_DIRS {
         for path in system::list_dir(root, dir, ".conf") {
-            let host = system::resolve_in_root(root, &path);
             // /lib is /usr/lib on merged-/usr systems: the same file seen twice.
-            if let Ok(m) = std::fs::metadata(&host) {
+            if let Ok(m) = root.resolve_in_root(&path).and_then(std::fs::metadata) {
                 if !seen.insert((m.dev(), m.ino())) {
                     continue;
                 }
