@@ -13,12 +13,14 @@
 pub mod live;
 pub mod modopts;
 pub mod rocm;
+mod section;
 
 use crate::error::Result;
 use crate::finding::{Finding, Severity};
 use crate::io::root::Root;
 use crate::term;
 use anstyle::{AnsiColor, Style};
+use section::{Context, SystemSection, SECTIONS};
 use serde::Serialize;
 use std::fmt::Write as _;
 
@@ -222,50 +224,18 @@ impl Options {
 /// Runs the selected sections beyond the tree.
 pub fn run(root: &Root, opts: &Options) -> Result<SystemReport> {
     let mut report = SystemReport::default();
-    let wants_rocm = opts.wants(Section::Rocm);
-    if !opts.wants(Section::Live) && !wants_rocm && !opts.wants(Section::Options) {
-        return Ok(report);
+    let selected: Vec<&dyn SystemSection> = SECTIONS
+        .iter()
+        .copied()
+        .filter(|s| opts.wants(s.section()))
+        .collect();
+    let ctx = Context::new(root, opts);
+    // Read up front, so that a broken topology stops the run before any section has.
+    if selected.iter().any(|s| s.reads_topology()) {
+        ctx.topology()?;
     }
-    // The ROCm section compares HSA_OVERRIDE_GFX_VERSION with the GPUs sysfs reports,
-    // so the topology is read whenever either section runs.
-    let topology = if opts.wants(Section::Live) || wants_rocm {
-        Some(crate::system::live::read_topology(root, opts.lenient)?)
-    } else {
-        None
-    };
-    if opts.wants(Section::Live) {
-        let topo = topology.as_ref().expect("read above");
-        let (findings, section) = crate::system::live::check(topo);
-        report.live = Some(findings);
-        report.sections.live = Some(section);
-    }
-    if opts.wants(Section::Options) {
-        let (findings, section) = crate::system::modopts::scan(root, &opts.rules)?;
-        report.module_options = Some(findings);
-        report.sections.module_options = Some(section);
-    }
-    if wants_rocm {
-        let topo = topology.as_ref().expect("read above");
-        let env: Vec<(String, String)> = if root.is_host_root() {
-            std::env::vars_os()
-                .filter_map(|(k, v)| {
-                    Some((k.into_string().ok()?, v.to_string_lossy().into_owned()))
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let (findings, section) = crate::system::rocm::scan(
-            root,
-            &crate::system::rocm::RocmOptions {
-                patterns: opts.rocm_packages.clone(),
-                lenient: opts.lenient,
-                process_env: env,
-            },
-            topo,
-        )?;
-        report.rocm = Some(findings);
-        report.sections.rocm = Some(section);
+    for section in selected {
+        report.store(section.collect(root, &ctx)?);
     }
     Ok(report)
 }

@@ -23,6 +23,7 @@ use crate::error::Result;
 use crate::finding::{Finding, Severity};
 use crate::io::root::Root;
 use crate::rules::RuleSet;
+use crate::system::section::{Collected, Context, Details, SystemSection};
 use crate::system::{self, Action, OptionsSection, SectionStatus, SystemFinding};
 use std::collections::{BTreeMap, HashSet};
 use std::os::unix::fs::MetadataExt;
@@ -596,15 +597,15 @@ fn mark_overrides(settings: &mut [Setting]) {
 
 /// Everything read, before judging.
 #[derive(Debug, Default)]
-pub struct Collected {
+pub struct SettingsRead {
     pub settings: Vec<Setting>,
     pub files: Vec<String>,
     pub notes: Vec<String>,
 }
 
 /// Reads every source of module options and kernel parameters under the root.
-pub fn collect(root: &Root) -> Result<Collected> {
-    let mut c = Collected::default();
+pub fn read_settings(root: &Root) -> Result<SettingsRead> {
+    let mut c = SettingsRead::default();
 
     // modprobe.d
     let (files, notes) = modprobe_files(root);
@@ -745,7 +746,7 @@ fn loaded_value(root: &Root, key: &str) -> Option<String> {
     .map(|s| String::from_utf8_lossy(&s).trim().to_string())
 }
 
-fn judge(root: &Root, c: &Collected, rules: &RuleSet) -> Vec<SystemFinding> {
+fn findings_for_settings(root: &Root, c: &SettingsRead, rules: &RuleSet) -> Vec<SystemFinding> {
     // The rule engine judges the normalised settings as one pseudo-file, a line each.
     let listing: String = c
         .settings
@@ -912,11 +913,28 @@ fn judge(root: &Root, c: &Collected, rules: &RuleSet) -> Vec<SystemFinding> {
     out
 }
 
+/// The `options` section: module options and the kernel command line.
+pub(crate) struct ModuleOptions;
+
+impl SystemSection for ModuleOptions {
+    fn section(&self) -> crate::system::Section {
+        crate::system::Section::Options
+    }
+
+    fn collect(&self, root: &Root, ctx: &Context) -> Result<Collected> {
+        let (findings, section) = scan(root, &ctx.opts.rules)?;
+        Ok(Collected {
+            findings,
+            details: Details::Options(section),
+        })
+    }
+}
+
 /// Runs the options section with the rules in effect (those whose `files` name
 /// `<module-options>`: the built-in `patterns/modprobe.toml` and any `--rules DIR`).
 pub fn scan(root: &Root, rules: &RuleSet) -> Result<(Vec<SystemFinding>, OptionsSection)> {
-    let c = collect(root)?;
-    let findings = judge(root, &c, rules);
+    let c = read_settings(root)?;
+    let findings = findings_for_settings(root, &c, rules);
     let status = if c.files.is_empty() {
         SectionStatus::Absent
     } else {

@@ -25,6 +25,7 @@ use crate::pkgdb::dpkg;
 use crate::reference::{LoadOptions, Skipped};
 use crate::scan::{self, BackupVerdict};
 use crate::system::live::Topology;
+use crate::system::section::{Collected, Context, Details, SystemSection};
 use crate::system::{
     self, Action, PackageSummary, RocmSection, SectionStatus, SystemBackup, SystemFinding,
 };
@@ -734,10 +735,14 @@ fn override_finding(
 
 const DEBUG_ONLY: &str = "HSA_OVERRIDE_GFX_VERSION only changes what the ROCm thunk (libhsakmt) reports as the GPU's ISA version, so that code objects built for another GPU are loaded; it is a developer's and debugging switch and changes nothing in the GPU.";
 
-/// Judges one override. `own_nodes` are the nodes that have their own
+/// Compares one override with the GPUs it applies to. `own_nodes` are the nodes that have their own
 /// `HSA_OVERRIDE_GFX_VERSION_<node>` in the same place as `o`: libhsakmt reads that
 /// first, so a plain `HSA_OVERRIDE_GFX_VERSION` beside it does not apply to them.
-fn judge_override(o: &Override, topo: &Topology, own_nodes: &HashSet<u32>) -> Vec<SystemFinding> {
+fn compare_override_with_gpus(
+    o: &Override,
+    topo: &Topology,
+    own_nodes: &HashSet<u32>,
+) -> Vec<SystemFinding> {
     let Some(wanted) = gpu_table::parse_override(&o.value) else {
         return vec![override_finding(
             o,
@@ -875,6 +880,43 @@ fn judge_override(o: &Override, topo: &Topology, own_nodes: &HashSet<u32>) -> Ve
     out
 }
 
+/// The `rocm` section: ROCm packages' files and `HSA_OVERRIDE_GFX_VERSION`.
+pub(crate) struct RocmUserSpace;
+
+impl SystemSection for RocmUserSpace {
+    fn section(&self) -> crate::system::Section {
+        crate::system::Section::Rocm
+    }
+
+    /// It compares `HSA_OVERRIDE_GFX_VERSION` with the GPUs sysfs reports.
+    fn reads_topology(&self) -> bool {
+        true
+    }
+
+    fn collect(&self, root: &Root, ctx: &Context) -> Result<Collected> {
+        // kfd-audit's own environment is the audited system's only when it runs on it.
+        let process_env: Vec<(String, String)> = if root.is_host_root() {
+            std::env::vars_os()
+                .filter_map(|(k, v)| {
+                    Some((k.into_string().ok()?, v.to_string_lossy().into_owned()))
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let opts = RocmOptions {
+            patterns: ctx.opts.rocm_packages.clone(),
+            lenient: ctx.opts.lenient,
+            process_env,
+        };
+        let (findings, section) = scan(root, &opts, ctx.topology()?)?;
+        Ok(Collected {
+            findings,
+            details: Details::Rocm(section),
+        })
+    }
+}
+
 /// Runs the ROCm section.
 pub fn scan(
     root: &Root,
@@ -924,7 +966,7 @@ pub fn scan(
             .filter(|p| p.file == o.file)
             .filter_map(|p| p.node)
             .collect();
-        findings.extend(judge_override(o, topo, &own_nodes));
+        findings.extend(compare_override_with_gpus(o, topo, &own_nodes));
     }
     let status = if matching.is_empty() && overrides.is_empty() {
         SectionStatus::Absent
