@@ -30,7 +30,7 @@ use crate::system::section::{Collected, Context, Details, SystemSection};
 use crate::system::{
     self, Action, PackageSummary, RocmSection, SectionStatus, SystemBackup, SystemFinding,
 };
-use globset::{Glob, GlobSet, GlobSetBuilder};
+use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use rayon::prelude::*;
 use regex::Regex;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -81,10 +81,17 @@ impl PackagePatterns {
     pub fn new(patterns: &[String]) -> PackagePatterns {
         let mut builder = GlobSetBuilder::new();
         for p in patterns {
-            let glob = Glob::new(p).unwrap_or_else(|_| {
-                Glob::new(&globset::escape(p)).expect("an escaped pattern is a valid glob")
+            // `escape` wraps each glob character in a class (`*` -> `[*]`) but leaves a
+            // backslash alone, so backslashes are taken as plain characters here.
+            let glob = Glob::new(p).or_else(|_| {
+                GlobBuilder::new(&globset::escape(p))
+                    .backslash_escape(false)
+                    .build()
             });
-            builder.add(glob);
+            // A literal always builds; were it not to, the pattern would match nothing.
+            if let Ok(glob) = glob {
+                builder.add(glob);
+            }
         }
         PackagePatterns {
             // Only a set that cannot be built from valid globs fails (none of ours): an
@@ -1175,6 +1182,8 @@ mod tests {
         assert!(glob_match("hip-runtime-[an]*", "hip-runtime-amd"));
         // Not a valid glob: taken as a name, and the other patterns still match.
         assert!(glob_match("rocm[", "rocm["));
+        assert!(glob_match("rocm\\", "rocm\\"));
+        assert!(glob_match("[*\\", "[*\\"));
         let set = PackagePatterns::new(&["rocm[".into(), "rocblas*".into()]);
         assert!(set.matches("rocblas4") && !set.matches("rocm"));
     }
