@@ -624,60 +624,15 @@ pub fn is_safe_name(s: &str) -> bool {
 /// The system path of a tool under the root (`/usr/sbin/dkms`), if it is installed.
 pub fn find_tool(root: &Root, name: &str) -> Option<PathBuf> {
     BIN_DIRS.iter().map(|d| Path::new(d).join(name)).find(|p| {
-        resolve_in_root(root, p).is_some_and(|h| std::fs::metadata(h).is_ok_and(|m| m.is_file()))
+        root.resolve_in_root(p)
+            .is_ok_and(|h| std::fs::metadata(h).is_ok_and(|m| m.is_file()))
     })
-}
-
-/// The host path a system path leads to, following symlinks the way the audited
-/// system would: an absolute link target is taken under the root, not on the host.
-pub fn resolve_in_root(root: &Root, system_path: &Path) -> Option<PathBuf> {
-    let mut current = PathBuf::from("/");
-    let mut pending: Vec<std::ffi::OsString> = system_path
-        .components()
-        .rev()
-        .filter_map(|c| match c {
-            std::path::Component::Normal(p) => Some(p.to_os_string()),
-            std::path::Component::ParentDir => Some("..".into()),
-            _ => None,
-        })
-        .collect();
-    let mut hops = 0;
-    while let Some(part) = pending.pop() {
-        if part == ".." {
-            current.pop();
-            continue;
-        }
-        let next = current.join(&part);
-        let host = root.path(&next);
-        match std::fs::symlink_metadata(&host) {
-            Ok(m) if m.file_type().is_symlink() => {
-                hops += 1;
-                if hops > 32 {
-                    return None;
-                }
-                let target = std::fs::read_link(&host).ok()?;
-                if target.is_absolute() {
-                    current = PathBuf::from("/");
-                }
-                for c in target.components().rev() {
-                    match c {
-                        std::path::Component::Normal(p) => pending.push(p.to_os_string()),
-                        std::path::Component::ParentDir => pending.push("..".into()),
-                        _ => {}
-                    }
-                }
-            }
-            Ok(_) => current = next,
-            Err(_) => return None,
-        }
-    }
-    Some(root.path(&current))
 }
 
 /// Whether dkms can build for this kernel: its headers are at `/lib/modules/<k>/build`.
 pub fn has_headers(root: &Root, kernel: &str) -> bool {
     let build = Path::new(MODULES_DIR).join(kernel).join("build");
-    resolve_in_root(root, &build).is_some_and(|h| h.is_dir())
+    root.resolve_in_root(&build).is_ok_and(|h| h.is_dir())
 }
 
 fn run_dkms_status(name: &str, version: &str) -> Result<Vec<StatusLine>, String> {

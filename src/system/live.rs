@@ -17,7 +17,8 @@ use crate::error::{Error, Result};
 use crate::finding::{Finding, Severity};
 use crate::gpu_table::{self, Asic};
 use crate::io::root::Root;
-use crate::system::{Action, LiveSection, NodeSummary, SectionStatus, SystemFinding};
+use crate::system::section::{Collected, Context, Details, SystemSection};
+use crate::system::{Action, LiveSection, NodeSummary, Section, SectionStatus, SystemFinding};
 
 /// Where amdkfd publishes its topology.
 pub const NODES_DIR: &str = "/sys/class/kfd/kfd/topology/nodes";
@@ -463,6 +464,27 @@ fn check_capability(node: &Node, out: &mut Vec<SystemFinding>) {
         "capability",
         why,
     ));
+}
+
+/// The `live` section: the running driver's KFD topology.
+pub(crate) struct LiveDriver;
+
+impl SystemSection for LiveDriver {
+    fn section(&self) -> Section {
+        Section::Live
+    }
+
+    fn reads_topology(&self) -> bool {
+        true
+    }
+
+    fn collect(&self, _root: &Root, ctx: &Context) -> Result<Collected> {
+        let (findings, section) = check(ctx.topology()?);
+        Ok(Collected {
+            findings,
+            details: Details::Live(section),
+        })
+    }
 }
 
 /// Judges the running driver's topology.

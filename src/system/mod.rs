@@ -13,12 +13,14 @@
 pub mod live;
 pub mod modopts;
 pub mod rocm;
+mod section;
 
 use crate::error::Result;
 use crate::finding::{Finding, Severity};
 use crate::io::root::Root;
 use crate::term;
 use anstyle::{AnsiColor, Style};
+use section::{Context, SystemSection, SECTIONS};
 use serde::Serialize;
 use std::fmt::Write as _;
 
@@ -222,50 +224,18 @@ impl Options {
 /// Runs the selected sections beyond the tree.
 pub fn run(root: &Root, opts: &Options) -> Result<SystemReport> {
     let mut report = SystemReport::default();
-    let wants_rocm = opts.wants(Section::Rocm);
-    if !opts.wants(Section::Live) && !wants_rocm && !opts.wants(Section::Options) {
-        return Ok(report);
+    let selected: Vec<&dyn SystemSection> = SECTIONS
+        .iter()
+        .copied()
+        .filter(|s| opts.wants(s.section()))
+        .collect();
+    let ctx = Context::new(root, opts);
+    // Read up front, so that a broken topology stops the run before any section has.
+    if selected.iter().any(|s| s.reads_topology()) {
+        ctx.topology()?;
     }
-    // The ROCm section compares HSA_OVERRIDE_GFX_VERSION with the GPUs sysfs reports,
-    // so the topology is read whenever either section runs.
-    let topology = if opts.wants(Section::Live) || wants_rocm {
-        Some(crate::system::live::read_topology(root, opts.lenient)?)
-    } else {
-        None
-    };
-    if opts.wants(Section::Live) {
-        let topo = topology.as_ref().expect("read above");
-        let (findings, section) = crate::system::live::check(topo);
-        report.live = Some(findings);
-        report.sections.live = Some(section);
-    }
-    if opts.wants(Section::Options) {
-        let (findings, section) = crate::system::modopts::scan(root, &opts.rules)?;
-        report.module_options = Some(findings);
-        report.sections.module_options = Some(section);
-    }
-    if wants_rocm {
-        let topo = topology.as_ref().expect("read above");
-        let env: Vec<(String, String)> = if root.is_host_root() {
-            std::env::vars_os()
-                .filter_map(|(k, v)| {
-                    Some((k.into_string().ok()?, v.to_string_lossy().into_owned()))
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let (findings, section) = crate::system::rocm::scan(
-            root,
-            &crate::system::rocm::RocmOptions {
-                patterns: opts.rocm_packages.clone(),
-                lenient: opts.lenient,
-                process_env: env,
-            },
-            topo,
-        )?;
-        report.rocm = Some(findings);
-        report.sections.rocm = Some(section);
+    for section in selected {
+        report.store(section.collect(root, &ctx)?);
     }
     Ok(report)
 }
@@ -462,14 +432,21 @@ pub fn render_markdown(findings: &[(&str, &[SystemFinding])]) -> String {
     out
 }
 
-/// Reads a small text file under the root (a last-component symlink resolved inside
-/// the root). `None` when it does not exist; when it cannot be read (permissions, a
+/// Reads a small text file under the root (its symlinks resolved inside the root, see
+/// [`Root::resolve_in_root`]). `None` when it does not exist; when it cannot be read (permissions, a
 /// directory) a note says so and the scan goes on.
 /// Only a regular file of at most [`MAX_TEXT_FILE`] bytes is read: some of these
 /// files (`~/.bashrc`) belong to users, who could otherwise make a root-run scan hang
 /// on a FIFO or fill its memory from a link to `/dev/zero`.
 pub(crate) fn read_text(root: &Root, system_path: &str, notes: &mut Vec<String>) -> Option<String> {
-    let host = resolve_in_root(root, system_path);
+    let host = match root.resolve_in_root(system_path) {
+        Ok(host) => host,
+        Err(e) if is_absent(&e) => return None,
+        Err(e) => {
+            notes.push(format!("{system_path}: not read ({e})"));
+            return None;
+        }
+    };
     match read_small(&host, MAX_TEXT_FILE) {
         Ok(bytes) => Some(String::from_utf8_lossy(&bytes).into_owned()),
         Err(None) => None,
@@ -478,6 +455,14 @@ pub(crate) fn read_text(root: &Root, system_path: &str, notes: &mut Vec<String>)
             None
         }
     }
+}
+
+/// Whether an error says the file is not there (rather than that it cannot be read).
+fn is_absent(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+    )
 }
 
 /// Largest configuration or sysfs file read whole.
@@ -523,43 +508,4 @@ pub(crate) fn list_dir(root: &Root, system_dir: &str, suffix: &str) -> Vec<Strin
         .into_iter()
         .map(|n| format!("{}/{}", system_dir.trim_end_matches('/'), n))
         .collect()
-}
-
-/// The host path of a system path whose last component may be a symbolic link, the
-/// link resolved as the audited system would: an absolute target is taken under the
-/// root, never on the host (`/etc/modprobe.d/x.conf -> /usr/share/x.conf`).
-pub(crate) fn resolve_in_root(root: &Root, system_path: &str) -> std::path::PathBuf {
-    let mut system = std::path::PathBuf::from(system_path);
-    for _ in 0..40 {
-        let host = root.path(&system);
-        let Ok(target) = std::fs::read_link(&host) else {
-            return host;
-        };
-        system = if target.is_absolute() {
-            target
-        } else {
-            system
-                .parent()
-                .unwrap_or(std::path::Path::new("/"))
-                .join(target)
-        };
-        system = normalize(&system);
-    }
-    root.path(&system)
-}
-
-/// Resolves `.` and `..` lexically (`/etc/a/../b` → `/etc/b`), never above `/`.
-fn normalize(p: &std::path::Path) -> std::path::PathBuf {
-    use std::path::Component;
-    let mut out = std::path::PathBuf::from("/");
-    for c in p.components() {
-        match c {
-            Component::Normal(x) => out.push(x),
-            Component::ParentDir => {
-                out.pop();
-            }
-            _ => {}
-        }
-    }
-    out
 }

@@ -23,6 +23,7 @@ use crate::error::Result;
 use crate::finding::{Finding, Severity};
 use crate::io::root::Root;
 use crate::rules::RuleSet;
+use crate::system::section::{Collected, Context, Details, SystemSection};
 use crate::system::{self, Action, OptionsSection, SectionStatus, SystemFinding};
 use std::collections::{BTreeMap, HashSet};
 use std::os::unix::fs::MetadataExt;
@@ -274,9 +275,8 @@ pub fn modprobe_files(root: &Root) -> (Vec<String>, Vec<String>) {
     let mut notes = Vec::new();
     for dir in MODPROBE_DIRS {
         for path in system::list_dir(root, dir, ".conf") {
-            let host = system::resolve_in_root(root, &path);
             // /lib is /usr/lib on merged-/usr systems: the same file seen twice.
-            if let Ok(m) = std::fs::metadata(&host) {
+            if let Ok(m) = root.resolve_in_root(&path).and_then(std::fs::metadata) {
                 if !seen.insert((m.dev(), m.ino())) {
                     continue;
                 }
@@ -597,15 +597,15 @@ fn mark_overrides(settings: &mut [Setting]) {
 
 /// Everything read, before judging.
 #[derive(Debug, Default)]
-pub struct Collected {
+pub struct SettingsRead {
     pub settings: Vec<Setting>,
     pub files: Vec<String>,
     pub notes: Vec<String>,
 }
 
 /// Reads every source of module options and kernel parameters under the root.
-pub fn collect(root: &Root) -> Result<Collected> {
-    let mut c = Collected::default();
+pub fn read_settings(root: &Root) -> Result<SettingsRead> {
+    let mut c = SettingsRead::default();
 
     // modprobe.d
     let (files, notes) = modprobe_files(root);
@@ -746,7 +746,7 @@ fn loaded_value(root: &Root, key: &str) -> Option<String> {
     .map(|s| String::from_utf8_lossy(&s).trim().to_string())
 }
 
-fn judge(root: &Root, c: &Collected, rules: &RuleSet) -> Vec<SystemFinding> {
+fn findings_for_settings(root: &Root, c: &SettingsRead, rules: &RuleSet) -> Vec<SystemFinding> {
     // The rule engine judges the normalised settings as one pseudo-file, a line each.
     let listing: String = c
         .settings
@@ -913,11 +913,28 @@ fn judge(root: &Root, c: &Collected, rules: &RuleSet) -> Vec<SystemFinding> {
     out
 }
 
+/// The `options` section: module options and the kernel command line.
+pub(crate) struct ModuleOptions;
+
+impl SystemSection for ModuleOptions {
+    fn section(&self) -> crate::system::Section {
+        crate::system::Section::Options
+    }
+
+    fn collect(&self, root: &Root, ctx: &Context) -> Result<Collected> {
+        let (findings, section) = scan(root, &ctx.opts.rules)?;
+        Ok(Collected {
+            findings,
+            details: Details::Options(section),
+        })
+    }
+}
+
 /// Runs the options section with the rules in effect (those whose `files` name
 /// `<module-options>`: the built-in `patterns/modprobe.toml` and any `--rules DIR`).
 pub fn scan(root: &Root, rules: &RuleSet) -> Result<(Vec<SystemFinding>, OptionsSection)> {
-    let c = collect(root)?;
-    let findings = judge(root, &c, rules);
+    let c = read_settings(root)?;
+    let findings = findings_for_settings(root, &c, rules);
     let status = if c.files.is_empty() {
         SectionStatus::Absent
     } else {
@@ -932,6 +949,118 @@ pub fn scan(root: &Root, rules: &RuleSet) -> Result<(Vec<SystemFinding>, Options
             rules: RULES_NAME.into(),
         },
     ))
+}
+
+// ---------------------------------------------------------------- blacklists
+
+/// How a setting keeps amdgpu from running, as the recovery plan words it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disables {
+    /// A blacklist (`blacklist amdgpu`, `modprobe.blacklist=amdgpu`, ...): not loaded.
+    NotLoaded,
+    /// `install amdgpu /bin/false`: modprobe runs the command instead of loading it.
+    Replaced,
+    /// `nomodeset`, `amdgpu.modeset=0`, `initcall_blacklist=amdgpu_init`: loaded or
+    /// built in, but it does not start.
+    NotStarted,
+}
+
+/// Whether a setting in effect keeps amdgpu from running, and the part of it that
+/// does (`modprobe.blacklist=amdgpu` out of `modprobe.blacklist=nouveau,amdgpu`).
+pub fn disables_amdgpu(s: &Setting) -> Option<(Disables, String)> {
+    if s.overridden_by.is_some() || s.replaced_by.is_some() {
+        return None;
+    }
+    let n = s.normalized.as_str();
+    if n == "blacklist amdgpu" {
+        return Some((Disables::NotLoaded, n.to_string()));
+    }
+    if let Some(command) = n.strip_prefix("install amdgpu ") {
+        // An install command that loads amdgpu after all (`modprobe --ignore-install
+        // amdgpu`) does not keep it out; one that only succeeds or fails does.
+        let program = command.split_whitespace().next().unwrap_or_default();
+        let program = program.rsplit('/').next().unwrap_or_default();
+        return matches!(program, "false" | "true")
+            .then(|| (Disables::Replaced, format!("install amdgpu {command}")));
+    }
+    if n == "nomodeset" || n == "amdgpu.modeset=0" {
+        return Some((Disables::NotStarted, n.to_string()));
+    }
+    let (name, list) = n.split_once('=')?;
+    match name {
+        "modprobe.blacklist" | "module_blacklist" | "rd.driver.blacklist" => list
+            .split(',')
+            .any(|m| underscores(m.trim()) == "amdgpu")
+            .then(|| (Disables::NotLoaded, format!("{name}=amdgpu"))),
+        "initcall_blacklist" => list.split(',').any(|f| f.trim() == "amdgpu_init").then(|| {
+            (
+                Disables::NotStarted,
+                "initcall_blacklist=amdgpu_init".to_string(),
+            )
+        }),
+        _ => None,
+    }
+}
+
+/// Notes for the recovery plan about settings left in place that keep amdgpu from
+/// running after the rebuild: on the running kernel's line, in the boot configuration
+/// (GRUB, /etc/kernel/cmdline) and in modprobe.d. Read by the same parsers as the
+/// options section (every modprobe.d directory, continuation lines, GRUB's shell
+/// quoting and later assignments), so that `scan` and `plan` agree on what is there.
+pub fn blacklist_notes(root: &Root) -> Vec<String> {
+    let read = match read_settings(root) {
+        Ok(read) => read,
+        Err(e) => {
+            return vec![format!(
+                "module options and kernel command line not read: {e}"
+            )]
+        }
+    };
+    let mut notes: Vec<String> = Vec::new();
+    for s in &read.settings {
+        let Some((how, setting)) = disables_amdgpu(s) else {
+            continue;
+        };
+        let file = crate::term::escape(&s.file);
+        let setting = crate::term::escape(&setting);
+        let state = match how {
+            Disables::NotStarted => "amdgpu does not start",
+            Disables::NotLoaded | Disables::Replaced => "amdgpu is not loaded",
+        };
+        let note = match s.origin {
+            Origin::RunningKernel => format!(
+                "this boot has {setting} on the kernel line: {state} now. \
+                 Rebuild first; the next normal boot loads amdgpu again unless the boot configuration \
+                 puts it back (see 'If the machine does not boot')"
+            ),
+            Origin::Grub => format!(
+                "{file} puts {setting} on every boot: after the rebuild remove it from {} (line {}) \
+                 and run update-grub (Fedora: grub2-mkconfig -o /boot/grub2/grub.cfg)",
+                s.grub_var.unwrap_or("the kernel command line"),
+                s.line
+            ),
+            Origin::KernelCmdlineFile => format!(
+                "{file} puts {setting} on every boot: after the rebuild remove it (line {}) \
+                 and regenerate the boot entries (kernel-install)",
+                s.line
+            ),
+            Origin::Modprobe if how == Disables::Replaced => format!(
+                "{file} makes modprobe run '{}' instead of loading amdgpu (line {}): after the rebuild \
+                 remove that line (and update the initramfs) or amdgpu stays unloaded",
+                crate::term::escape(&s.line_text),
+                s.line
+            ),
+            Origin::Modprobe => format!(
+                "{file} blacklists amdgpu (line {}): after the rebuild remove that line \
+                 (and update the initramfs) or amdgpu stays unloaded",
+                s.line
+            ),
+        };
+        if !notes.contains(&note) {
+            notes.push(note);
+        }
+    }
+    notes
 }
 
 #[cfg(test)]
@@ -1026,6 +1155,112 @@ mod tests {
                 .map(|a| a.0)
                 .collect::<Vec<_>>(),
             vec!["a", "b c", "d=e f"]
+        );
+    }
+
+    /// The recovery plan's own reader saw only `/etc/default/grub`, whole words on a
+    /// physical line, and every file in `/etc/modprobe.d`. These are what it missed
+    /// (or reported wrongly) and the options section's parsers get right.
+    #[test]
+    fn blacklists_the_old_recovery_reader_missed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = Root::open(tmp.path()).unwrap();
+        let write = |p: &str, text: &str| {
+            let host = root.path(p);
+            std::fs::create_dir_all(host.parent().unwrap()).unwrap();
+            std::fs::write(host, text).unwrap();
+        };
+        // What it found, worded as it was (the plan's tests look for these words).
+        write(
+            "/proc/cmdline",
+            "BOOT_IMAGE=/vmlinuz ro modprobe.blacklist=nouveau,amdgpu\n",
+        );
+        write(
+            "/etc/modprobe.d/no-amd.conf",
+            "# recovery\nblacklist amdgpu\n",
+        );
+        // A later assignment replaces the blacklist: not on the next boot (the old
+        // reader reported it), while a drop-in adds one (the old reader never read it).
+        write(
+            "/etc/default/grub",
+            "GRUB_CMDLINE_LINUX_DEFAULT=\"quiet modprobe.blacklist=amdgpu\"\nGRUB_CMDLINE_LINUX_DEFAULT=\"quiet\"\n",
+        );
+        write(
+            "/etc/default/grub.d/rescue.cfg",
+            "GRUB_CMDLINE_LINUX=\"$GRUB_CMDLINE_LINUX \\\n  module_blacklist=amdgpu\"\n",
+        );
+        // An install command that fails instead of loading, a blacklist split over a
+        // continuation line in a lower-priority directory, and a file kmod ignores
+        // (not *.conf).
+        write("/etc/modprobe.d/off.conf", "install amdgpu /bin/false\n");
+        write("/usr/lib/modprobe.d/vendor.conf", "blacklist \\\namdgpu\n");
+        write("/etc/modprobe.d/old.conf.disabled", "blacklist amdgpu\n");
+
+        let notes = blacklist_notes(&root);
+        let has = |text: &str| notes.iter().any(|n| n.contains(text));
+        assert!(has("this boot has modprobe.blacklist=amdgpu"), "{notes:#?}");
+        assert!(
+            has("/etc/modprobe.d/no-amd.conf blacklists amdgpu"),
+            "{notes:#?}"
+        );
+        assert!(
+            has("/etc/default/grub.d/rescue.cfg puts module_blacklist=amdgpu on every boot"),
+            "{notes:#?}"
+        );
+        assert!(
+            has("/etc/modprobe.d/off.conf makes modprobe run 'install amdgpu /bin/false'"),
+            "{notes:#?}"
+        );
+        assert!(
+            has("/usr/lib/modprobe.d/vendor.conf blacklists amdgpu (line 1)"),
+            "{notes:#?}"
+        );
+        assert!(!has("/etc/default/grub puts"), "{notes:#?}");
+        assert!(!has("old.conf.disabled"), "{notes:#?}");
+        assert_eq!(notes.len(), 5, "{notes:#?}");
+    }
+
+    #[test]
+    fn what_keeps_amdgpu_out() {
+        let arg = |a: &str| {
+            let (normalized, key) = classify_kernel_arg(a).unwrap();
+            Setting {
+                normalized,
+                raw: a.into(),
+                line_text: a.into(),
+                file: PROC_CMDLINE.into(),
+                line: 1,
+                origin: Origin::RunningKernel,
+                whole_line: false,
+                key,
+                grub_var: None,
+                overridden_by: None,
+                replaced_by: None,
+            }
+        };
+        let how = |a: &str| disables_amdgpu(&arg(a)).map(|d| d.0);
+        assert_eq!(how("modprobe.blacklist=amdkfd"), None);
+        assert_eq!(how("rd.driver.blacklist=amdgpu"), Some(Disables::NotLoaded));
+        assert_eq!(how("nomodeset"), Some(Disables::NotStarted));
+        assert_eq!(how("amdgpu.modeset=0"), Some(Disables::NotStarted));
+        assert_eq!(how("amdgpu.modeset=1"), None);
+        assert_eq!(
+            how("initcall_blacklist=amdgpu_init"),
+            Some(Disables::NotStarted)
+        );
+        let mut later = arg("amdgpu.modeset=0");
+        later.overridden_by = Some((PROC_CMDLINE.into(), 1));
+        assert_eq!(disables_amdgpu(&later), None);
+        let install = |cmd: &str| {
+            parse_modprobe("/etc/modprobe.d/x.conf", &format!("install amdgpu {cmd}\n"))
+                .first()
+                .and_then(disables_amdgpu)
+                .map(|d| d.0)
+        };
+        assert_eq!(install("/bin/false"), Some(Disables::Replaced));
+        assert_eq!(
+            install("/sbin/modprobe --ignore-install amdgpu $CMDLINE_OPTS"),
+            None
         );
     }
 

@@ -15,24 +15,28 @@
 //! auditing the running system (`--root /`) — kfd-audit's own environment. Each is
 //! compared with the GPU that sysfs reports.
 
+use crate::content::backup;
 use crate::content::is_backup_suffix;
 use crate::error::Result;
 use crate::finding::{Finding, Severity};
 use crate::gpu_table;
-use crate::io::hash::{self, Algorithm, Digest};
+use crate::io::hash::Digest;
 use crate::io::root::Root;
 use crate::pkgdb::dpkg;
-use crate::reference::{LoadOptions, Skipped};
+use crate::reference::{Expected, LoadOptions, ReferenceKind, Skipped};
 use crate::scan::BackupVerdict;
 use crate::system::live::Topology;
+use crate::system::section::{Collected, Context, Details, SystemSection};
 use crate::system::{
     self, Action, PackageSummary, RocmSection, SectionStatus, SystemBackup, SystemFinding,
 };
+use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use rayon::prelude::*;
 use regex::Regex;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::sync::Mutex;
 
 /// Package-name patterns checked by default: AMD's ROCm packages (`hsa-rocr`,
 /// `hsa-rocr6.2.0` for versioned installs, ...) and Debian's own ROCm libraries.
@@ -62,31 +66,48 @@ pub struct RocmOptions {
     pub process_env: Vec<(String, String)>,
 }
 
-/// Shell-style match of a package name: `*` any run, `?` one character.
-pub fn glob_match(pattern: &str, name: &str) -> bool {
-    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
-    let (mut pi, mut ni) = (0, 0);
-    let (mut star, mut mark) = (None, 0);
-    while ni < n.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
-            pi += 1;
-            ni += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some(pi);
-            mark = ni;
-            pi += 1;
-        } else if let Some(s) = star {
-            pi = s + 1;
-            mark += 1;
-            ni = mark;
-        } else {
-            return false;
+/// Package-name patterns (`--rocm-packages`), matched as dpkg-query matches its
+/// patterns: shell-style, `*` any run, `?` one character, `[...]` one of a set. All
+/// patterns are compiled into one [`GlobSet`], so each installed package is tested once.
+#[derive(Debug, Clone)]
+pub struct PackagePatterns {
+    set: GlobSet,
+}
+
+impl PackagePatterns {
+    /// A pattern that is not a valid glob (`rocm[`) is taken literally, as a name:
+    /// Debian package names never hold glob characters, so nothing is lost, and a
+    /// typo in one pattern does not stop the others from being checked.
+    pub fn new(patterns: &[String]) -> PackagePatterns {
+        let mut builder = GlobSetBuilder::new();
+        for p in patterns {
+            // `escape` wraps each glob character in a class (`*` -> `[*]`) but leaves a
+            // backslash alone, so backslashes are taken as plain characters here.
+            let glob = Glob::new(p).or_else(|_| {
+                GlobBuilder::new(&globset::escape(p))
+                    .backslash_escape(false)
+                    .build()
+            });
+            // A literal always builds; were it not to, the pattern would match nothing.
+            if let Ok(glob) = glob {
+                builder.add(glob);
+            }
+        }
+        PackagePatterns {
+            // Only a set that cannot be built from valid globs fails (none of ours): an
+            // empty set then matches nothing, as no pattern would.
+            set: builder.build().unwrap_or_else(|_| GlobSet::empty()),
         }
     }
-    while pi < p.len() && p[pi] == '*' {
-        pi += 1;
+
+    pub fn matches(&self, name: &str) -> bool {
+        self.set.is_match(name)
     }
-    pi == p.len()
+}
+
+/// Whether one pattern matches a package name (see [`PackagePatterns`]).
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    PackagePatterns::new(&[pattern.to_string()]).matches(name)
 }
 
 /// An installed package with dpkg md5sums: `stem` names its files in
@@ -99,16 +120,14 @@ pub struct Package {
 
 /// Installed packages matching the patterns, sorted by name.
 pub fn matching_packages(root: &Root, patterns: &[String]) -> Vec<Package> {
+    let patterns = PackagePatterns::new(patterns);
     let mut out: Vec<Package> = system::list_dir(root, dpkg::INFO_DIR, ".md5sums")
         .into_iter()
         .filter_map(|p| {
             let file = p.rsplit('/').next()?.to_string();
             let stem = file.strip_suffix(".md5sums")?.to_string();
             let name = stem.split(':').next().unwrap_or(&stem).to_string();
-            patterns
-                .iter()
-                .any(|pat| glob_match(pat, &name))
-                .then_some(Package { stem, name })
+            patterns.matches(&name).then_some(Package { stem, name })
         })
         .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -124,38 +143,54 @@ enum FileState {
     Unreadable(String),
 }
 
-fn check_file(host: &Path, expected: &Digest) -> FileState {
+/// No size limit for package files: they are judged against dpkg's md5 and streamed
+/// through the hash, never held in memory, and ROCm's libraries are legitimately far
+/// larger than any driver source file (rocBLAS ships hundreds of megabytes).
+const NO_SIZE_LIMIT: u64 = u64::MAX;
+
+/// MD5 of files under the root, on the tree scan's multi-buffer engine
+/// ([`crate::io::md5_lanes`]): many files per core at once, the largest started first,
+/// each opened without following a link at its last component and read once.
+fn md5_files(root: &Root, paths: &[&str]) -> Vec<std::io::Result<Digest>> {
+    let sizes: Vec<u64> = paths
+        .par_iter()
+        .map(|p| std::fs::symlink_metadata(root.path(p)).map_or(0, |m| m.len()))
+        .collect();
+    let results: Mutex<Vec<Option<std::io::Result<Digest>>>> =
+        Mutex::new(std::iter::repeat_with(|| None).take(paths.len()).collect());
+    crate::io::md5_lanes::md5_files(
+        &|i| root.path(paths[i]),
+        &sizes,
+        NO_SIZE_LIMIT,
+        None,
+        &|i, r| {
+            let mut all = results.lock().unwrap_or_else(|e| e.into_inner());
+            all[i] = Some(r.map(|(d, _)| Digest::Md5(d)));
+        },
+    );
+    results
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .into_iter()
+        // The engine reports every stream it is given; this only keeps the types whole.
+        .map(|r| r.unwrap_or_else(|| Err(std::io::Error::other("not hashed"))))
+        .collect()
+}
+
+/// What is at a package file's place without reading it: `None` when it is a file to
+/// hash (anything else than a symlink is opened, and a FIFO or device is refused then).
+fn state_before_reading(host: &Path) -> Option<FileState> {
     match std::fs::symlink_metadata(host) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return FileState::Missing,
-        Err(e) => return FileState::Unreadable(e.to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(FileState::Missing),
+        Err(e) => Some(FileState::Unreadable(e.to_string())),
         Ok(m) if m.file_type().is_symlink() => {
             let target = std::fs::read_link(host)
                 .map(|t| t.display().to_string())
                 .unwrap_or_default();
-            return FileState::Symlink(target);
+            Some(FileState::Symlink(target))
         }
-        Ok(_) => {}
+        Ok(_) => None,
     }
-    match crate::io::read::open_nofollow(host)
-        .and_then(|f| hash::digest_reader(f, &[expected.algorithm()]))
-    {
-        Ok((mut d, _)) => {
-            let actual = d.remove(0);
-            if &actual == expected {
-                FileState::Ok
-            } else {
-                FileState::Modified(actual)
-            }
-        }
-        Err(e) => FileState::Unreadable(e.to_string()),
-    }
-}
-
-fn md5_of(host: &Path) -> Option<Digest> {
-    let f = crate::io::read::open_nofollow(host).ok()?;
-    hash::digest_reader(f, &[Algorithm::Md5])
-        .ok()
-        .map(|(mut d, _)| d.remove(0))
 }
 
 /// A shared library or a program: what a replaced file runs as.
@@ -236,12 +271,32 @@ fn find_backups(root: &Root, listed: &BTreeSet<String>) -> Vec<(String, String)>
     out
 }
 
-fn check_package(
+/// What dpkg says a package installs: the expected md5 of each file (conffiles left
+/// out: they are the admin's to edit), and the other paths of its `.list` (links and
+/// directories have no md5).
+struct PackageFiles {
+    /// System path -> the md5 dpkg recorded.
+    expected: BTreeMap<String, Digest>,
+    /// The `.list` entries that are not conffiles.
+    list: Vec<String>,
+}
+
+impl PackageFiles {
+    /// Every path the package installs that is not a conffile.
+    fn listed(&self) -> BTreeSet<String> {
+        let mut listed: BTreeSet<String> = self.expected.keys().cloned().collect();
+        listed.extend(self.list.iter().cloned());
+        listed
+    }
+}
+
+/// Phase 1: reads the package's md5sums, conffiles and file list.
+fn read_package_files(
     root: &Root,
     pkg: &Package,
     opts: &RocmOptions,
     notes: &mut Vec<String>,
-) -> Result<PackageCheck> {
+) -> Result<PackageFiles> {
     let mut skipped: Vec<Skipped> = Vec::new();
     let sums = dpkg::load_package(
         root,
@@ -263,277 +318,398 @@ fn check_package(
     let conffiles: HashSet<String> = read_lines(root, &format!("{info}/{}.conffiles", pkg.stem))
         .into_iter()
         .collect();
-    let list: Vec<String> = read_lines(root, &format!("{info}/{}.list", pkg.stem));
-
-    // system path -> expected md5
-    let expected: BTreeMap<String, Digest> = sums
+    let expected = sums
         .into_iter()
         .map(|l| (format!("/{}", l.path.display()), l.digest))
         .filter(|(p, _)| !conffiles.contains(p))
         .collect();
-    let by_md5: HashMap<&Digest, &str> = expected.iter().map(|(p, d)| (d, p.as_str())).collect();
+    let list = read_lines(root, &format!("{info}/{}.list", pkg.stem))
+        .into_iter()
+        .filter(|p| !conffiles.contains(p))
+        .collect();
+    Ok(PackageFiles { expected, list })
+}
 
-    let states: Vec<(String, FileState)> = expected
+/// Phase 2: each file with an md5 against it, in the order of `files.expected`.
+fn verify_files(root: &Root, files: &PackageFiles) -> Vec<(String, FileState)> {
+    let mut states: Vec<(String, Option<FileState>)> = files
+        .expected
         .par_iter()
-        .map(|(p, d)| (p.clone(), check_file(&root.path(p), d)))
+        .map(|(p, _)| (p.clone(), state_before_reading(&root.path(p))))
         .collect();
-
-    // Judge every backup beside the package's files.
-    let mut listed: BTreeSet<String> = expected.keys().cloned().collect();
-    listed.extend(list.iter().filter(|p| !conffiles.contains(*p)).cloned());
-    let mut backups_of: BTreeMap<String, Vec<SystemBackup>> = BTreeMap::new();
-    let judged: Vec<(String, String, Option<Digest>)> = find_backups(root, &listed)
-        .into_par_iter()
-        .map(|(b, of)| {
-            let d = md5_of(&root.path(&b));
-            (b, of, d)
-        })
+    let to_hash: Vec<usize> = (0..states.len())
+        .filter(|&i| states[i].1.is_none())
         .collect();
-    for (backup, of, digest) in judged {
-        let current = md5_of(&root.path(&of));
-        let (verdict, matches) = match &digest {
-            Some(d) if by_md5.contains_key(d) => {
-                (BackupVerdict::VerifiedClean, Some(by_md5[d].to_string()))
-            }
-            Some(d) if current.as_ref() == Some(d) => (BackupVerdict::SameAsCurrent, None),
-            _ => (BackupVerdict::Unverified, None),
-        };
-        backups_of.entry(of).or_default().push(SystemBackup {
-            path: backup,
-            verdict,
-            matches,
+    let paths: Vec<&str> = to_hash.iter().map(|&i| states[i].0.as_str()).collect();
+    let digests = md5_files(root, &paths);
+    for (&i, digest) in to_hash.iter().zip(digests) {
+        let expected = &files.expected[&states[i].0];
+        states[i].1 = Some(match digest {
+            Ok(actual) if &actual == expected => FileState::Ok,
+            Ok(actual) => FileState::Modified(actual),
+            Err(e) => FileState::Unreadable(e.to_string()),
         });
     }
+    states
+        .into_iter()
+        .map(|(p, s)| (p, s.expect("every file judged above")))
+        .collect()
+}
 
-    let (command, action) = reinstall(&pkg.name);
-    let mut findings = Vec::new();
-    let mut summary = PackageSummary {
-        package: pkg.name.clone(),
-        files: expected.len(),
-        ok: 0,
-        modified: 0,
-        missing: 0,
-    };
-    let clean_backup_hint = |backups: &[SystemBackup]| -> String {
-        backups
-            .iter()
-            .find(|b| b.verdict == BackupVerdict::VerifiedClean)
-            .map(|b| {
-                format!(
-                    " {} is a verified-clean copy (its md5 is the packaged one), but reinstalling puts back every file of the package.",
-                    b.path
-                )
-            })
-            .unwrap_or_default()
-    };
-    for (path, state) in &states {
-        let host = root.path(path);
-        let backups = backups_of.remove(path).unwrap_or_default();
-        let exp = &expected[path];
-        let mk = |rule: &str,
-                  severity: Severity,
-                  title: &str,
-                  why: String,
-                  fix: String,
-                  backups: Vec<SystemBackup>| SystemFinding {
+/// Phase 3: backups beside the package's files, by the file they copy, each judged
+/// by the tree scan's own [`crate::content::backup::judge`]: verified-clean when its
+/// md5 is one dpkg recorded for a file of the package (so a copy of the library behind
+/// a soname link is a clean copy of that link), same-as-current when it is the file
+/// as it is now, else unverified. As in the tree, a backup larger than
+/// [`crate::io::read::MAX_SOURCE_FILE`] is not read, and stays unverified.
+fn judge_backups(root: &Root, files: &PackageFiles) -> BTreeMap<String, Vec<SystemBackup>> {
+    let found = find_backups(root, &files.listed());
+    let paths: Vec<&str> = found.iter().map(|(b, _)| b.as_str()).collect();
+    let digests = md5_files(root, &paths);
+    let by_md5: HashMap<&Digest, &str> = files
+        .expected
+        .iter()
+        .map(|(p, d)| (d, p.as_str()))
+        .collect();
+    let judged: Vec<(String, SystemBackup)> = found
+        .par_iter()
+        .zip(digests)
+        .map(|((backup, of), digest)| {
+            let clean = digest
+                .ok()
+                .and_then(|d| Some((by_md5.get(&d)?.to_string(), d)));
+            let expected = clean.as_ref().map(|(_, d)| Expected {
+                digest: d.clone(),
+                kind: ReferenceKind::DpkgMd5sums,
+            });
+            // Paths under the root, as the tree scan's are under the tree.
+            let relative = |p: &str| Path::new(p.trim_start_matches('/')).to_path_buf();
+            let verdict = backup::judge(
+                root.dir(),
+                &relative(backup),
+                &relative(of),
+                expected.as_ref(),
+                &backup::no_rule_engine,
+            )
+            .verdict;
+            let matches = clean
+                .filter(|_| verdict == BackupVerdict::VerifiedClean)
+                .map(|(p, _)| p);
+            (
+                of.clone(),
+                SystemBackup {
+                    path: backup.clone(),
+                    verdict,
+                    matches,
+                },
+            )
+        })
+        .collect();
+    let mut backups_of: BTreeMap<String, Vec<SystemBackup>> = BTreeMap::new();
+    for (of, b) in judged {
+        backups_of.entry(of).or_default().push(b);
+    }
+    backups_of
+}
+
+/// The findings of one package as they are made, and its counts.
+struct PackageReport<'a> {
+    pkg: &'a Package,
+    command: String,
+    action: Action,
+    summary: PackageSummary,
+    findings: Vec<SystemFinding>,
+}
+
+impl<'a> PackageReport<'a> {
+    fn new(pkg: &'a Package, files: usize) -> PackageReport<'a> {
+        let (command, action) = reinstall(&pkg.name);
+        PackageReport {
+            pkg,
+            command,
+            action,
+            summary: PackageSummary {
+                package: pkg.name.clone(),
+                files,
+                ok: 0,
+                modified: 0,
+                missing: 0,
+            },
+            findings: Vec::new(),
+        }
+    }
+
+    /// A finding about a file of the package, undone by reinstalling it.
+    fn push(
+        &mut self,
+        path: &str,
+        (rule, severity, title): (&str, Severity, &str),
+        why: String,
+        fix: String,
+        backups: Vec<SystemBackup>,
+    ) {
+        self.findings.push(SystemFinding {
             finding: Finding {
                 rule: rule.into(),
                 severity,
                 title: title.into(),
                 line: 0,
-                text: path.clone(),
+                text: path.to_string(),
                 why,
                 fix,
             },
-            source: path.clone(),
-            package: Some(pkg.name.clone()),
+            source: path.to_string(),
+            package: Some(self.pkg.name.clone()),
             backups,
-            action: action.clone(),
-        };
-        match state {
-            FileState::Ok => {
-                summary.ok += 1;
-                backups_of.insert(path.clone(), backups);
-            }
-            FileState::Modified(actual) => {
-                summary.modified += 1;
-                let code = is_code(path, &host);
-                let why = format!(
-                    "dpkg's md5sums for {pkg} list {path} with md5 {exp}; the file is {actual} now: it was replaced \
-                     after the package was installed. {what} A ROCm runtime rebuilt to accept a GPU it does not \
-                     support, or to claim capabilities the GPU lacks, takes the same risk as a patched driver, one \
-                     level up (the incident copied a rebuilt libhsa-runtime64.so.1 over /opt/rocm/lib/).",
-                    pkg = pkg.name,
-                    what = if code {
-                        "It is code that every ROCm program loads or runs."
-                    } else {
-                        "ROCm reads it at run time."
-                    },
-                );
-                let fix = format!(
-                    "Reinstall the package: {command}.{}",
-                    clean_backup_hint(&backups)
-                );
-                findings.push(mk(
-                    "ROCM-FILE-001",
-                    if code {
-                        Severity::High
-                    } else {
-                        Severity::Medium
-                    },
-                    if code {
-                        "ROCm library or program differs from its package"
-                    } else {
-                        "ROCm file differs from its package"
-                    },
-                    why,
-                    fix,
-                    backups,
-                ));
-            }
-            FileState::Missing => {
-                summary.missing += 1;
-                findings.push(mk(
-                    "ROCM-FILE-002",
-                    Severity::Medium,
-                    "ROCm file is missing",
-                    format!(
-                        "dpkg's md5sums for {} list {path}, and it is not there: the package is incomplete, \
-                         and whatever needs the file fails or falls back to another copy.",
-                        pkg.name
-                    ),
-                    format!("Reinstall the package: {command}.{}", clean_backup_hint(&backups)),
-                    backups,
-                ));
-            }
-            FileState::Symlink(target) => {
-                summary.modified += 1;
-                findings.push(mk(
-                    "ROCM-FILE-003",
-                    Severity::High,
-                    "ROCm file replaced by a symbolic link",
-                    format!(
-                        "{} installs {path} as a regular file; it is now a symbolic link to {target}, so programs \
-                         load whatever that points to instead of the packaged file.",
-                        pkg.name
-                    ),
-                    format!(
-                        "Remove the link and reinstall the package: {command} (dpkg puts the file back).{}",
+            action: self.action.clone(),
+        });
+    }
+
+    /// Phase 4: a finding for each file that is not what dpkg installed. Backups of
+    /// files that are fine (or could not be read) are left in `backups_of`.
+    fn report_files(
+        &mut self,
+        root: &Root,
+        states: &[(String, FileState)],
+        expected: &BTreeMap<String, Digest>,
+        backups_of: &mut BTreeMap<String, Vec<SystemBackup>>,
+        notes: &mut Vec<String>,
+    ) {
+        let name = self.pkg.name.clone();
+        let command = self.command.clone();
+        for (path, state) in states {
+            let backups = backups_of.remove(path).unwrap_or_default();
+            match state {
+                FileState::Ok => {
+                    self.summary.ok += 1;
+                    backups_of.insert(path.clone(), backups);
+                }
+                FileState::Modified(actual) => {
+                    self.summary.modified += 1;
+                    let exp = &expected[path];
+                    let code = is_code(path, &root.path(path));
+                    let why = format!(
+                        "dpkg's md5sums for {name} list {path} with md5 {exp}; the file is {actual} now: it was replaced \
+                         after the package was installed. {what} A ROCm runtime rebuilt to accept a GPU it does not \
+                         support, or to claim capabilities the GPU lacks, takes the same risk as a patched driver, one \
+                         level up (the incident copied a rebuilt libhsa-runtime64.so.1 over /opt/rocm/lib/).",
+                        what = if code {
+                            "It is code that every ROCm program loads or runs."
+                        } else {
+                            "ROCm reads it at run time."
+                        },
+                    );
+                    let fix = format!(
+                        "Reinstall the package: {command}.{}",
                         clean_backup_hint(&backups)
-                    ),
-                    backups,
-                ));
-            }
-            FileState::Unreadable(err) => {
-                notes.push(format!("{path} ({}): not read: {err}", pkg.name));
-                backups_of.insert(path.clone(), backups);
+                    );
+                    let rule = if code {
+                        (
+                            "ROCM-FILE-001",
+                            Severity::High,
+                            "ROCm library or program differs from its package",
+                        )
+                    } else {
+                        (
+                            "ROCM-FILE-001",
+                            Severity::Medium,
+                            "ROCm file differs from its package",
+                        )
+                    };
+                    self.push(path, rule, why, fix, backups);
+                }
+                FileState::Missing => {
+                    self.summary.missing += 1;
+                    self.push(
+                        path,
+                        ("ROCM-FILE-002", Severity::Medium, "ROCm file is missing"),
+                        format!(
+                            "dpkg's md5sums for {name} list {path}, and it is not there: the package is incomplete, \
+                             and whatever needs the file fails or falls back to another copy."
+                        ),
+                        format!("Reinstall the package: {command}.{}", clean_backup_hint(&backups)),
+                        backups,
+                    );
+                }
+                FileState::Symlink(target) => {
+                    self.summary.modified += 1;
+                    self.push(
+                        path,
+                        (
+                            "ROCM-FILE-003",
+                            Severity::High,
+                            "ROCm file replaced by a symbolic link",
+                        ),
+                        format!(
+                            "{name} installs {path} as a regular file; it is now a symbolic link to {target}, so programs \
+                             load whatever that points to instead of the packaged file."
+                        ),
+                        format!(
+                            "Remove the link and reinstall the package: {command} (dpkg puts the file back).{}",
+                            clean_backup_hint(&backups)
+                        ),
+                        backups,
+                    );
+                }
+                FileState::Unreadable(err) => {
+                    notes.push(format!("{path} ({name}): not read: {err}"));
+                    backups_of.insert(path.clone(), backups);
+                }
             }
         }
     }
 
-    // A library name the package installs as a symbolic link (the soname link
-    // `libhsa-runtime64.so.1` → `libhsa-runtime64.so.1.14.0`) that is now a regular file.
-    for p in list
+    /// Phase 5: a library name the package installs as a symbolic link (the soname
+    /// link `libhsa-runtime64.so.1` → `libhsa-runtime64.so.1.14.0`) that is now a
+    /// regular file other than that library.
+    fn report_replaced_links(
+        &mut self,
+        root: &Root,
+        files: &PackageFiles,
+        backups_of: &mut BTreeMap<String, Vec<SystemBackup>>,
+    ) {
+        let expected = &files.expected;
+        let replaced: Vec<(&str, &str)> = files
+            .list
+            .iter()
+            .filter(|p| !expected.contains_key(*p))
+            .filter_map(|p| {
+                let name = p.rsplit('/').next().unwrap_or_default();
+                if !(name.ends_with(".so") || name.contains(".so.")) {
+                    return None;
+                }
+                let versioned = expected.keys().find(|k| {
+                    k.starts_with(&format!("{p}."))
+                        && k[p.len() + 1..].starts_with(|c: char| c.is_ascii_digit())
+                })?;
+                let meta = std::fs::symlink_metadata(root.path(p)).ok()?;
+                meta.file_type()
+                    .is_file()
+                    .then_some((p.as_str(), versioned.as_str()))
+            })
+            .collect();
+        let paths: Vec<&str> = replaced.iter().map(|(p, _)| *p).collect();
+        let digests = md5_files(root, &paths);
+        for ((p, versioned), digest) in replaced.into_iter().zip(digests) {
+            if digest.ok().as_ref() == expected.get(versioned) {
+                // A plain copy of the packaged library: harmless, but not what dpkg installed.
+                continue;
+            }
+            let name = p.rsplit('/').next().unwrap_or_default();
+            let backups = backups_of.remove(p).unwrap_or_default();
+            self.summary.modified += 1;
+            let why = format!(
+                "{} installs {p} as a symbolic link to {versioned}; it is now a regular file that differs \
+                 from that library, so every program that loads {name} gets this copy instead.",
+                self.pkg.name
+            );
+            let fix = format!(
+                "Reinstall the package: {} (dpkg restores the link).{}",
+                self.command,
+                clean_backup_hint(&backups)
+            );
+            self.push(
+                p,
+                (
+                    "ROCM-FILE-004",
+                    Severity::High,
+                    "ROCm library link replaced by another library",
+                ),
+                why,
+                fix,
+                backups,
+            );
+        }
+    }
+
+    /// Phase 6: backups left beside files that are fine.
+    fn report_leftover_backups(&mut self, backups_of: BTreeMap<String, Vec<SystemBackup>>) {
+        for (of, backups) in backups_of {
+            for b in backups {
+                let (rule, severity, title, why) = match b.verdict {
+                    BackupVerdict::Unverified | BackupVerdict::Unsafe => (
+                        "ROCM-BACKUP-001",
+                        Severity::Low,
+                        "a different build of a ROCm file lies beside it",
+                        format!(
+                            "{} is not the packaged {of} (its md5 matches no file of {}): a copy of another build, \
+                             such as a patched runtime. Nothing loads it under this name, but it is one 'cp' away \
+                             from being live again.",
+                            b.path, self.pkg.name
+                        ),
+                    ),
+                    BackupVerdict::VerifiedClean | BackupVerdict::SameAsCurrent => (
+                        "ROCM-BACKUP-002",
+                        Severity::Info,
+                        "a clean copy of a ROCm file lies beside it",
+                        format!(
+                            "{} is identical to the packaged {}; the file itself is intact, so the copy is only a leftover.",
+                            b.path,
+                            b.matches.as_deref().unwrap_or(&of)
+                        ),
+                    ),
+                };
+                self.findings.push(SystemFinding {
+                    finding: Finding {
+                        rule: rule.into(),
+                        severity,
+                        title: title.into(),
+                        line: 0,
+                        text: b.path.clone(),
+                        why,
+                        fix: format!("Delete {} once you no longer need it.", b.path),
+                    },
+                    source: b.path.clone(),
+                    package: Some(self.pkg.name.clone()),
+                    backups: vec![b],
+                    action: Action::None,
+                });
+            }
+        }
+    }
+
+    fn finish(mut self) -> PackageCheck {
+        self.findings.sort_by(|a, b| {
+            a.source
+                .cmp(&b.source)
+                .then(a.finding.rule.cmp(&b.finding.rule))
+        });
+        PackageCheck {
+            summary: self.summary,
+            findings: self.findings,
+        }
+    }
+}
+
+/// The fix's pointer to a verified-clean backup, when there is one.
+fn clean_backup_hint(backups: &[SystemBackup]) -> String {
+    backups
         .iter()
-        .filter(|p| !expected.contains_key(*p) && !conffiles.contains(*p))
-    {
-        let name = p.rsplit('/').next().unwrap_or_default();
-        if !(name.ends_with(".so") || name.contains(".so.")) {
-            continue;
-        }
-        let versioned = expected.keys().find(|k| {
-            k.starts_with(&format!("{p}."))
-                && k[p.len() + 1..].starts_with(|c: char| c.is_ascii_digit())
-        });
-        let Some(versioned) = versioned else { continue };
-        let host = root.path(p);
-        let Ok(meta) = std::fs::symlink_metadata(&host) else {
-            continue;
-        };
-        if !meta.file_type().is_file() {
-            continue;
-        }
-        let digest = md5_of(&host);
-        let same = digest.as_ref() == expected.get(versioned);
-        if same {
-            // A plain copy of the packaged library: harmless, but not what dpkg installed.
-            continue;
-        }
-        let backups = backups_of.remove(p).unwrap_or_default();
-        summary.modified += 1;
-        findings.push(SystemFinding {
-            finding: Finding {
-                rule: "ROCM-FILE-004".into(),
-                severity: Severity::High,
-                title: "ROCm library link replaced by another library".into(),
-                line: 0,
-                text: p.clone(),
-                why: format!(
-                    "{} installs {p} as a symbolic link to {versioned}; it is now a regular file that differs \
-                     from that library, so every program that loads {name} gets this copy instead.",
-                    pkg.name
-                ),
-                fix: format!(
-                    "Reinstall the package: {command} (dpkg restores the link).{}",
-                    clean_backup_hint(&backups)
-                ),
-            },
-            source: p.clone(),
-            package: Some(pkg.name.clone()),
-            backups,
-            action: action.clone(),
-        });
-    }
+        .find(|b| b.verdict == BackupVerdict::VerifiedClean)
+        .map(|b| {
+            format!(
+                " {} is a verified-clean copy (its md5 is the packaged one), but reinstalling puts back every file of the package.",
+                b.path
+            )
+        })
+        .unwrap_or_default()
+}
 
-    // Backups left beside files that are fine.
-    for (of, backups) in backups_of {
-        for b in backups {
-            let (rule, severity, title, why) = match b.verdict {
-                BackupVerdict::Unverified => (
-                    "ROCM-BACKUP-001",
-                    Severity::Low,
-                    "a different build of a ROCm file lies beside it",
-                    format!(
-                        "{} is not the packaged {of} (its md5 matches no file of {}): a copy of another build, \
-                         such as a patched runtime. Nothing loads it under this name, but it is one 'cp' away \
-                         from being live again.",
-                        b.path, pkg.name
-                    ),
-                ),
-                _ => (
-                    "ROCM-BACKUP-002",
-                    Severity::Info,
-                    "a clean copy of a ROCm file lies beside it",
-                    format!(
-                        "{} is identical to the packaged {}; the file itself is intact, so the copy is only a leftover.",
-                        b.path,
-                        b.matches.as_deref().unwrap_or(&of)
-                    ),
-                ),
-            };
-            findings.push(SystemFinding {
-                finding: Finding {
-                    rule: rule.into(),
-                    severity,
-                    title: title.into(),
-                    line: 0,
-                    text: b.path.clone(),
-                    why,
-                    fix: format!("Delete {} once you no longer need it.", b.path),
-                },
-                source: b.path.clone(),
-                package: Some(pkg.name.clone()),
-                backups: vec![b],
-                action: Action::None,
-            });
-        }
-    }
-    findings.sort_by(|a, b| {
-        a.source
-            .cmp(&b.source)
-            .then(a.finding.rule.cmp(&b.finding.rule))
-    });
-    Ok(PackageCheck { summary, findings })
+/// Verifies one package's files against dpkg and judges the backups beside them.
+fn check_package(
+    root: &Root,
+    pkg: &Package,
+    opts: &RocmOptions,
+    notes: &mut Vec<String>,
+) -> Result<PackageCheck> {
+    let files = read_package_files(root, pkg, opts, notes)?;
+    let states = verify_files(root, &files);
+    let mut backups_of = judge_backups(root, &files);
+    let mut report = PackageReport::new(pkg, files.expected.len());
+    report.report_files(root, &states, &files.expected, &mut backups_of, notes);
+    report.report_replaced_links(root, &files, &mut backups_of);
+    report.report_leftover_backups(backups_of);
+    Ok(report.finish())
 }
 
 // ---------------------------------------------------------------- environment
@@ -736,10 +912,14 @@ fn override_finding(
 
 const DEBUG_ONLY: &str = "HSA_OVERRIDE_GFX_VERSION only changes what the ROCm thunk (libhsakmt) reports as the GPU's ISA version, so that code objects built for another GPU are loaded; it is a developer's and debugging switch and changes nothing in the GPU.";
 
-/// Judges one override. `own_nodes` are the nodes that have their own
+/// Compares one override with the GPUs it applies to. `own_nodes` are the nodes that have their own
 /// `HSA_OVERRIDE_GFX_VERSION_<node>` in the same place as `o`: libhsakmt reads that
 /// first, so a plain `HSA_OVERRIDE_GFX_VERSION` beside it does not apply to them.
-fn judge_override(o: &Override, topo: &Topology, own_nodes: &HashSet<u32>) -> Vec<SystemFinding> {
+fn compare_override_with_gpus(
+    o: &Override,
+    topo: &Topology,
+    own_nodes: &HashSet<u32>,
+) -> Vec<SystemFinding> {
     let Some(wanted) = gpu_table::parse_override(&o.value) else {
         return vec![override_finding(
             o,
@@ -877,6 +1057,43 @@ fn judge_override(o: &Override, topo: &Topology, own_nodes: &HashSet<u32>) -> Ve
     out
 }
 
+/// The `rocm` section: ROCm packages' files and `HSA_OVERRIDE_GFX_VERSION`.
+pub(crate) struct RocmUserSpace;
+
+impl SystemSection for RocmUserSpace {
+    fn section(&self) -> crate::system::Section {
+        crate::system::Section::Rocm
+    }
+
+    /// It compares `HSA_OVERRIDE_GFX_VERSION` with the GPUs sysfs reports.
+    fn reads_topology(&self) -> bool {
+        true
+    }
+
+    fn collect(&self, root: &Root, ctx: &Context) -> Result<Collected> {
+        // kfd-audit's own environment is the audited system's only when it runs on it.
+        let process_env: Vec<(String, String)> = if root.is_host_root() {
+            std::env::vars_os()
+                .filter_map(|(k, v)| {
+                    Some((k.into_string().ok()?, v.to_string_lossy().into_owned()))
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let opts = RocmOptions {
+            patterns: ctx.opts.rocm_packages.clone(),
+            lenient: ctx.opts.lenient,
+            process_env,
+        };
+        let (findings, section) = scan(root, &opts, ctx.topology()?)?;
+        Ok(Collected {
+            findings,
+            details: Details::Rocm(section),
+        })
+    }
+}
+
 /// Runs the ROCm section.
 pub fn scan(
     root: &Root,
@@ -926,7 +1143,7 @@ pub fn scan(
             .filter(|p| p.file == o.file)
             .filter_map(|p| p.node)
             .collect();
-        findings.extend(judge_override(o, topo, &own_nodes));
+        findings.extend(compare_override_with_gpus(o, topo, &own_nodes));
     }
     let status = if matching.is_empty() && overrides.is_empty() {
         SectionStatus::Absent
@@ -962,6 +1179,13 @@ mod tests {
         assert!(glob_match("lib?mdhip64-*", "libamdhip64-5"));
         assert!(!glob_match("rocblas*", "librocblas0"));
         assert!(glob_match("*", ""));
+        assert!(glob_match("hip-runtime-[an]*", "hip-runtime-amd"));
+        // Not a valid glob: taken as a name, and the other patterns still match.
+        assert!(glob_match("rocm[", "rocm["));
+        assert!(glob_match("rocm\\", "rocm\\"));
+        assert!(glob_match("[*\\", "[*\\"));
+        let set = PackagePatterns::new(&["rocm[".into(), "rocblas*".into()]);
+        assert!(set.matches("rocblas4") && !set.matches("rocm"));
     }
 
     #[test]
