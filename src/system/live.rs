@@ -17,8 +17,8 @@ use crate::error::{Error, Result};
 use crate::finding::{Finding, Severity};
 use crate::gpu_table::{self, Asic};
 use crate::io::root::Root;
-use crate::system::section::{Collected, Context, Details, SystemSection};
 use crate::system::{Action, LiveSection, NodeSummary, Section, SectionStatus, SystemFinding};
+use crate::system::{Collected, Context, Details, SystemSection};
 
 /// Where amdkfd publishes its topology.
 pub const NODES_DIR: &str = "/sys/class/kfd/kfd/topology/nodes";

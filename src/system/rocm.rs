@@ -26,10 +26,10 @@ use crate::pkgdb::dpkg;
 use crate::reference::{Expected, LoadOptions, ReferenceKind, Skipped};
 use crate::scan::BackupVerdict;
 use crate::system::live::Topology;
-use crate::system::section::{Collected, Context, Details, SystemSection};
 use crate::system::{
     self, Action, PackageSummary, RocmSection, SectionStatus, SystemBackup, SystemFinding,
 };
+use crate::system::{Collected, Context, Details, SystemSection};
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use rayon::prelude::*;
 use regex::Regex;
