@@ -1176,66 +1176,6 @@ fn find_stray_modules(root: &Root, names: &BTreeSet<String>) -> Vec<StrayModule>
     out
 }
 
-/// Renders the DKMS state as text lines (for the scan report), indented by two.
-pub fn render_text(state: &DkmsState) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::new();
-    let tool = match (&state.tool, state.status_read) {
-        (Some(t), true) => format!("{t}; 'dkms status' read"),
-        (Some(t), false) => t.to_string(),
-        (None, _) => "dkms not installed".to_string(),
-    };
-    let _ = writeln!(out, "DKMS state ({}):", term::escape(&tool));
-    if let Some(r) = &state.running_kernel {
-        let _ = writeln!(out, "  running kernel: {}", term::escape(r));
-    }
-    for n in &state.notes {
-        let _ = writeln!(out, "  note: {}", term::escape(n));
-    }
-    for p in &state.packages {
-        let reg = if p.registered {
-            "registered with dkms"
-        } else {
-            "not registered with dkms"
-        };
-        let _ = writeln!(
-            out,
-            "  {}/{} ({}; source {})",
-            term::escape(&p.name),
-            term::escape(&p.version),
-            reg,
-            term::escape(&p.tree)
-        );
-        for n in &p.notes {
-            let _ = writeln!(out, "    note: {}", term::escape(n));
-        }
-        if let Some(t) = p.changes.newest_change {
-            let _ = writeln!(
-                out,
-                "    sources last changed {} ({})",
-                format_time(t),
-                term::escape(p.changes.newest_change_file.as_deref().unwrap_or("?"))
-            );
-        }
-        for k in &p.kernels {
-            out.push_str(&kernel_text(k, "    "));
-        }
-        if p.kernels.is_empty() {
-            let _ = writeln!(out, "    no kernel has a module of this package");
-        }
-    }
-    if !state.stray_modules.is_empty() {
-        let _ = writeln!(
-            out,
-            "  stray module copies (not loaded: modprobe ignores these names; do not copy one back unless you know it was built from clean sources):"
-        );
-        for s in &state.stray_modules {
-            let _ = writeln!(out, "    {}", term::escape(&s.path));
-        }
-    }
-    out
-}
-
 /// One kernel's lines: what it has, the times, the verdict, the notes.
 pub fn kernel_text(k: &KernelState, indent: &str) -> String {
     use std::fmt::Write as _;
