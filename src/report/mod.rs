@@ -345,7 +345,7 @@ impl Report {
 
     /// Adds the backups of installed modules (they do not change the exit code: a
     /// module backup is reported so a user knows which one is safe to put back).
-    pub fn with_module_backups(mut self, found: &[crate::content::backup::ModuleBackup]) -> Report {
+    pub fn with_module_backups(mut self, found: &[crate::dkms::backups::ModuleBackup]) -> Report {
         self.summary.module_backups = found.len();
         self.module_backups = found
             .iter()
