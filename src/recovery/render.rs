@@ -1,7 +1,7 @@
 //! The recovery plan for people (text), bug reports (Markdown) and tools (JSON). The
 //! plan is decided in [`super::plan`]; nothing here changes what it says.
 
-use super::plan::{RecoveryPlan, RecoveryStep, StepKind};
+use super::plan::{RecoveryPlan, RecoveryStep, StepKind, TreePlan};
 use crate::dkms;
 use crate::term::{self, plural};
 use std::fmt::Write as _;
@@ -50,37 +50,7 @@ pub fn render_text(plan: &RecoveryPlan) -> String {
         let _ = writeln!(out, "running kernel: {}", term::escape(k));
     }
     for t in &plan.trees {
-        let _ = writeln!(
-            out,
-            "\n{} ({} {})",
-            term::escape(&t.path),
-            term::escape(&t.package),
-            term::escape(&t.version)
-        );
-        if t.needs_recovery {
-            for r in &t.reasons {
-                let _ = writeln!(out, "  needs recovery: {}", term::escape(r));
-            }
-        } else {
-            let _ = writeln!(
-                out,
-                "  nothing to do: the sources match their references and no module was built from changed sources"
-            );
-        }
-        if let Some(c) = t.dkms.changes.newest_change {
-            let _ = writeln!(
-                out,
-                "  sources last changed {} ({})",
-                dkms::format_time(c),
-                term::escape(t.dkms.changes.newest_change_file.as_deref().unwrap_or("?"))
-            );
-        }
-        for k in &t.dkms.kernels {
-            out.push_str(&dkms::kernel_text(k, "  "));
-        }
-        for n in t.dkms.notes.iter().chain(&t.notes) {
-            let _ = writeln!(out, "  note: {}", term::escape(n));
-        }
+        tree_text(&mut out, t);
     }
     if !plan.steps.is_empty() {
         let _ = writeln!(out, "\nSteps (as root, in this order):");
@@ -107,6 +77,42 @@ pub fn render_text(plan: &RecoveryPlan) -> String {
     out
 }
 
+/// One tree: why it needs recovery (or not), its sources' last change, its kernels
+/// and notes.
+fn tree_text(out: &mut String, t: &TreePlan) {
+    let _ = writeln!(
+        out,
+        "\n{} ({} {})",
+        term::escape(&t.path),
+        term::escape(&t.package),
+        term::escape(&t.version)
+    );
+    if t.needs_recovery {
+        for r in &t.reasons {
+            let _ = writeln!(out, "  needs recovery: {}", term::escape(r));
+        }
+    } else {
+        let _ = writeln!(
+            out,
+            "  nothing to do: the sources match their references and no module was built from changed sources"
+        );
+    }
+    if let Some(c) = t.dkms.changes.newest_change {
+        let _ = writeln!(
+            out,
+            "  sources last changed {} ({})",
+            dkms::format_time(c),
+            term::escape(t.dkms.changes.newest_change_file.as_deref().unwrap_or("?"))
+        );
+    }
+    for k in &t.dkms.kernels {
+        out.push_str(&dkms::kernel_text(k, "  "));
+    }
+    for n in t.dkms.notes.iter().chain(&t.notes) {
+        let _ = writeln!(out, "  note: {}", term::escape(n));
+    }
+}
+
 fn md_code(s: &str) -> String {
     let ticks = if s.contains('`') { "``" } else { "`" };
     format!("{ticks}{}{ticks}", s.replace('\n', " "))
@@ -131,69 +137,7 @@ pub fn render_markdown(plan: &RecoveryPlan) -> String {
         let _ = writeln!(out, "- Initramfs tool: {}", md_code(t));
     }
     for t in &plan.trees {
-        let _ = writeln!(
-            out,
-            "\n## {} ({} {})\n",
-            md_code(&t.path),
-            t.package,
-            t.version
-        );
-        if t.needs_recovery {
-            for r in &t.reasons {
-                let _ = writeln!(out, "- Needs recovery: {r}");
-            }
-        } else {
-            let _ = writeln!(out, "- Nothing to do.");
-        }
-        if !t.dkms.kernels.is_empty() {
-            let _ = writeln!(
-                out,
-                "\n| kernel | module | built | installed | verdict |\n|---|---|---|---|---|"
-            );
-            for k in &t.dkms.kernels {
-                let module = if k.installed.is_empty() {
-                    if k.built.is_empty() {
-                        "-".to_string()
-                    } else {
-                        "built, not installed".to_string()
-                    }
-                } else {
-                    k.installed
-                        .iter()
-                        .map(|m| md_code(&m.path))
-                        .collect::<Vec<_>>()
-                        .join("<br>")
-                };
-                let mut name = k.kernel.clone();
-                if k.running {
-                    name.push_str(" (running)");
-                }
-                if !k.headers {
-                    name.push_str(" (no headers)");
-                }
-                let _ = writeln!(
-                    out,
-                    "| {} | {} | {} | {} | {} |",
-                    md_code(&name),
-                    module,
-                    k.built_at
-                        .map(dkms::format_time)
-                        .unwrap_or_else(|| "-".into()),
-                    k.installed_at
-                        .map(dkms::format_time)
-                        .unwrap_or_else(|| "-".into()),
-                    k.verdict.replace('|', "\\|")
-                );
-            }
-        }
-        for n in t.dkms.notes.iter().chain(&t.notes) {
-            let _ = writeln!(out, "\n> {n}");
-        }
-        for k in &t.dkms.kernels {
-            for n in &k.notes {
-                let _ = writeln!(out, "\n> {}: {n}", k.kernel);
-            }
-        }
+        tree_markdown(&mut out, t);
     }
     if !plan.steps.is_empty() {
         let _ = writeln!(out, "\n## Steps\n");
@@ -221,6 +165,73 @@ pub fn render_markdown(plan: &RecoveryPlan) -> String {
         }
     }
     out
+}
+
+/// One tree as Markdown: its reasons, a table of its kernels, its notes.
+fn tree_markdown(out: &mut String, t: &TreePlan) {
+    let _ = writeln!(
+        out,
+        "\n## {} ({} {})\n",
+        md_code(&t.path),
+        t.package,
+        t.version
+    );
+    if t.needs_recovery {
+        for r in &t.reasons {
+            let _ = writeln!(out, "- Needs recovery: {r}");
+        }
+    } else {
+        let _ = writeln!(out, "- Nothing to do.");
+    }
+    if !t.dkms.kernels.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n| kernel | module | built | installed | verdict |\n|---|---|---|---|---|"
+        );
+        for k in &t.dkms.kernels {
+            let module = if k.installed.is_empty() {
+                if k.built.is_empty() {
+                    "-".to_string()
+                } else {
+                    "built, not installed".to_string()
+                }
+            } else {
+                k.installed
+                    .iter()
+                    .map(|m| md_code(&m.path))
+                    .collect::<Vec<_>>()
+                    .join("<br>")
+            };
+            let mut name = k.kernel.clone();
+            if k.running {
+                name.push_str(" (running)");
+            }
+            if !k.headers {
+                name.push_str(" (no headers)");
+            }
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} |",
+                md_code(&name),
+                module,
+                k.built_at
+                    .map(dkms::format_time)
+                    .unwrap_or_else(|| "-".into()),
+                k.installed_at
+                    .map(dkms::format_time)
+                    .unwrap_or_else(|| "-".into()),
+                k.verdict.replace('|', "\\|")
+            );
+        }
+    }
+    for n in t.dkms.notes.iter().chain(&t.notes) {
+        let _ = writeln!(out, "\n> {n}");
+    }
+    for k in &t.dkms.kernels {
+        for n in &k.notes {
+            let _ = writeln!(out, "\n> {}: {n}", k.kernel);
+        }
+    }
 }
 
 /// The plan as JSON, for tools (the model serialized as it is).

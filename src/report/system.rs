@@ -8,6 +8,7 @@ use crate::system::{SectionStatus, Sections, SystemFinding};
 use crate::term::{self, paint, severity_style, BOLD, RED, YELLOW};
 use std::fmt::Write as _;
 
+/// Each finding with where it is (`file:line`), its title, its backups, why and fix.
 fn render_findings(out: &mut String, findings: &[SystemFinding], color: bool) {
     for f in findings {
         let at = if f.finding.line > 0 {
@@ -42,6 +43,8 @@ fn render_findings(out: &mut String, findings: &[SystemFinding], color: bool) {
     }
 }
 
+/// One section: its title, what it read, its verdict (findings above info count),
+/// its notes and its findings.
 fn render_section(
     out: &mut String,
     title: &str,
