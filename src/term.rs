@@ -1,7 +1,14 @@
-//! Terminal output: when to use color, and escaping of names before printing.
+//! Terminal output: when to use color, the colours themselves, escaping of names
+//! before printing, and the small wording helpers every renderer shares.
 //! File names come from trees anyone may have written; a name with an escape
 //! sequence or a bidi override must not be able to rewrite the user's screen.
+//!
+//! The styles and [`plural`] live here, once, so that the scan report, the system
+//! sections, the recovery plan and the restore output colour a severity and count a
+//! noun the same way.
 
+use crate::finding::Severity;
+use anstyle::{AnsiColor, Style};
 use std::borrow::Cow;
 use std::io::IsTerminal;
 use std::os::unix::ffi::OsStrExt;
@@ -29,6 +36,52 @@ fn decide(choice: ColorChoice, tty: bool, no_color: bool, dumb: bool) -> bool {
         ColorChoice::Never => false,
         ColorChoice::Auto => tty && !no_color && !dumb,
     }
+}
+
+/// Headings.
+pub const BOLD: Style = Style::new().bold();
+/// What must be fixed: a changed file, a high or critical finding, an unsafe backup.
+pub const RED: Style = AnsiColor::Red.on_default().bold();
+/// What deserves a look: notes, medium findings, unverified backups.
+pub const YELLOW: Style = AnsiColor::Yellow.on_default();
+/// What is clean.
+pub const GREEN: Style = AnsiColor::Green.on_default();
+/// What is quiet: low and informational findings, the reference a file was judged by.
+pub const DIM: Style = Style::new().dimmed();
+
+/// `text` in `style` when `color` is on, else `text` as it is.
+pub fn paint(color: bool, style: Style, text: &str) -> String {
+    if color {
+        format!("{}{}{}", style.render(), text, style.render_reset())
+    } else {
+        text.to_string()
+    }
+}
+
+/// The colour of a finding's severity: critical and high red, medium yellow, the
+/// rest dim.
+pub fn severity_style(s: Severity) -> Style {
+    match s {
+        Severity::Critical | Severity::High => RED,
+        Severity::Medium => YELLOW,
+        _ => DIM,
+    }
+}
+
+/// `1 file`, `2 files`: a count and its noun (regular plurals only).
+pub fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        format!("{n} {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
+/// The bytes of a path that is not valid UTF-8 (`None` when it is), for the
+/// `path_bytes` fields that carry such names losslessly in JSON.
+pub fn path_bytes(p: &Path) -> Option<Vec<u8>> {
+    let bytes = p.as_os_str().as_bytes();
+    std::str::from_utf8(bytes).is_err().then(|| bytes.to_vec())
 }
 
 fn is_bidi(c: char) -> bool {
@@ -97,5 +150,15 @@ mod tests {
         assert_eq!(escape("plain.c"), "plain.c");
         let p = Path::new(OsStr::from_bytes(b"bad\xffname"));
         assert_eq!(path(p), "bad\\xffname");
+        assert_eq!(path_bytes(p), Some(b"bad\xffname".to_vec()));
+        assert_eq!(path_bytes(Path::new("ok")), None);
+    }
+
+    #[test]
+    fn paint_and_plural() {
+        assert_eq!(paint(false, RED, "x"), "x");
+        assert!(paint(true, RED, "x").contains("x\x1b["));
+        assert_eq!(plural(1, "tree"), "1 tree");
+        assert_eq!(plural(0, "tree"), "0 trees");
     }
 }

@@ -272,7 +272,7 @@ fn cmd_scan(cli: &Cli, args: &ScanArgs, out: &mut dyn Write) -> anyhow::Result<O
     // The DKMS state, module backups and build recipe are about the trees' modules:
     // part of `tree`.
     if trees_checked {
-        report = report.with_module_backups(&crate::content::backup::module_backups(&root));
+        report = report.with_module_backups(&crate::dkms::backups::module_backups(&root));
         report.attach_dkms(crate::dkms::DkmsState::collect(&root, &scans));
         // Build-time patches are judged by the same rules as in-place changes.
         let judge = |target: &str, new: &str, old: Option<&str>| {

@@ -314,20 +314,34 @@ fn line_of(text: &str, needle: &str) -> usize {
         .unwrap_or(1)
 }
 
-/// Builds the effective recipe of a scanned tree and judges it.
+/// Builds the effective recipe of a scanned tree and judges it, in the order dkms reads
+/// it: the overrides, the `PATCH[n]` files, the here-documents of its commands, what
+/// those patches change, and the scripts it runs. Findings come in that order too.
 pub fn audit(root: &Root, scan: &TreeScan, check: &ContentCheck<'_>) -> BuildAudit {
     let tree = &scan.tree;
     let module = tree.package();
     let version = tree.version();
-    let mut audit = BuildAudit {
-        overrides: find_overrides(root, &module, &version),
-        ..BuildAudit::default()
-    };
+    let overrides = find_overrides(root, &module, &version);
     let tree_conf = tree.conf.clone().unwrap_or_default();
     let conf_path = format!("{}/dkms.conf", tree.system_path.display());
 
-    // 1. Overrides: each one that changes the build is reported.
-    for o in &audit.overrides {
+    let mut findings = override_findings(&overrides, &module, &version);
+    let (mut patches, missing) = named_patches(scan, &conf_path, &tree_conf, &overrides);
+    findings.extend(missing);
+    patches.extend(inline_patches(&conf_path, &tree_conf, &overrides));
+    findings.extend(patch_findings(scan, &patches, check));
+    findings.extend(script_findings(scan, &tree_conf));
+    BuildAudit {
+        overrides,
+        patches,
+        findings,
+    }
+}
+
+/// Phase 1, overrides: each one that changes the build is reported.
+fn override_findings(overrides: &[Override], module: &str, version: &str) -> Vec<RecipeFinding> {
+    let mut findings = Vec::new();
+    for o in overrides {
         let build_keys: Vec<&String> = o
             .sets
             .iter()
@@ -363,7 +377,7 @@ pub fn audit(root: &Root, scan: &TreeScan, check: &ContentCheck<'_>) -> BuildAud
                  even when every file in /usr/src matches the package.",
             )
         };
-        audit.findings.push(RecipeFinding {
+        findings.push(RecipeFinding {
             path: o.path.clone(),
             target: None,
             finding: finding(
@@ -382,13 +396,25 @@ pub fn audit(root: &Root, scan: &TreeScan, check: &ContentCheck<'_>) -> BuildAud
             ),
         });
     }
+    findings
+}
 
-    // 2. The effective PATCH[n] list: the tree's dkms.conf, then each override in order.
+/// Phase 2, the effective `PATCH[n]` list: the tree's dkms.conf, then each override in order
+/// (a later one replaces an index). Returns the patches read, and a finding for each
+/// named patch that is not in the tree.
+fn named_patches(
+    scan: &TreeScan,
+    conf_path: &str,
+    tree_conf: &DkmsConf,
+    overrides: &[Override],
+) -> (Vec<BuildPatch>, Vec<RecipeFinding>) {
+    let tree = &scan.tree;
+    let mut patches = Vec::new();
+    let mut missing = Vec::new();
     let mut patch_names: std::collections::BTreeMap<u32, (String, Option<String>, String, usize)> =
         std::collections::BTreeMap::new();
-    let sources = std::iter::once((conf_path.clone(), &tree_conf)).chain(
-        audit
-            .overrides
+    let sources = std::iter::once((conf_path.to_string(), tree_conf)).chain(
+        overrides
             .iter()
             .filter(|o| o.kind != OverrideKind::Framework)
             .map(|o| (o.path.clone(), &o.conf)),
@@ -419,7 +445,7 @@ pub fn audit(root: &Root, scan: &TreeScan, check: &ContentCheck<'_>) -> BuildAud
         let text = match read {
             Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
             Err(()) => {
-                audit.findings.push(RecipeFinding {
+                missing.push(RecipeFinding {
                     path: named_in.clone(),
                     target: None,
                     finding: finding(
@@ -436,7 +462,7 @@ pub fn audit(root: &Root, scan: &TreeScan, check: &ContentCheck<'_>) -> BuildAud
             }
         };
         let files = patch::parse(&text);
-        audit.patches.push(BuildPatch {
+        patches.push(BuildPatch {
             path: sys,
             line: 1,
             inline: false,
@@ -444,13 +470,19 @@ pub fn audit(root: &Root, scan: &TreeScan, check: &ContentCheck<'_>) -> BuildAud
             kernel_match,
             files,
         });
-        let _ = named_in;
     }
+    (patches, missing)
+}
 
-    // 3. Inline patches: here-documents in MAKE/PRE_BUILD/POST_BUILD of any recipe file.
-    let recipe_files = std::iter::once((conf_path.clone(), &tree_conf, String::new())).chain(
-        audit
-            .overrides
+/// Phase 3, inline patches: here-documents in MAKE/PRE_BUILD/POST_BUILD/CLEAN of any recipe
+/// file that hold a unified diff.
+fn inline_patches(
+    conf_path: &str,
+    tree_conf: &DkmsConf,
+    overrides: &[Override],
+) -> Vec<BuildPatch> {
+    let recipe_files = std::iter::once((conf_path.to_string(), tree_conf, String::new())).chain(
+        overrides
             .iter()
             .filter(|o| o.kind != OverrideKind::Framework)
             .map(|o| (o.path.clone(), &o.conf, o.text.clone())),
@@ -482,11 +514,19 @@ pub fn audit(root: &Root, scan: &TreeScan, check: &ContentCheck<'_>) -> BuildAud
             }
         }
     }
-    audit.patches.extend(inline);
+    inline
+}
 
-    // 4. Judge each patch's changes with the rule engine, against the file it targets.
+/// Phase 4, each patch is reported, and its changes are judged with the rule engine against
+/// the file it targets (or, when it does not apply, its added lines alone).
+fn patch_findings(
+    scan: &TreeScan,
+    patches: &[BuildPatch],
+    check: &ContentCheck<'_>,
+) -> Vec<RecipeFinding> {
+    let tree = &scan.tree;
     let mut patch_findings = Vec::new();
-    for p in &audit.patches {
+    for p in patches {
         patch_findings.push(RecipeFinding {
             path: p.path.clone(),
             target: None,
@@ -545,9 +585,14 @@ pub fn audit(root: &Root, scan: &TreeScan, check: &ContentCheck<'_>) -> BuildAud
             }
         }
     }
-    audit.findings.extend(patch_findings);
+    patch_findings
+}
 
-    // 5. Scripts the recipe runs from the tree are verified like any file.
+/// Phase 5, scripts: those the recipe runs from the tree are verified like any
+/// file, and a changed one is a finding.
+fn script_findings(scan: &TreeScan, tree_conf: &DkmsConf) -> Vec<RecipeFinding> {
+    let tree = &scan.tree;
+    let mut findings = Vec::new();
     for (key, value) in &tree_conf.values {
         if !SCRIPT_KEYS.contains(&key.as_str()) {
             continue;
@@ -561,7 +606,7 @@ pub fn audit(root: &Root, scan: &TreeScan, check: &ContentCheck<'_>) -> BuildAud
         }
         let Some(file) = scan.file(rel) else { continue };
         if matches!(file.status, FileStatus::Modified | FileStatus::Added) {
-            audit.findings.push(RecipeFinding {
+            findings.push(RecipeFinding {
                 path: format!("{}/{}", tree.system_path.display(), rel.display()),
                 target: None,
                 finding: finding(
@@ -577,7 +622,7 @@ pub fn audit(root: &Root, scan: &TreeScan, check: &ContentCheck<'_>) -> BuildAud
             });
         }
     }
-    audit
+    findings
 }
 
 #[cfg(test)]

@@ -1,16 +1,30 @@
-//! The scan report: one data model, rendered as text for people, JSON for tools
-//! (the contract in DESIGN.md: extend, never rename) and Markdown for bug reports.
+//! The scan report: one data model, built from the scans and completed with the DKMS
+//! state, the build recipes, the module backups and the sections beyond the tree.
+//!
+//! The model lives here and each format in a file of its own, so that a format reads
+//! from the model and never decides anything: [`text`] for people, [`markdown`] for
+//! bug reports, [`json`] for tools (its field names are a contract: fields are added,
+//! never renamed; see the README), [`prometheus`] for node_exporter; [`system`] and
+//! [`dkms`] render the sections beyond the tree and the DKMS state for text and Markdown.
 
+pub mod dkms;
+pub mod json;
+pub mod markdown;
 pub mod prometheus;
+pub mod system;
+pub mod text;
+
+/// Kept under this name for callers of `report::path_bytes`; it lives in [`crate::term`].
+pub use crate::term::path_bytes;
+pub use markdown::render_markdown;
+pub use text::render_text;
 
 use crate::exit::Outcome;
 use crate::finding::{Finding, Severity};
 use crate::scan::{BackupVerdict, FileResult, FileStatus, TreeScan};
 use crate::system::{Sections, SystemFinding, SystemReport};
 use crate::term;
-use anstyle::{AnsiColor, Style};
 use serde::Serialize;
-use std::fmt::Write as _;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -154,13 +168,6 @@ pub struct Summary {
     pub module_backups: usize,
 }
 
-/// The bytes of a path that is not valid UTF-8 (`None` when it is), for the
-/// `path_bytes` fields that carry such names losslessly in JSON.
-pub fn path_bytes(p: &Path) -> Option<Vec<u8>> {
-    let bytes = p.as_os_str().as_bytes();
-    std::str::from_utf8(bytes).is_err().then(|| bytes.to_vec())
-}
-
 fn path_fields(p: &Path) -> (String, Option<Vec<u8>>) {
     let bytes = p.as_os_str().as_bytes();
     match std::str::from_utf8(bytes) {
@@ -188,7 +195,7 @@ fn file_report(f: &FileResult) -> FileReport {
             .iter()
             .map(|b| BackupReport {
                 path: term::path(&b.path),
-                path_bytes: self::path_bytes(&b.path),
+                path_bytes: term::path_bytes(&b.path),
                 verdict: b.verdict,
                 reference: b.reference.map(|r| r.to_string()),
                 restorable: b.verdict == BackupVerdict::VerifiedClean,
@@ -209,88 +216,109 @@ fn has_something_to_say(f: &FileResult) -> bool {
     f.status.is_notable() || !f.findings.is_empty() || !f.backups.is_empty()
 }
 
+impl Summary {
+    /// Counts one finding under its severity.
+    fn count_finding(&mut self, severity: Severity) {
+        self.findings += 1;
+        match severity {
+            Severity::Critical => self.critical += 1,
+            Severity::High => self.high += 1,
+            Severity::Medium => self.medium += 1,
+            Severity::Low => self.low += 1,
+            Severity::Info => self.info += 1,
+        }
+    }
+
+    /// Counts one file of a tree: its status, its backups and its findings.
+    fn count_file(&mut self, f: &FileResult) {
+        // `files` counts what is on disk; missing files are counted apart.
+        if f.status != FileStatus::Missing {
+            self.files += 1;
+        }
+        match f.status {
+            FileStatus::Ok => self.ok += 1,
+            FileStatus::Modified => self.modified += 1,
+            FileStatus::Missing => self.missing += 1,
+            FileStatus::Added => self.added += 1,
+            FileStatus::Unverified => self.unverified += 1,
+            FileStatus::Symlink => self.symlinks += 1,
+            FileStatus::Unreadable => self.unreadable += 1,
+        }
+        self.backups += f.backups.len();
+        self.unsafe_backups += f
+            .backups
+            .iter()
+            .filter(|b| b.verdict == BackupVerdict::Unsafe)
+            .count();
+        for finding in &f.findings {
+            self.count_finding(finding.severity);
+        }
+    }
+}
+
+/// Problems with a tree or its references that did not stop its scan, in the order
+/// a reader needs them: dkms.conf, the missing reference, the scan's own, skipped lines.
+fn tree_problems(s: &TreeScan) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Some(p) = &s.tree.conf_problem {
+        problems.push(p.clone());
+    }
+    if s.refs.is_empty() {
+        problems.push(
+            "no clean reference (no dpkg md5sums list this tree, no baseline): files are unverified; \
+             take a baseline while the tree is clean with 'kfd-audit baseline create'"
+                .to_string(),
+        );
+    }
+    problems.extend(s.problems.iter().cloned());
+    for sk in &s.refs.skipped {
+        problems.push(format!(
+            "{}:{}: skipped ({})",
+            term::path(&sk.file),
+            sk.line,
+            sk.message
+        ));
+    }
+    problems
+}
+
+/// One tree of the report; with `all_files` every file is listed, else only those
+/// with something to say.
+fn tree_report(s: &TreeScan, all_files: bool) -> TreeReport {
+    TreeReport {
+        path: term::path(&s.tree.system_path),
+        package: s.tree.package(),
+        version: s.tree.version(),
+        references: s.refs.kinds.iter().map(|k| k.to_string()).collect(),
+        dpkg_package: s.refs.dpkg_package.clone(),
+        problems: tree_problems(s),
+        files_checked: s
+            .files
+            .iter()
+            .filter(|f| f.status != FileStatus::Missing)
+            .count(),
+        backups: s.files.iter().map(|f| f.backups.len()).sum(),
+        content_checked: s.content_checked,
+        build: None,
+        files: s
+            .files
+            .iter()
+            .filter(|f| all_files || has_something_to_say(f))
+            .map(file_report)
+            .collect(),
+    }
+}
+
 impl Report {
     pub fn build(root: &Path, scans: &[TreeScan], all_files: bool) -> Report {
         let mut summary = Summary {
             trees: scans.len(),
             ..Summary::default()
         };
-        let mut trees = Vec::new();
-        for s in scans {
-            for f in &s.files {
-                // `files` counts what is on disk; missing files are counted apart.
-                if f.status != FileStatus::Missing {
-                    summary.files += 1;
-                }
-                match f.status {
-                    FileStatus::Ok => summary.ok += 1,
-                    FileStatus::Modified => summary.modified += 1,
-                    FileStatus::Missing => summary.missing += 1,
-                    FileStatus::Added => summary.added += 1,
-                    FileStatus::Unverified => summary.unverified += 1,
-                    FileStatus::Symlink => summary.symlinks += 1,
-                    FileStatus::Unreadable => summary.unreadable += 1,
-                }
-                summary.backups += f.backups.len();
-                summary.unsafe_backups += f
-                    .backups
-                    .iter()
-                    .filter(|b| b.verdict == BackupVerdict::Unsafe)
-                    .count();
-                for finding in &f.findings {
-                    summary.findings += 1;
-                    match finding.severity {
-                        Severity::Critical => summary.critical += 1,
-                        Severity::High => summary.high += 1,
-                        Severity::Medium => summary.medium += 1,
-                        Severity::Low => summary.low += 1,
-                        Severity::Info => summary.info += 1,
-                    }
-                }
-            }
-            let mut problems = Vec::new();
-            if let Some(p) = &s.tree.conf_problem {
-                problems.push(p.clone());
-            }
-            if s.refs.is_empty() {
-                problems.push(
-                    "no clean reference (no dpkg md5sums list this tree, no baseline): files are unverified; \
-                     take a baseline while the tree is clean with 'kfd-audit baseline create'"
-                        .to_string(),
-                );
-            }
-            problems.extend(s.problems.iter().cloned());
-            for sk in &s.refs.skipped {
-                problems.push(format!(
-                    "{}:{}: skipped ({})",
-                    term::path(&sk.file),
-                    sk.line,
-                    sk.message
-                ));
-            }
-            trees.push(TreeReport {
-                path: term::path(&s.tree.system_path),
-                package: s.tree.package(),
-                version: s.tree.version(),
-                references: s.refs.kinds.iter().map(|k| k.to_string()).collect(),
-                dpkg_package: s.refs.dpkg_package.clone(),
-                problems,
-                files_checked: s
-                    .files
-                    .iter()
-                    .filter(|f| f.status != FileStatus::Missing)
-                    .count(),
-                backups: s.files.iter().map(|f| f.backups.len()).sum(),
-                content_checked: s.content_checked,
-                build: None,
-                files: s
-                    .files
-                    .iter()
-                    .filter(|f| all_files || has_something_to_say(f))
-                    .map(file_report)
-                    .collect(),
-            });
+        for f in scans.iter().flat_map(|s| &s.files) {
+            summary.count_file(f);
         }
+        let trees = scans.iter().map(|s| tree_report(s, all_files)).collect();
         let outcome = Report::outcome_of(&summary);
         Report {
             version: 1,
@@ -317,7 +345,7 @@ impl Report {
 
     /// Adds the backups of installed modules (they do not change the exit code: a
     /// module backup is reported so a user knows which one is safe to put back).
-    pub fn with_module_backups(mut self, found: &[crate::content::backup::ModuleBackup]) -> Report {
+    pub fn with_module_backups(mut self, found: &[crate::dkms::backups::ModuleBackup]) -> Report {
         self.summary.module_backups = found.len();
         self.module_backups = found
             .iter()
@@ -335,14 +363,7 @@ impl Report {
     /// summary and the exit code like the trees' findings.
     pub fn add_system(&mut self, system: SystemReport) {
         for f in system.findings() {
-            self.summary.findings += 1;
-            match f.finding.severity {
-                Severity::Critical => self.summary.critical += 1,
-                Severity::High => self.summary.high += 1,
-                Severity::Medium => self.summary.medium += 1,
-                Severity::Low => self.summary.low += 1,
-                Severity::Info => self.summary.info += 1,
-            }
+            self.summary.count_finding(f.finding.severity);
         }
         self.live = system.live;
         self.module_options = system.module_options;
@@ -377,14 +398,7 @@ impl Report {
                 continue;
             }
             for f in &a.findings {
-                self.summary.findings += 1;
-                match f.finding.severity {
-                    Severity::Critical => self.summary.critical += 1,
-                    Severity::High => self.summary.high += 1,
-                    Severity::Medium => self.summary.medium += 1,
-                    Severity::Low => self.summary.low += 1,
-                    Severity::Info => self.summary.info += 1,
-                }
+                self.summary.count_finding(f.finding.severity);
             }
             t.build = Some(a);
         }
@@ -399,460 +413,4 @@ impl Report {
             o
         }
     }
-
-    pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).expect("report serializes") + "\n"
-    }
-}
-
-const BOLD: Style = Style::new().bold();
-const RED: Style = AnsiColor::Red.on_default().bold();
-const YELLOW: Style = AnsiColor::Yellow.on_default();
-const GREEN: Style = AnsiColor::Green.on_default();
-const DIM: Style = Style::new().dimmed();
-
-struct Painter {
-    color: bool,
-}
-
-impl Painter {
-    fn paint(&self, style: Style, text: &str) -> String {
-        if self.color {
-            format!("{}{}{}", style.render(), text, style.render_reset())
-        } else {
-            text.to_string()
-        }
-    }
-}
-
-fn status_style(s: FileStatus) -> Style {
-    match s {
-        FileStatus::Ok => GREEN,
-        FileStatus::Modified | FileStatus::Missing => RED,
-        FileStatus::Unverified => DIM,
-        _ => YELLOW,
-    }
-}
-
-fn severity_style(s: Severity) -> Style {
-    match s {
-        Severity::Critical | Severity::High => RED,
-        Severity::Medium => YELLOW,
-        _ => DIM,
-    }
-}
-
-fn plural(n: usize, word: &str) -> String {
-    if n == 1 {
-        format!("{n} {word}")
-    } else {
-        format!("{n} {word}s")
-    }
-}
-
-fn verdict_style(v: BackupVerdict) -> Style {
-    match v {
-        BackupVerdict::VerifiedClean => GREEN,
-        BackupVerdict::SameAsCurrent | BackupVerdict::Unsafe => RED,
-        BackupVerdict::Unverified => YELLOW,
-    }
-}
-
-/// What a backup verdict means for the user, naming the reference it was judged by.
-fn verdict_meaning(b: &BackupReport) -> String {
-    let by = b.reference.as_deref().unwrap_or("no reference");
-    match b.verdict {
-        BackupVerdict::VerifiedClean => format!("matches {by}; usable to restore"),
-        BackupVerdict::SameAsCurrent => {
-            "a copy of the file as it is now, not a clean backup; never used to restore".into()
-        }
-        BackupVerdict::Unsafe => {
-            "contains a change a rule flags as unsafe; never used to restore".into()
-        }
-        BackupVerdict::Unverified => match &b.detail {
-            Some(d) => format!("not read: {}", d),
-            None if b.reference.is_some() => {
-                format!("matches neither {by} nor the current file: another version; not used to restore")
-            }
-            None => "no reference to judge it by; not used to restore".into(),
-        },
-    }
-}
-
-/// Writes a rule's multi-line text under a label, each line escaped and indented so
-/// that it reads as one block under the finding.
-fn labelled(out: &mut String, label: &str, text: &str) {
-    for (i, line) in text.trim().lines().enumerate() {
-        let head = if i == 0 {
-            format!("{label}:")
-        } else {
-            String::new()
-        };
-        let _ = writeln!(out, "        {head:<4} {}", term::escape(line.trim_end()));
-    }
-}
-
-/// Renders the report for a person: the summary first, then each tree's changes.
-pub fn render_text(r: &Report, color: bool, verbose: bool) -> String {
-    let p = Painter { color };
-    let s = &r.summary;
-    let mut out = String::new();
-    let verdict = if r.exit_code == 0 {
-        p.paint(GREEN, "clean")
-    } else {
-        p.paint(RED, "CHANGED")
-    };
-    if r.trees_checked {
-        let _ = writeln!(
-            out,
-            "{} {}: {} checked in {}: {} modified, {} missing, {} added{}",
-            p.paint(BOLD, "kfd-audit scan"),
-            verdict,
-            plural(s.files, "file"),
-            plural(s.trees, "tree"),
-            s.modified,
-            s.missing,
-            s.added,
-            if s.unverified > 0 {
-                format!(", {} unverified", s.unverified)
-            } else {
-                String::new()
-            }
-        );
-    } else {
-        let _ = writeln!(
-            out,
-            "{} {}: source trees not checked (--sections)",
-            p.paint(BOLD, "kfd-audit scan"),
-            verdict
-        );
-    }
-    if s.backups > 0 {
-        let _ = writeln!(
-            out,
-            "backups: {} found next to tree files ({} unsafe), listed under the file each backs up",
-            s.backups, s.unsafe_backups
-        );
-    }
-    if s.findings > 0 {
-        let _ = writeln!(
-            out,
-            "findings: {} critical, {} high, {} medium, {} low, {} info",
-            s.critical, s.high, s.medium, s.low, s.info
-        );
-    }
-    if r.trees.is_empty() && r.trees_checked {
-        let _ = writeln!(
-            out,
-            "no amdgpu DKMS tree under {}/usr/src (name one with --tree PATH)",
-            r.root.trim_end_matches('/')
-        );
-    }
-    for t in &r.trees {
-        let refs = if t.references.is_empty() {
-            "none".to_string()
-        } else {
-            t.references.join(", ")
-        };
-        let _ = writeln!(
-            out,
-            "\n{} ({} {}; {} checked; references: {})",
-            p.paint(BOLD, &term::escape(&t.path)),
-            term::escape(&t.package),
-            term::escape(&t.version),
-            plural(t.files_checked, "file"),
-            refs
-        );
-        for problem in &t.problems {
-            let _ = writeln!(
-                out,
-                "  {} {}",
-                p.paint(YELLOW, "note:"),
-                term::escape(problem)
-            );
-        }
-        for f in &t.files {
-            if f.status == FileStatus::Ok
-                && f.findings.is_empty()
-                && f.backups.is_empty()
-                && !verbose
-            {
-                continue;
-            }
-            let judged = f
-                .reference
-                .as_ref()
-                .map(|r| format!("  [{r}]"))
-                .unwrap_or_default();
-            let detail = f
-                .detail
-                .as_ref()
-                .map(|d| format!("  ({})", term::escape(d)))
-                .unwrap_or_default();
-            let _ = writeln!(
-                out,
-                "  {:<10} {}{}{}",
-                p.paint(status_style(f.status), f.status.as_str()),
-                term::escape(&f.path),
-                p.paint(DIM, &judged),
-                detail
-            );
-            for finding in &f.findings {
-                let _ = writeln!(
-                    out,
-                    "      {} {} line {}: {}",
-                    p.paint(
-                        severity_style(finding.severity),
-                        &finding.severity.as_str().to_uppercase()
-                    ),
-                    finding.rule,
-                    finding.line,
-                    term::escape(&finding.text)
-                );
-                if !finding.title.is_empty() {
-                    let _ = writeln!(out, "        {}", term::escape(&finding.title));
-                }
-                labelled(&mut out, "why", &finding.why);
-                labelled(&mut out, "fix", &finding.fix);
-            }
-            for b in &f.backups {
-                let _ = writeln!(
-                    out,
-                    "      backup {}: {} ({})",
-                    term::escape(&b.path),
-                    p.paint(verdict_style(b.verdict), b.verdict.as_str()),
-                    verdict_meaning(b)
-                );
-            }
-            if let Some(c) = &f.clean {
-                let _ = writeln!(out, "      clean copy: {}", term::escape(&c.origin));
-            } else if matches!(f.status, FileStatus::Modified | FileStatus::Missing)
-                && t.content_checked
-            {
-                let _ = writeln!(
-                    out,
-                    "      no clean copy: no baseline copy, package archive or verified backup has it (see 'kfd-audit diff')"
-                );
-            }
-            if let Some(d) = &f.diff {
-                let marks: std::collections::BTreeSet<usize> =
-                    f.findings.iter().map(|x| x.line).collect();
-                let text = d.render(&crate::diff::Render {
-                    color,
-                    escape: true,
-                    headers: false,
-                    indent: "      ",
-                    marks: Some(&marks),
-                });
-                out.push_str(&String::from_utf8_lossy(&text));
-            }
-        }
-    }
-    for t in &r.trees {
-        let Some(b) = &t.build else { continue };
-        let _ = writeln!(
-            out,
-            "\n{} {}",
-            p.paint(BOLD, "what dkms will build for"),
-            term::escape(&t.path)
-        );
-        for o in &b.overrides {
-            let _ = writeln!(
-                out,
-                "  override {} sets {}",
-                term::escape(&o.path),
-                if o.sets.is_empty() {
-                    "nothing".to_string()
-                } else {
-                    term::escape(&o.sets.join(", ")).into_owned()
-                }
-            );
-        }
-        for bp in &b.patches {
-            let _ = writeln!(
-                out,
-                "  patch {}:{}{} changes {}",
-                term::escape(&bp.path),
-                bp.line,
-                if bp.inline {
-                    " (inline here-document)"
-                } else {
-                    ""
-                },
-                term::escape(&bp.targets.join(", "))
-            );
-        }
-        for f in &b.findings {
-            let target = f
-                .target
-                .as_ref()
-                .map(|t| format!(" (in the patch to {})", term::escape(t)))
-                .unwrap_or_default();
-            let _ = writeln!(
-                out,
-                "      {} {} {}:{}{}: {}",
-                p.paint(
-                    severity_style(f.finding.severity),
-                    &f.finding.severity.as_str().to_uppercase()
-                ),
-                f.finding.rule,
-                term::escape(&f.path),
-                f.finding.line,
-                target,
-                term::escape(&f.finding.text)
-            );
-            if !f.finding.title.is_empty() {
-                let _ = writeln!(out, "        {}", term::escape(&f.finding.title));
-            }
-            labelled(&mut out, "why", &f.finding.why);
-            labelled(&mut out, "fix", &f.finding.fix);
-        }
-    }
-    if !r.module_backups.is_empty() {
-        let _ = writeln!(
-            out,
-            "\n{}",
-            p.paint(BOLD, "module backups under /lib/modules")
-        );
-        for m in &r.module_backups {
-            let by = m
-                .reference
-                .as_deref()
-                .unwrap_or("no package lists the module");
-            let _ = writeln!(
-                out,
-                "  {}: {} (copy of {}; judged by {})",
-                term::escape(&m.path),
-                p.paint(verdict_style(m.verdict), m.verdict.as_str()),
-                term::escape(&m.original),
-                term::escape(by)
-            );
-        }
-    }
-    if let Some(d) = &r.dkms {
-        let _ = writeln!(out);
-        out.push_str(&crate::dkms::render_text(d));
-    }
-    if let Some(sections) = &r.sections {
-        out.push_str(&crate::system::render_text(
-            r.live.as_deref(),
-            r.module_options.as_deref(),
-            r.rocm.as_deref(),
-            sections,
-            color,
-        ));
-    }
-    out
-}
-
-/// Renders the report as Markdown, for pasting into a bug report.
-pub fn render_markdown(r: &Report) -> String {
-    let s = &r.summary;
-    let mut out = String::new();
-    let _ = writeln!(out, "# kfd-audit scan report\n");
-    let _ = writeln!(out, "Root: `{}`\n", r.root);
-    let _ = writeln!(
-        out,
-        "| files | modified | missing | added | critical | high | medium |"
-    );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|");
-    let _ = writeln!(
-        out,
-        "| {} | {} | {} | {} | {} | {} | {} |",
-        s.files, s.modified, s.missing, s.added, s.critical, s.high, s.medium
-    );
-    for t in &r.trees {
-        let _ = writeln!(
-            out,
-            "\n## `{}` ({} {})\n\nReferences: {}\n",
-            t.path,
-            t.package,
-            t.version,
-            if t.references.is_empty() {
-                "none".to_string()
-            } else {
-                t.references.join(", ")
-            }
-        );
-        for problem in &t.problems {
-            let _ = writeln!(out, "> {problem}\n");
-        }
-        let listed: Vec<_> = t
-            .files
-            .iter()
-            .filter(|f| f.status != FileStatus::Ok || !f.findings.is_empty())
-            .collect();
-        if listed.is_empty() {
-            let _ = writeln!(out, "No changes.");
-            continue;
-        }
-        let _ = writeln!(out, "| status | file | reference |\n|---|---|---|");
-        for f in &listed {
-            let _ = writeln!(
-                out,
-                "| {} | `{}` | {} |",
-                f.status.as_str(),
-                f.path.replace('|', "\\|"),
-                f.reference.as_deref().unwrap_or("-")
-            );
-        }
-        let backups: Vec<(&FileReport, &BackupReport)> = t
-            .files
-            .iter()
-            .flat_map(|f| f.backups.iter().map(move |b| (f, b)))
-            .collect();
-        if !backups.is_empty() {
-            let _ = writeln!(out, "\n| backup | of | verdict |\n|---|---|---|");
-            for (f, b) in backups {
-                let _ = writeln!(
-                    out,
-                    "| `{}` | `{}` | {} |",
-                    b.path.replace('|', "\\|"),
-                    f.path.replace('|', "\\|"),
-                    b.verdict.as_str()
-                );
-            }
-        }
-        for f in &listed {
-            if let Some(d) = &f.diff {
-                let _ = writeln!(
-                    out,
-                    "\n### `{}` against {}\n\n```diff\n{}```",
-                    f.path,
-                    f.clean.as_ref().map(|c| c.origin.as_str()).unwrap_or("?"),
-                    String::from_utf8_lossy(&d.unified())
-                );
-            }
-            for finding in &f.findings {
-                let _ = writeln!(
-                    out,
-                    "\n### {} {} — `{}` line {}\n\n```c\n{}\n```\n\n**Why:** {}\n\n**Fix:** {}",
-                    finding.severity.as_str().to_uppercase(),
-                    finding.rule,
-                    f.path,
-                    finding.line,
-                    finding.text,
-                    finding.why.trim(),
-                    finding.fix.trim()
-                );
-            }
-        }
-    }
-    if let Some(d) = &r.dkms {
-        let _ = writeln!(
-            out,
-            "\n## DKMS state\n\n```text\n{}```",
-            crate::dkms::render_text(d)
-        );
-    }
-    let system: Vec<(&str, &[SystemFinding])> = [
-        ("Running driver", r.live.as_deref()),
-        ("Module options", r.module_options.as_deref()),
-        ("ROCm user space", r.rocm.as_deref()),
-    ]
-    .into_iter()
-    .filter_map(|(t, f)| Some((t, f?)))
-    .collect();
-    out.push_str(&crate::system::render_markdown(&system));
-    out
 }
