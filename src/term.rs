@@ -7,7 +7,7 @@ use std::io::IsTerminal;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ColorChoice {
     #[default]
     Auto,
@@ -73,6 +73,13 @@ pub fn path(p: &Path) -> String {
         }
     };
     escape(&text).into_owned()
+}
+
+/// The raw bytes of a path that is not valid UTF-8, for a JSON field beside its lossy
+/// text (`path_bytes`); `None` for a UTF-8 path, so that the field is left out.
+pub fn path_bytes(p: &Path) -> Option<Vec<u8>> {
+    let bytes = p.as_os_str().as_bytes();
+    std::str::from_utf8(bytes).is_err().then(|| bytes.to_vec())
 }
 
 #[cfg(test)]

@@ -1,13 +1,14 @@
 //! `kfd-audit diff [PATH...]`: each file against its best clean content.
 
+use crate::app::audit;
 use crate::app::{Cli, Format, TreeArgs};
 use crate::content::{CleanContent, CleanCopy};
 use crate::diff::{FileDiff, Render};
 use crate::error::Error;
 use crate::exit::Outcome;
 use crate::io::root::Root;
-use crate::reference::{self, safe_relative, LoadOptions, TreeReferences};
-use crate::scan::{self, FileStatus, ScanOptions};
+use crate::reference::{safe_relative, TreeReferences};
+use crate::scan::{self, FileStatus};
 use crate::term;
 use crate::tree::Tree;
 use serde::Serialize;
@@ -142,28 +143,15 @@ pub fn cmd(
     out: &mut dyn Write,
 ) -> anyhow::Result<Outcome> {
     let root = Root::open(&cli.root)?;
-    let trees = crate::app::select_trees(&root, tree_args)?;
-    let opts = LoadOptions {
-        lenient: tree_args.lenient,
-    };
-    let refs: Vec<TreeReferences> = trees
-        .iter()
-        .map(|t| reference::load(&root, t, opts))
-        .collect::<Result<_, _>>()?;
-
-    // Which files of which tree.
+    let mut opts = tree_args.audit_options(cli);
+    // This command fetches the clean content of the files it diffs itself.
+    opts.scan.clean_content = false;
+    // Which files of which tree: every modified or missing file by the audit, or the
+    // paths named, judged against the trees' references.
     let mut targets: BTreeMap<usize, Vec<Target>> = BTreeMap::new();
-    if paths.is_empty() {
-        for (i, t) in trees.iter().enumerate() {
-            let s = scan::scan_tree(
-                &root,
-                t,
-                &ScanOptions {
-                    refs: opts,
-                    max_file_size: tree_args.max_file_size,
-                    ..ScanOptions::default()
-                },
-            )?;
+    let (trees, refs): (Vec<Tree>, Vec<TreeReferences>) = if paths.is_empty() {
+        let audit = audit::run(&root, &opts)?;
+        for (i, s) in audit.scans.iter().enumerate() {
             let list: Vec<Target> = s
                 .files
                 .iter()
@@ -177,12 +165,13 @@ pub fn cmd(
                 targets.insert(i, list);
             }
         }
+        audit.scans.into_iter().map(|s| (s.tree, s.refs)).unzip()
     } else {
+        let trees = audit::discover(&root, &opts.trees)?;
+        let refs = audit::references(&root, &trees, &opts.scan)?;
         for p in paths {
             for (i, rel) in resolve(&root, &trees, &refs, p)? {
-                let max = tree_args
-                    .max_file_size
-                    .unwrap_or(scan::DEFAULT_MAX_FILE_SIZE);
+                let max = opts.scan.max_file_size();
                 let status = status_of(&trees[i], &refs[i], &rel, max);
                 let list = targets.entry(i).or_default();
                 if !list.iter().any(|t| t.rel == rel) {
@@ -190,7 +179,8 @@ pub fn cmd(
                 }
             }
         }
-    }
+        (trees, refs)
+    };
 
     let mut entries = Vec::new();
     let mut problems = Vec::new();
@@ -229,7 +219,7 @@ pub fn cmd(
             let mut e = DiffEntry {
                 tree: term::path(&tree.system_path),
                 path: term::path(&t.rel),
-                path_bytes: crate::report::path_bytes(&t.rel),
+                path_bytes: crate::term::path_bytes(&t.rel),
                 status: t.status,
                 clean_source: None,
                 clean_origin: None,
@@ -289,7 +279,7 @@ pub fn cmd(
             }
         }
         Format::Text | Format::Prometheus => {
-            let color = term::use_color(cli.color);
+            let color = term::use_color(cli.color.into());
             let several = targets.len() > 1;
             let mut last_tree = String::new();
             for e in &entries {

@@ -397,7 +397,7 @@ impl RestorePlan {
                     .iter()
                     .map(|i| ItemJson {
                         path: text(&i.rel),
-                        path_bytes: crate::report::path_bytes(&i.rel),
+                        path_bytes: crate::term::path_bytes(&i.rel),
                         action: i.action,
                         source: i.source,
                         origin: display_origin(root, &i.origin),
@@ -414,7 +414,7 @@ impl RestorePlan {
                     .iter()
                     .map(|n| NoSourceJson {
                         path: text(&n.rel),
-                        path_bytes: crate::report::path_bytes(&n.rel),
+                        path_bytes: crate::term::path_bytes(&n.rel),
                         status: n.status,
                         reference: n.reference,
                         detail: n.detail.clone(),
@@ -425,7 +425,7 @@ impl RestorePlan {
                     .iter()
                     .map(|r| RefusedJson {
                         path: text(&r.rel),
-                        path_bytes: crate::report::path_bytes(&r.rel),
+                        path_bytes: crate::term::path_bytes(&r.rel),
                         reason: r.reason.clone(),
                     })
                     .collect(),
