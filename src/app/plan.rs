@@ -9,12 +9,13 @@ use crate::recovery::{
 };
 use std::io::{IsTerminal, Write};
 
-/// The audit `plan` runs: the same tree part as `scan`, with the DKMS state; no
-/// sections beyond the tree.
+/// The audit `plan` runs: the same tree part as `scan`, rules included (unless
+/// `--no-rules`), so that both say the same about the same module and the plan's
+/// reasons name the findings; with the DKMS state, no sections beyond the tree.
 pub fn audit_options(cli: &Cli, args: &PlanArgs) -> AuditOptions {
     AuditOptions {
         dkms: true,
-        run_rules: false,
+        run_rules: !args.no_rules,
         ..args.trees.audit_options(cli)
     }
 }
