@@ -135,8 +135,7 @@ pub fn run(root: &Root, opts: &AuditOptions) -> anyhow::Result<Audit> {
     };
     if opts.run_rules {
         for s in &mut audit.scans {
-            let tree = s.tree.clone();
-            crate::rules::apply(&audit.rules, root, &tree, s);
+            crate::rules::apply(&audit.rules, s);
         }
     }
     // The DKMS state, module backups and build recipe are about the trees' modules:

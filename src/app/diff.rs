@@ -134,6 +134,9 @@ fn current_bytes(host: &Path) -> Option<Vec<u8>> {
     crate::io::read::read_limited(host, crate::io::read::MAX_SOURCE_FILE).ok()
 }
 
+/// Clean copies of a tree's files and the problems met fetching them.
+type Fetched = (BTreeMap<PathBuf, CleanCopy>, Vec<String>);
+
 /// `kfd-audit diff [PATH...]`: each file against its best clean content.
 pub fn cmd(
     cli: &Cli,
@@ -143,14 +146,20 @@ pub fn cmd(
     out: &mut dyn Write,
 ) -> anyhow::Result<Outcome> {
     let root = Root::open(&cli.root)?;
-    let mut opts = tree_args.audit_options(cli);
-    // This command fetches the clean content of the files it diffs itself.
-    opts.scan.clean_content = false;
-    // Which files of which tree: every modified or missing file by the audit, or the
-    // paths named, judged against the trees' references.
+    let opts = tree_args.audit_options(cli);
+    // Which files of which tree: every modified or missing file by the audit (whose
+    // scan fetched their clean content), or the paths named, judged against the
+    // trees' references (their clean content is fetched below).
     let mut targets: BTreeMap<usize, Vec<Target>> = BTreeMap::new();
+    let mut fetched: Vec<Option<Fetched>> = Vec::new();
     let (trees, refs): (Vec<Tree>, Vec<TreeReferences>) = if paths.is_empty() {
-        let audit = audit::run(&root, &opts)?;
+        let mut audit = audit::run(&root, &opts)?;
+        for s in &mut audit.scans {
+            fetched.push(Some((
+                std::mem::take(&mut s.clean_copies),
+                std::mem::take(&mut s.problems),
+            )));
+        }
         for (i, s) in audit.scans.iter().enumerate() {
             let list: Vec<Target> = s
                 .files
@@ -187,14 +196,27 @@ pub fn cmd(
     for (i, list) in &targets {
         let tree = &trees[*i];
         let tree_refs = &refs[*i];
-        let content = CleanContent::for_tree(&root, tree, tree_refs);
         let want: Vec<PathBuf> = list
             .iter()
             .filter(|t| matches!(t.status, FileStatus::Modified | FileStatus::Missing))
             .map(|t| t.rel.clone())
             .collect();
+        let (mut copies, tree_problems) = match fetched.get_mut(*i).and_then(Option::take) {
+            Some(f) => f,
+            None => {
+                let content = CleanContent::for_tree(&root, tree, tree_refs);
+                let mut copies = BTreeMap::new();
+                content.get_many(&want, &mut |rel, copy| {
+                    if let Some(c) = copy {
+                        copies.insert(rel.to_path_buf(), c);
+                    }
+                });
+                (copies, content.problems())
+            }
+        };
         let mut diffs: BTreeMap<PathBuf, (Option<CleanCopy>, Option<FileDiff>)> = BTreeMap::new();
-        content.get_many(&want, &mut |rel, copy| {
+        for rel in &want {
+            let copy = copies.remove(rel);
             let diff = copy.as_ref().map(|c| {
                 let current = current_bytes(&tree.host_path.join(rel));
                 FileDiff::compute(
@@ -211,8 +233,8 @@ pub fn cmd(
                 c
             });
             diffs.insert(rel.to_path_buf(), (copy, diff));
-        });
-        problems.extend(content.problems());
+        }
+        problems.extend(tree_problems);
         let mut sorted = list.clone();
         sorted.sort_by_cached_key(|t| scan::order_key(&t.rel));
         for t in sorted {

@@ -290,7 +290,16 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    match run(&cli, &mut out) {
+    let result = run(&cli, &mut out);
+    // Counters for tests and measurements (how often the costly steps ran), never
+    // on stdout, which belongs to the report.
+    if std::env::var_os("KFD_AUDIT_STATS").is_some() {
+        eprintln!(
+            "kfd-audit: stats: {} package archive read(s)",
+            crate::content::archive::reads()
+        );
+    }
+    match result {
         Ok(outcome) => outcome.into(),
         Err(err) => {
             // A closed pipe (`kfd-audit scan | head`) is not an error of ours.

@@ -13,11 +13,14 @@ use std::io::{IsTerminal, Write};
 /// `--no-rules`), so that both say the same about the same module and the plan's
 /// reasons name the findings; with the DKMS state, no sections beyond the tree.
 pub fn audit_options(cli: &Cli, args: &PlanArgs) -> AuditOptions {
-    AuditOptions {
+    let mut opts = AuditOptions {
         dkms: true,
         run_rules: !args.no_rules,
         ..args.trees.audit_options(cli)
-    }
+    };
+    // The plan itself uses no clean bytes; the rules do (diff-aware checks).
+    opts.scan.clean_content = opts.run_rules;
+    opts
 }
 
 /// `kfd-audit plan`: print the plan, or with `--run` execute it.

@@ -455,10 +455,10 @@ pub fn scan_with_references(
     // decide verified-clean and same-as-current here; `rules::apply` later marks the
     // remaining ones that carry an unsafe change.
     backups::attach(tree, &refs, &mut files, &backups::no_rule_engine);
-    let problems = if opts.clean_content || opts.diff {
+    let clean = if opts.clean_content || opts.diff {
         clean::annotate(root, tree, &refs, &mut files, opts.diff)
     } else {
-        Vec::new()
+        clean::Annotated::default()
     };
     let bytes_hashed = files
         .iter()
@@ -470,8 +470,9 @@ pub fn scan_with_references(
         refs,
         files,
         bytes_hashed,
-        problems,
+        problems: clean.problems,
         content_checked: opts.clean_content || opts.diff,
+        clean_copies: clean.copies,
     }
 }
 

@@ -2,11 +2,13 @@
 //! where its clean content is. Kept apart from the walk and the hashing so that the
 //! layers above (rules, dkms, restore, report) read one small file to know the model.
 
+use crate::content::CleanCopy;
 use crate::finding::{Finding, Severity};
 use crate::io::hash::Digest;
 use crate::reference::{ReferenceKind, TreeReferences};
 use crate::tree::Tree;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -137,6 +139,12 @@ pub struct TreeScan {
     pub problems: Vec<String>,
     /// Whether clean content was looked for (`ScanOptions::clean_content`).
     pub content_checked: bool,
+    /// The verified clean bytes found when clean content was looked for: of every
+    /// modified or missing file that has some, and of files with a backup no hash
+    /// could place. Fetched once, here, and used by the diff, the rules and the
+    /// restore plan (a restore still fetches and verifies each source again right
+    /// before it writes).
+    pub clean_copies: BTreeMap<PathBuf, CleanCopy>,
 }
 
 impl TreeScan {
