@@ -59,3 +59,18 @@ pub struct Finding {
     /// How to undo it.
     pub fix: String,
 }
+
+impl Finding {
+    /// The finding in one line, in the words of the scan's report
+    /// (`CRITICAL KFD-MEM-001 line 43: flags |= ...`), for places that name it
+    /// beside other reasons (the recovery plan). Not escaped: the caller escapes.
+    pub fn headline(&self) -> String {
+        format!(
+            "{} {} line {}: {}",
+            self.severity.as_str().to_uppercase(),
+            self.rule,
+            self.line,
+            self.text
+        )
+    }
+}

@@ -404,11 +404,11 @@ pub struct DemoArgs {
     pub keep: Option<PathBuf>,
 }
 
-fn color_word(c: crate::term::ColorChoice) -> &'static str {
+fn color_word(c: crate::app::ColorArg) -> &'static str {
     match c {
-        crate::term::ColorChoice::Auto => "auto",
-        crate::term::ColorChoice::Always => "always",
-        crate::term::ColorChoice::Never => "never",
+        crate::app::ColorArg::Auto => "auto",
+        crate::app::ColorArg::Always => "always",
+        crate::app::ColorArg::Never => "never",
     }
 }
 

@@ -1,13 +1,14 @@
 //! `kfd-audit diff [PATH...]`: each file against its best clean content.
 
+use crate::app::audit;
 use crate::app::{Cli, Format, TreeArgs};
 use crate::content::{CleanContent, CleanCopy};
 use crate::diff::{FileDiff, Render};
 use crate::error::Error;
 use crate::exit::Outcome;
 use crate::io::root::Root;
-use crate::reference::{self, safe_relative, LoadOptions, TreeReferences};
-use crate::scan::{self, FileStatus, ScanOptions};
+use crate::reference::{safe_relative, TreeReferences};
+use crate::scan::{self, FileStatus};
 use crate::term;
 use crate::tree::Tree;
 use serde::Serialize;
@@ -133,6 +134,9 @@ fn current_bytes(host: &Path) -> Option<Vec<u8>> {
     crate::io::read::read_limited(host, crate::io::read::MAX_SOURCE_FILE).ok()
 }
 
+/// Clean copies of a tree's files and the problems met fetching them.
+type Fetched = (BTreeMap<PathBuf, CleanCopy>, Vec<String>);
+
 /// `kfd-audit diff [PATH...]`: each file against its best clean content.
 pub fn cmd(
     cli: &Cli,
@@ -142,28 +146,21 @@ pub fn cmd(
     out: &mut dyn Write,
 ) -> anyhow::Result<Outcome> {
     let root = Root::open(&cli.root)?;
-    let trees = crate::app::select_trees(&root, tree_args)?;
-    let opts = LoadOptions {
-        lenient: tree_args.lenient,
-    };
-    let refs: Vec<TreeReferences> = trees
-        .iter()
-        .map(|t| reference::load(&root, t, opts))
-        .collect::<Result<_, _>>()?;
-
-    // Which files of which tree.
+    let opts = tree_args.audit_options(cli);
+    // Which files of which tree: every modified or missing file by the audit (whose
+    // scan fetched their clean content), or the paths named, judged against the
+    // trees' references (their clean content is fetched below).
     let mut targets: BTreeMap<usize, Vec<Target>> = BTreeMap::new();
-    if paths.is_empty() {
-        for (i, t) in trees.iter().enumerate() {
-            let s = scan::scan_tree(
-                &root,
-                t,
-                &ScanOptions {
-                    refs: opts,
-                    max_file_size: tree_args.max_file_size,
-                    ..ScanOptions::default()
-                },
-            )?;
+    let mut fetched: Vec<Option<Fetched>> = Vec::new();
+    let (trees, refs): (Vec<Tree>, Vec<TreeReferences>) = if paths.is_empty() {
+        let mut audit = audit::run(&root, &opts)?;
+        for s in &mut audit.scans {
+            fetched.push(Some((
+                std::mem::take(&mut s.clean_copies),
+                std::mem::take(&mut s.problems),
+            )));
+        }
+        for (i, s) in audit.scans.iter().enumerate() {
             let list: Vec<Target> = s
                 .files
                 .iter()
@@ -177,12 +174,13 @@ pub fn cmd(
                 targets.insert(i, list);
             }
         }
+        audit.scans.into_iter().map(|s| (s.tree, s.refs)).unzip()
     } else {
+        let trees = audit::discover(&root, &opts.trees)?;
+        let refs = audit::references(&root, &trees, &opts.scan)?;
         for p in paths {
             for (i, rel) in resolve(&root, &trees, &refs, p)? {
-                let max = tree_args
-                    .max_file_size
-                    .unwrap_or(scan::DEFAULT_MAX_FILE_SIZE);
+                let max = opts.scan.max_file_size();
                 let status = status_of(&trees[i], &refs[i], &rel, max);
                 let list = targets.entry(i).or_default();
                 if !list.iter().any(|t| t.rel == rel) {
@@ -190,21 +188,35 @@ pub fn cmd(
                 }
             }
         }
-    }
+        (trees, refs)
+    };
 
     let mut entries = Vec::new();
     let mut problems = Vec::new();
     for (i, list) in &targets {
         let tree = &trees[*i];
         let tree_refs = &refs[*i];
-        let content = CleanContent::for_tree(&root, tree, tree_refs);
         let want: Vec<PathBuf> = list
             .iter()
             .filter(|t| matches!(t.status, FileStatus::Modified | FileStatus::Missing))
             .map(|t| t.rel.clone())
             .collect();
+        let (mut copies, tree_problems) = match fetched.get_mut(*i).and_then(Option::take) {
+            Some(f) => f,
+            None => {
+                let content = CleanContent::for_tree(&root, tree, tree_refs);
+                let mut copies = BTreeMap::new();
+                content.get_many(&want, &mut |rel, copy| {
+                    if let Some(c) = copy {
+                        copies.insert(rel.to_path_buf(), c);
+                    }
+                });
+                (copies, content.problems())
+            }
+        };
         let mut diffs: BTreeMap<PathBuf, (Option<CleanCopy>, Option<FileDiff>)> = BTreeMap::new();
-        content.get_many(&want, &mut |rel, copy| {
+        for rel in &want {
+            let copy = copies.remove(rel);
             let diff = copy.as_ref().map(|c| {
                 let current = current_bytes(&tree.host_path.join(rel));
                 FileDiff::compute(
@@ -221,15 +233,15 @@ pub fn cmd(
                 c
             });
             diffs.insert(rel.to_path_buf(), (copy, diff));
-        });
-        problems.extend(content.problems());
+        }
+        problems.extend(tree_problems);
         let mut sorted = list.clone();
         sorted.sort_by_cached_key(|t| scan::order_key(&t.rel));
         for t in sorted {
             let mut e = DiffEntry {
                 tree: term::path(&tree.system_path),
                 path: term::path(&t.rel),
-                path_bytes: crate::report::path_bytes(&t.rel),
+                path_bytes: crate::term::path_bytes(&t.rel),
                 status: t.status,
                 clean_source: None,
                 clean_origin: None,
@@ -289,7 +301,7 @@ pub fn cmd(
             }
         }
         Format::Text | Format::Prometheus => {
-            let color = term::use_color(cli.color);
+            let color = term::use_color(cli.color.into());
             let several = targets.len() > 1;
             let mut last_tree = String::new();
             for e in &entries {

@@ -1,22 +1,26 @@
 //! Command-line interface: argument definitions and dispatch to the library.
 //! Errors become one `kfd-audit: error: ...` line and exit code 2.
 
+pub mod audit;
+pub mod baseline;
 pub mod demo;
 pub mod diff;
 pub mod plan;
 pub mod restore;
 pub mod rules;
+pub mod scan;
 
+pub use baseline::BaselineCommand;
+
+use crate::app::audit::AuditOptions;
 use crate::error::Error;
 use crate::exit::Outcome;
 use crate::io::root::Root;
-use crate::reference::baseline;
 use crate::reference::LoadOptions;
-use crate::report::{self, Report};
-use crate::scan::{self, ScanOptions, TreeScan};
-use crate::system::{self, Section};
+use crate::scan::{self as scan_engine, ScanOptions};
+use crate::system::Section;
 use crate::term::{self, ColorChoice};
-use crate::tree::{self, Tree};
+use crate::tree::Tree;
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use std::io::Write;
 use std::path::PathBuf;
@@ -39,8 +43,8 @@ pub struct Cli {
     pub format: Format,
 
     /// When to color the output (NO_COLOR and TERM=dumb turn off 'auto')
-    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
-    pub color: ColorChoice,
+    #[arg(long, global = true, value_enum, default_value_t = ColorArg::Auto)]
+    pub color: ColorArg,
 
     /// Print less: only the summary and errors
     #[arg(short, long, global = true)]
@@ -65,6 +69,51 @@ pub enum Format {
     Markdown,
     /// node_exporter textfile metrics (scan only)
     Prometheus,
+}
+
+/// `--color`: the clap face of [`ColorChoice`], which the terminal code knows
+/// without knowing clap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum ColorArg {
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+impl From<ColorArg> for ColorChoice {
+    fn from(c: ColorArg) -> ColorChoice {
+        match c {
+            ColorArg::Auto => ColorChoice::Auto,
+            ColorArg::Always => ColorChoice::Always,
+            ColorArg::Never => ColorChoice::Never,
+        }
+    }
+}
+
+/// `--sections`: the clap face of [`Section`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, ValueEnum)]
+pub enum SectionArg {
+    /// The DKMS source trees under /usr/src, their DKMS state and module backups
+    Tree,
+    /// The running driver: /sys/class/kfd/kfd/topology
+    Live,
+    /// Module options (modprobe.d) and the kernel command line (/proc/cmdline, GRUB)
+    #[value(alias = "modopts", alias = "module-options")]
+    Options,
+    /// ROCm packages' files against dpkg, and HSA_OVERRIDE_GFX_VERSION
+    Rocm,
+}
+
+impl From<SectionArg> for Section {
+    fn from(s: SectionArg) -> Section {
+        match s {
+            SectionArg::Tree => Section::Tree,
+            SectionArg::Live => Section::Live,
+            SectionArg::Options => Section::Options,
+            SectionArg::Rocm => Section::Rocm,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -123,7 +172,7 @@ pub struct TreeArgs {
 
     /// Do not hash files larger than SIZE (bytes, or 512M, 2G...); they are reported
     /// as unreadable [default: 1G]
-    #[arg(long, value_name = "SIZE", value_parser = scan::parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = scan_engine::parse_size)]
     pub max_file_size: Option<u64>,
 }
 
@@ -152,7 +201,7 @@ pub struct ScanArgs {
     /// driver in /sys), options (modprobe.d, kernel command line), rocm (ROCm packages,
     /// HSA_OVERRIDE_GFX_VERSION) [default: all]
     #[arg(long, value_enum, value_delimiter = ',', value_name = "LIST")]
-    pub sections: Vec<Section>,
+    pub sections: Vec<SectionArg>,
 
     /// Package-name patterns (comma-separated, * and ? as in the shell) whose dpkg
     /// md5sums the rocm section verifies [default: rocm-core*,hsa-rocr*,hip-runtime-amd*,...]
@@ -177,191 +226,34 @@ pub struct PlanArgs {
     pub no_rules: bool,
 }
 
-#[derive(Debug, Subcommand)]
-pub enum BaselineCommand {
-    /// Record a SHA-256 manifest of each tree while it is clean
-    Create {
-        #[command(flatten)]
-        trees: TreeArgs,
-        /// Trust the tree even if dpkg's md5sums say it was changed
-        #[arg(long)]
-        force: bool,
-        /// Store clean copies of every file, not only amd/amdkfd and the watched files
-        #[arg(long)]
-        all: bool,
-    },
-}
-
 /// Resolves the trees to work on: those named with --tree, else all discovered.
 pub fn select_trees(root: &Root, args: &TreeArgs) -> Result<Vec<Tree>, Error> {
-    if args.trees.is_empty() {
-        tree::discover(root)
-    } else {
-        args.trees.iter().map(|p| tree::from_arg(root, p)).collect()
-    }
+    audit::discover(root, &args.trees)
 }
 
 impl TreeArgs {
-    /// Scan options for commands that judge whole trees (plan, restore): the user's
-    /// reference and size settings, no scope, no diff.
-    pub fn scan_options(&self) -> ScanOptions {
-        ScanOptions {
-            refs: LoadOptions {
-                lenient: self.lenient,
+    /// The audit of commands that judge whole trees (plan, restore, diff): the
+    /// user's trees, reference and size settings, no scope, no diff, clean content
+    /// looked for; no rules, no DKMS state and no system sections unless the command
+    /// asks for them.
+    pub fn audit_options(&self, cli: &Cli) -> AuditOptions {
+        AuditOptions {
+            trees: self.trees.clone(),
+            sections: Vec::new(),
+            scan: ScanOptions {
+                refs: LoadOptions {
+                    lenient: self.lenient,
+                },
+                max_file_size: self.max_file_size,
+                clean_content: true,
+                ..ScanOptions::default()
             },
-            max_file_size: self.max_file_size,
-            ..ScanOptions::default()
-        }
-    }
-}
-
-pub fn scan_all(
-    root: &Root,
-    trees: &[Tree],
-    opts: &ScanOptions,
-    counters: Option<&crate::progress::Counters>,
-) -> Result<Vec<TreeScan>, Error> {
-    trees
-        .iter()
-        .map(|t| scan::scan_tree_counted(root, t, opts, counters))
-        .collect()
-}
-
-fn cmd_scan(cli: &Cli, args: &ScanArgs, out: &mut dyn Write) -> anyhow::Result<Outcome> {
-    let root = Root::open(&cli.root)?;
-    let sections = if args.sections.is_empty() {
-        Section::ALL.to_vec()
-    } else {
-        args.sections.clone()
-    };
-    let trees_checked = sections.contains(&Section::Tree);
-    let trees = if trees_checked {
-        select_trees(&root, &args.trees)?
-    } else {
-        Vec::new()
-    };
-    let opts = ScanOptions {
-        scope: args.scope.as_deref().map(scan::scope_prefix),
-        refs: LoadOptions {
-            lenient: args.trees.lenient,
-        },
-        clean_content: true,
-        diff: args.diff,
-        max_file_size: args.trees.max_file_size,
-    };
-    // A progress line on a terminal's stderr while the trees are hashed, and the
-    // rules compiled meanwhile (tens of milliseconds of regex building that would
-    // otherwise come first, with a core idle while the trees are listed).
-    let counters = std::sync::Arc::new(crate::progress::Counters::default());
-    let display = crate::progress::Display::start(counters.clone(), cli.quiet);
-    let (rules, scans) = std::thread::scope(|s| {
-        let rules = s.spawn(|| crate::app::rules::load(&cli.rules));
-        let scans = scan_all(&root, &trees, &opts, Some(&counters));
-        (rules.join(), scans)
-    });
-    drop(display);
-    let rules = rules.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
-    let mut scans = scans?;
-    if !args.no_rules {
-        for s in &mut scans {
-            let tree = s.tree.clone();
-            crate::rules::apply(&rules, &root, &tree, s);
-        }
-    }
-    let mut report = Report::build(root.dir(), &scans, args.all_files);
-    // The DKMS state, module backups and build recipe are about the trees' modules:
-    // part of `tree`.
-    if trees_checked {
-        report = report.with_module_backups(&crate::dkms::backups::module_backups(&root));
-        report.attach_dkms(crate::dkms::DkmsState::collect(&root, &scans));
-        // Build-time patches are judged by the same rules as in-place changes.
-        let judge = |target: &str, new: &str, old: Option<&str>| {
-            if args.no_rules {
-                return Vec::new();
-            }
-            rules.check(
-                std::path::Path::new(target),
-                new.as_bytes(),
-                old.map(str::as_bytes),
-            )
-        };
-        report.attach_build(
-            scans
-                .iter()
-                .map(|s| crate::dkms::recipe::audit(&root, s, &judge))
-                .collect(),
-        );
-    }
-    report.trees_checked = trees_checked;
-    let system = system::run(
-        &root,
-        &system::Options {
-            sections,
-            lenient: args.trees.lenient,
-            rules: rules.clone(),
-            rocm_packages: if args.rocm_packages.is_empty() {
-                crate::system::rocm::default_patterns()
-            } else {
-                args.rocm_packages.clone()
-            },
-        },
-    )?;
-    report.add_system(system);
-    match cli.format {
-        Format::Json => out.write_all(report.to_json().as_bytes())?,
-        Format::Markdown => out.write_all(report::render_markdown(&report).as_bytes())?,
-        Format::Prometheus => out.write_all(
-            crate::report::prometheus::render(&report, &scans, std::time::SystemTime::now())
-                .as_bytes(),
-        )?,
-        Format::Text => {
-            let text = report::render_text(&report, term::use_color(cli.color), cli.verbose > 0);
-            if cli.quiet {
-                out.write_all(text.lines().next().unwrap_or_default().as_bytes())?;
-                out.write_all(b"\n")?;
-            } else {
-                out.write_all(text.as_bytes())?;
-            }
-        }
-    }
-    Ok(report.outcome())
-}
-
-fn cmd_baseline(cli: &Cli, cmd: &BaselineCommand, out: &mut dyn Write) -> anyhow::Result<Outcome> {
-    match cmd {
-        BaselineCommand::Create { trees, force, all } => {
-            let root = Root::open(&cli.root)?;
-            let trees = select_trees(&root, trees)?;
-            if trees.is_empty() {
-                anyhow::bail!(
-                    "no amdgpu DKMS tree under {}; name one with --tree PATH",
-                    root.path("/usr/src").display()
-                );
-            }
-            for t in &trees {
-                let created = baseline::create(
-                    &root,
-                    t,
-                    baseline::CreateOptions {
-                        force: *force,
-                        all_copies: *all,
-                    },
-                )?;
-                writeln!(
-                    out,
-                    "baseline of {}: {} files, {} clean copies -> {}{}",
-                    term::path(&t.system_path),
-                    created.files,
-                    created.copies,
-                    term::path(&created.manifest),
-                    if created.skipped_symlinks > 0 {
-                        format!(" ({} symlinks not recorded)", created.skipped_symlinks)
-                    } else {
-                        String::new()
-                    }
-                )?;
-            }
-            Ok(Outcome::Clean)
+            rule_dirs: cli.rules.clone(),
+            run_rules: false,
+            dkms: false,
+            system: false,
+            rocm_packages: Vec::new(),
+            progress: false,
         }
     }
 }
@@ -374,8 +266,8 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<Outcome> {
         );
     }
     match &cli.command {
-        Command::Scan(args) => cmd_scan(cli, args, out),
-        Command::Baseline(cmd) => cmd_baseline(cli, cmd, out),
+        Command::Scan(args) => scan::cmd_scan(cli, args, out),
+        Command::Baseline(cmd) => baseline::cmd_baseline(cli, cmd, out),
         Command::Plan(args) => plan::cmd_plan(cli, args, out),
         Command::Diff(args) => diff::cmd(cli, &args.trees, &args.paths, args.context, out),
         Command::Restore(args) => crate::app::restore::restore(cli, args, out),
@@ -398,7 +290,16 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    match run(&cli, &mut out) {
+    let result = run(&cli, &mut out);
+    // Counters for tests and measurements (how often the costly steps ran), never
+    // on stdout, which belongs to the report.
+    if std::env::var_os("KFD_AUDIT_STATS").is_some() {
+        eprintln!(
+            "kfd-audit: stats: {} package archive read(s)",
+            crate::content::archive::reads()
+        );
+    }
+    match result {
         Ok(outcome) => outcome.into(),
         Err(err) => {
             // A closed pipe (`kfd-audit scan | head`) is not an error of ours.

@@ -1,23 +1,37 @@
 //! `kfd-audit plan`: print the recovery plan, or run it with `--run`.
 
-use crate::app::{self, Cli, Format, PlanArgs};
-use crate::dkms::DkmsState;
+use crate::app::audit::{self, AuditOptions};
+use crate::app::{Cli, Format, PlanArgs};
 use crate::exit::Outcome;
 use crate::io::root::Root;
 use crate::recovery::{
     build, render_json, render_markdown, render_text, run_command, PlanOptions, TerminalConfirm,
 };
-use crate::scan::TreeScan;
 use std::io::{IsTerminal, Write};
+
+/// The audit `plan` runs: the same tree part as `scan`, rules included (unless
+/// `--no-rules`), so that both say the same about the same module and the plan's
+/// reasons name the findings; with the DKMS state, no sections beyond the tree.
+pub fn audit_options(cli: &Cli, args: &PlanArgs) -> AuditOptions {
+    let mut opts = AuditOptions {
+        dkms: true,
+        run_rules: !args.no_rules,
+        ..args.trees.audit_options(cli)
+    };
+    // The plan itself uses no clean bytes; the rules do (diff-aware checks).
+    opts.scan.clean_content = opts.run_rules;
+    opts
+}
 
 /// `kfd-audit plan`: print the plan, or with `--run` execute it.
 pub fn cmd_plan(cli: &Cli, args: &PlanArgs, out: &mut dyn Write) -> anyhow::Result<Outcome> {
     let root = Root::open(&cli.root)?;
-    let trees = app::select_trees(&root, &args.trees)?;
-    let opts = args.trees.scan_options();
-    let scans: Vec<TreeScan> = crate::app::scan_all(&root, &trees, &opts, None)?;
-    let state = DkmsState::collect(&root, &scans);
-    let plan = build(&root, &scans, &state, &PlanOptions::for_root(&root));
+    let audit = audit::run(&root, &audit_options(cli, args))?;
+    let state = audit
+        .dkms
+        .as_ref()
+        .expect("the plan's audit collects the DKMS state");
+    let plan = build(&root, &audit.scans, state, &PlanOptions::for_root(&root));
     if args.run {
         if cli.format != Format::Text {
             anyhow::bail!("plan --run streams the commands' output as text: leave out --format");

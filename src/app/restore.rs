@@ -1,7 +1,7 @@
 //! `kfd-audit restore` and `kfd-audit undo`: arguments, checks before anything is
 //! written (terminal, read-only filesystem, lock), and what is printed.
 
-use crate::app::{select_trees, Cli, Format, TreeArgs};
+use crate::app::{Cli, Format, TreeArgs};
 use crate::exit::Outcome;
 use crate::io::atomic;
 use crate::io::mounts;
@@ -11,7 +11,7 @@ use crate::restore::journal::{self, FileState, Run};
 use crate::restore::plan::{self, RestorePlan, STATE_DIR};
 use crate::restore::prompt::TerminalPrompter;
 use crate::restore::{self, lock, render, undo, Review};
-use crate::scan::{self, TreeScan};
+use crate::scan::TreeScan;
 use crate::term;
 use clap::Args;
 use serde::Serialize;
@@ -138,7 +138,7 @@ fn result_json(r: &ApplyResult, recovery: &[String]) -> serde_json::Value {
             .iter()
             .map(|a| RestoredJson {
                 path: a.system_path.display().to_string(),
-                path_bytes: crate::report::path_bytes(&a.system_path),
+                path_bytes: crate::term::path_bytes(&a.system_path),
                 quarantine: a.quarantine.as_ref().map(|q| q.display().to_string()),
                 warning: a.warning.clone(),
             })
@@ -148,7 +148,7 @@ fn result_json(r: &ApplyResult, recovery: &[String]) -> serde_json::Value {
             .iter()
             .map(|n| NotRestoredJson {
                 path: n.system_path.display().to_string(),
-                path_bytes: crate::report::path_bytes(&n.system_path),
+                path_bytes: crate::term::path_bytes(&n.system_path),
                 reason: n.reason.clone(),
             })
             .collect(),
@@ -279,15 +279,15 @@ pub fn restore(cli: &Cli, args: &RestoreArgs, out: &mut dyn Write) -> anyhow::Re
              'kfd-audit restore --dry-run' to only print it"
         );
     }
-    let trees = select_trees(&root, &args.trees)?;
-    if trees.is_empty() {
+    let opts = args.trees.audit_options(cli);
+    let audit = crate::app::audit::run(&root, &opts)?;
+    if audit.scans.is_empty() {
         anyhow::bail!(
             "no amdgpu DKMS tree under {}; name one with --tree PATH",
             term::path(&root.path("/usr/src"))
         );
     }
-    let opts = args.trees.scan_options();
-    let scans: Vec<TreeScan> = crate::app::scan_all(&root, &trees, &opts, None)?;
+    let scans = audit.scans;
     let plan = plan::build(&root, &scans, &args.only)?;
 
     if args.dry_run {
@@ -377,12 +377,26 @@ pub fn restore(cli: &Cli, args: &RestoreArgs, out: &mut dyn Write) -> anyhow::Re
     // now: the sources are clean again, so the plan is the rebuild that makes the
     // module match them.
     let recovery: Vec<(String, Vec<String>)> = if result.stopped.is_none() {
-        let rescans: Vec<TreeScan> = plan
-            .trees
-            .iter()
-            .filter(|t| restored_trees.contains(&t.tree.system_path))
-            .map(|t| scan::scan_tree(&root, &t.tree, &opts))
-            .collect::<Result<_, _>>()?;
+        // The same audit, of the restored trees only; their clean content is not
+        // needed again.
+        let again = crate::app::audit::AuditOptions {
+            trees: plan
+                .trees
+                .iter()
+                .filter(|t| restored_trees.contains(&t.tree.system_path))
+                .map(|t| t.tree.host_path.clone())
+                .collect(),
+            scan: crate::scan::ScanOptions {
+                clean_content: false,
+                ..opts.scan.clone()
+            },
+            ..opts.clone()
+        };
+        let rescans: Vec<TreeScan> = if again.trees.is_empty() {
+            Vec::new()
+        } else {
+            crate::app::audit::run(&root, &again)?.scans
+        };
         let recovery_plan = crate::recovery::plan_for(&root, &rescans, Default::default());
         rescans
             .iter()

@@ -219,6 +219,17 @@ impl<R: Read> Read for Counted<R> {
     }
 }
 
+/// How many times this process set out to read through a package archive.
+static READS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many times this process has opened a package archive to decompress it
+/// ([`for_each_member`]). Reading a `.deb` through is the costliest way to clean
+/// bytes, and a run fetches each file's clean content once: the binary prints this
+/// under `KFD_AUDIT_STATS` so that a test can hold it to that.
+pub fn reads() -> u64 {
+    READS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Streams the regular files of a `.deb`'s data.tar: `visit` gets each member's
 /// root-relative path and a reader over its bytes, and returns `false` to stop early.
 /// Members that are not regular files (links, devices) or whose path is absolute or
@@ -228,6 +239,7 @@ pub fn for_each_member(
     path: &Path,
     visit: &mut dyn FnMut(&Path, u64, &mut dyn Read) -> std::io::Result<bool>,
 ) -> std::result::Result<(), String> {
+    READS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut file = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
     let data = locate_data(&mut file)?;
     file.seek(SeekFrom::Start(data.offset))

@@ -37,16 +37,12 @@ pub const WATCHED_FILES: &[&str] = &[
 const LEVEL: i32 = 9;
 
 /// Whether a tree-relative file gets a copy without `--all`: amd/amdkfd, the listed
-/// files, and every file a built-in rule looks at (so a later diff-aware scan and a
-/// restore have the clean bytes the rules need).
-pub fn is_watched(rel: &Path) -> bool {
-    static RULES: std::sync::OnceLock<crate::rules::RuleSet> = std::sync::OnceLock::new();
+/// files, and every file `rule_watched` names (the caller knows the rules; this
+/// layer sits below them).
+pub fn is_watched(rel: &Path, rule_watched: &(dyn Fn(&Path) -> bool + Sync)) -> bool {
     WATCHED_DIRS.iter().any(|d| rel.starts_with(d))
         || WATCHED_FILES.iter().any(|f| rel == Path::new(f))
-        || !RULES
-            .get_or_init(crate::rules::RuleSet::builtin)
-            .applicable(rel)
-            .is_empty()
+        || rule_watched(rel)
 }
 
 /// Where a tree's copies live on this host.
@@ -61,11 +57,17 @@ pub fn copy_path(copies: &Path, rel: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
-/// Stores compressed copies of the watched files (all files with `all`), given as
-/// tree-relative paths with the SHA-256 the manifest records for them. Each file is
-/// hashed again as it is read: one that changed since the manifest was computed
-/// stops the baseline. The new set replaces the old one in a single rename.
-pub fn store(root: &Root, tree: &Tree, files: &[(PathBuf, Digest)], all: bool) -> Result<usize> {
+/// Stores compressed copies of the watched files ([`is_watched`]; all files with
+/// `all`), given as tree-relative paths with the SHA-256 the manifest records for
+/// them. Each file is hashed again as it is read: one that changed since the
+/// manifest was computed stops the baseline. The new set replaces the old one in a single rename.
+pub fn store(
+    root: &Root,
+    tree: &Tree,
+    files: &[(PathBuf, Digest)],
+    all: bool,
+    rule_watched: &(dyn Fn(&Path) -> bool + Sync),
+) -> Result<usize> {
     let base = baseline::dir(root, tree);
     let final_dir = base.join("copies");
     let new_dir = base.join(format!("copies.new.{}", std::process::id()));
@@ -75,7 +77,7 @@ pub fn store(root: &Root, tree: &Tree, files: &[(PathBuf, Digest)], all: bool) -
     atomic::create_private_dir(&new_dir)?;
     let chosen: Vec<&(PathBuf, Digest)> = files
         .iter()
-        .filter(|(rel, _)| all || is_watched(rel))
+        .filter(|(rel, _)| all || is_watched(rel, rule_watched))
         .collect();
     chosen.par_iter().try_for_each(|(rel, digest)| {
         let host = tree.host_path.join(rel);

@@ -1,10 +1,10 @@
 //! dpkg's database under the root: `/var/lib/dpkg/info/<pkg>.md5sums`, lines of
 //! `<32 hex>  <path without leading slash>`, written by dh_md5sums at build time.
 
+use super::{safe_relative, LoadOptions, Skipped};
 use crate::error::{Error, Result};
 use crate::io::hash::{Algorithm, Digest};
 use crate::io::root::Root;
-use crate::reference::{safe_relative, LoadOptions, Skipped};
 use crate::tree::Tree;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -37,12 +37,8 @@ pub fn parse_line(line: &[u8]) -> std::result::Result<Md5Line, String> {
         return Err("expected two spaces between hash and path".into());
     }
     let raw = &line[34..];
-    let path = safe_relative(Path::new(OsStr::from_bytes(raw))).ok_or_else(|| {
-        format!(
-            "unsafe or empty path '{}'",
-            crate::reference::shown_excerpt(raw)
-        )
-    })?;
+    let path = safe_relative(Path::new(OsStr::from_bytes(raw)))
+        .ok_or_else(|| format!("unsafe or empty path '{}'", super::shown_excerpt(raw)))?;
     Ok(Md5Line { digest, path })
 }
 
@@ -100,7 +96,7 @@ pub fn load_package(
     let bytes = crate::io::read::read_reference(&path)?
         .ok_or_else(|| Error::io(&path, std::io::Error::from(std::io::ErrorKind::NotFound)))?;
     let mut out = Vec::new();
-    let mut skips = crate::reference::SkipList::new(&path);
+    let mut skips = super::SkipList::new(&path);
     for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
         if line.is_empty() {
             continue;

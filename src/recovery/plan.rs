@@ -219,6 +219,37 @@ fn needs_restore(scan: &TreeScan) -> bool {
         .any(|f| f.status.is_notable() || (f.status != FileStatus::Ok && !f.findings.is_empty()))
 }
 
+/// How many rule findings the plan names one by one; `scan` lists them all.
+const FINDINGS_NAMED: usize = 10;
+
+/// The rule findings in the tree's changed files, worst first, one reason each, in
+/// the scan's words (`amd/amdkfd/kfd_crat.c: CRITICAL KFD-MEM-001 line 43: ...`): the plan says
+/// what is unsafe, not only that something changed. A finding in a file that matches
+/// its reference is the rule's problem, not a change, and is left out.
+fn finding_reasons(scan: &TreeScan) -> Vec<String> {
+    let mut found: Vec<(&std::path::Path, &crate::finding::Finding)> = scan
+        .files
+        .iter()
+        .filter(|f| f.status != FileStatus::Ok)
+        .flat_map(|f| f.findings.iter().map(move |x| (f.path.as_path(), x)))
+        .collect();
+    // The worst first, so that the few named are the ones that matter; otherwise in
+    // the scan's order.
+    found.sort_by_key(|(_, x)| std::cmp::Reverse(x.severity));
+    let found: Vec<String> = found
+        .into_iter()
+        .map(|(path, x)| format!("{}: {}", term::path(path), x.headline()))
+        .collect();
+    let more = found.len().saturating_sub(FINDINGS_NAMED);
+    let mut out: Vec<String> = found.into_iter().take(FINDINGS_NAMED).collect();
+    if more > 0 {
+        out.push(format!(
+            "and {more} more finding(s): 'kfd-audit scan' lists them all"
+        ));
+    }
+    out
+}
+
 fn initrd_exists(root: &Root, kernel: &str) -> bool {
     [
         format!("/boot/initrd.img-{kernel}"),
@@ -358,6 +389,7 @@ fn tree_plan(root: &Root, scan: &TreeScan, state: &DkmsState) -> TreePlan {
         reasons.push(format!(
             "the sources differ from their references: {modified} modified, {missing} missing, {added} added{found}"
         ));
+        reasons.extend(finding_reasons(scan));
     }
     for k in &pkg.kernels {
         if k.provenance.rebuild_due() {

@@ -7,18 +7,18 @@
 //! (line starts with `\`, then `\\` and `\n` in the name).
 
 use crate::error::{Error, Result};
-use crate::io::atomic;
-use crate::io::hash::{self, Algorithm, Digest};
+use crate::io::hash::{Algorithm, Digest};
 use crate::io::root::Root;
 use crate::reference::{safe_relative, LoadOptions, Skipped};
-use crate::scan::{self, FileStatus, ScanOptions};
 use crate::tree::Tree;
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+/// kfd-audit's state directory as the audited system names it: the baseline, the
+/// restore journal, the quarantine and the lock. Here, low, because the baseline
+/// reader is its lowest user.
 pub const STATE_DIR: &str = "/var/lib/kfd-audit";
 
 /// Where a tree's baseline lives on this host.
@@ -142,99 +142,6 @@ pub fn load_manifest(
     }
     skips.finish(skipped);
     Ok(Some(out))
-}
-
-#[derive(Debug, Clone, Copy, Default)]
-pub struct CreateOptions {
-    /// Trust the tree even though references say it is not clean.
-    pub force: bool,
-    /// Store clean copies of every file, not only the watched ones.
-    pub all_copies: bool,
-}
-
-#[derive(Debug, Clone)]
-pub struct Created {
-    pub manifest: PathBuf,
-    pub files: usize,
-    pub skipped_symlinks: usize,
-    /// Compressed clean copies stored (see [`crate::content::baseline_copies`]).
-    pub copies: usize,
-}
-
-/// Records a baseline of the tree. Refuses when the tree's existing references say
-/// it is not clean (a baseline of a patched tree would bless the patch), unless forced.
-pub fn create(root: &Root, tree: &Tree, opts: CreateOptions) -> Result<Created> {
-    let check = scan::scan_tree(root, tree, &ScanOptions::default())?;
-    let dirty: Vec<String> = check
-        .files
-        .iter()
-        .filter(|f| matches!(f.status, FileStatus::Modified | FileStatus::Missing))
-        .map(|f| f.path.display().to_string())
-        .collect();
-    if !dirty.is_empty() && !opts.force {
-        let shown: Vec<_> = dirty.iter().take(3).cloned().collect();
-        return Err(Error::Refused {
-            path: tree.host_path.clone(),
-            message: format!(
-                "not clean ({} file(s) differ from {}: {}{}); restore it first, or pass --force to trust it as it is",
-                dirty.len(),
-                check.refs.kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", "),
-                shown.join(", "),
-                if dirty.len() > 3 { ", ..." } else { "" }
-            ),
-        });
-    }
-    let files: Vec<&PathBuf> = check
-        .files
-        .iter()
-        .filter(|f| f.status != FileStatus::Missing && f.status != FileStatus::Symlink)
-        .map(|f| &f.path)
-        .collect();
-    let skipped_symlinks = check.count(FileStatus::Symlink);
-    let prefix = tree.dpkg_prefix();
-    let mut lines: Vec<(PathBuf, Digest, Vec<u8>)> = files
-        .par_iter()
-        .map(|rel| {
-            let host = tree.host_path.join(rel);
-            let f = crate::io::read::open_nofollow(&host).map_err(|e| Error::io(&host, e))?;
-            let (mut d, _) =
-                hash::digest_reader(f, &[Algorithm::Sha256]).map_err(|e| Error::io(&host, e))?;
-            let sys = prefix.join(rel);
-            let digest = d.remove(0);
-            let line = format_line(&digest, &sys);
-            Ok(((*rel).clone(), digest, line))
-        })
-        .collect::<Result<_>>()?;
-    lines.sort_by(|a, b| a.0.cmp(&b.0));
-    let digests: Vec<(PathBuf, Digest)> = lines
-        .iter()
-        .map(|(rel, d, _)| (rel.clone(), d.clone()))
-        .collect();
-    let manifest: Vec<u8> = lines.into_iter().flat_map(|(_, _, l)| l).collect();
-
-    let dir = dir(root, tree);
-    atomic::create_private_dir(&dir)?;
-    // Copies first: a copy is served only where the manifest vouches for it.
-    let copies = crate::content::baseline_copies::store(root, tree, &digests, opts.all_copies)?;
-    let path = manifest_path(root, tree);
-    atomic::write(&path, &manifest, 0o644)?;
-    let meta = Meta {
-        tree: tree.system_path.display().to_string(),
-        package: tree.package(),
-        version: tree.version(),
-        created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-        files: files.len(),
-        tool_version: env!("CARGO_PKG_VERSION").to_string(),
-        verified_against: check.refs.kinds.iter().map(|k| k.to_string()).collect(),
-    };
-    let json = serde_json::to_vec_pretty(&meta).expect("baseline metadata serializes");
-    atomic::write(&dir.join("meta.json"), &json, 0o644)?;
-    Ok(Created {
-        manifest: path,
-        files: files.len(),
-        skipped_symlinks,
-        copies,
-    })
 }
 
 #[cfg(test)]

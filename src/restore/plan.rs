@@ -153,13 +153,13 @@ pub fn display_origin(root: &Root, origin: &str) -> String {
     }
 }
 
-/// Builds the plan from scans. `only` limits it; a path in `only` that matches no
+/// Builds the plan from scans, with the clean content they fetched (or, for a scan
+/// that did not look for it, fetched here). `only` limits it; a path in `only` that matches no
 /// modified, missing or refused file is an error (a typo must not look like "clean").
 pub fn build(root: &Root, scans: &[TreeScan], only: &[PathBuf]) -> Result<RestorePlan> {
     let mut trees = Vec::new();
     let mut matched = vec![false; only.len()];
     for scan in scans {
-        let content = clean_content(root, scan);
         let tree = &scan.tree;
         let mut tp = TreePlan {
             tree: tree.clone(),
@@ -171,8 +171,6 @@ pub fn build(root: &Root, scans: &[TreeScan], only: &[PathBuf]) -> Result<Restor
             kept: Vec::new(),
             leftover_temps: Vec::new(),
         };
-        // Clean content of every file to restore, asked for all at once: a package
-        // archive is then read through once, not once per file.
         let wanted: Vec<PathBuf> = scan
             .files
             .iter()
@@ -181,11 +179,22 @@ pub fn build(root: &Root, scans: &[TreeScan], only: &[PathBuf]) -> Result<Restor
             .map(|f| f.path.clone())
             .collect();
         let mut copies = std::collections::BTreeMap::new();
-        content.get_many(&wanted, &mut |rel, copy| {
-            if let Some(c) = copy {
-                copies.insert(rel.to_path_buf(), c);
+        if scan.content_checked {
+            // The scan fetched and verified them: a run fetches clean content once.
+            for rel in wanted {
+                if let Some(c) = scan.clean_copies.get(&rel) {
+                    copies.insert(rel, c.clone());
+                }
             }
-        });
+        } else {
+            // Asked for all at once: a package archive is then read through once,
+            // not once per file.
+            clean_content(root, scan).get_many(&wanted, &mut |rel, copy| {
+                if let Some(c) = copy {
+                    copies.insert(rel.to_path_buf(), c);
+                }
+            });
+        }
         for f in &scan.files {
             if is_temp(&f.path) {
                 tp.leftover_temps.push(f.path.clone());
@@ -397,7 +406,7 @@ impl RestorePlan {
                     .iter()
                     .map(|i| ItemJson {
                         path: text(&i.rel),
-                        path_bytes: crate::report::path_bytes(&i.rel),
+                        path_bytes: crate::term::path_bytes(&i.rel),
                         action: i.action,
                         source: i.source,
                         origin: display_origin(root, &i.origin),
@@ -414,7 +423,7 @@ impl RestorePlan {
                     .iter()
                     .map(|n| NoSourceJson {
                         path: text(&n.rel),
-                        path_bytes: crate::report::path_bytes(&n.rel),
+                        path_bytes: crate::term::path_bytes(&n.rel),
                         status: n.status,
                         reference: n.reference,
                         detail: n.detail.clone(),
@@ -425,7 +434,7 @@ impl RestorePlan {
                     .iter()
                     .map(|r| RefusedJson {
                         path: text(&r.rel),
-                        path_bytes: crate::report::path_bytes(&r.rel),
+                        path_bytes: crate::term::path_bytes(&r.rel),
                         reason: r.reason.clone(),
                     })
                     .collect(),

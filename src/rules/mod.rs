@@ -20,10 +20,8 @@ pub mod checks;
 pub mod engine;
 mod spec;
 
-use crate::content::CleanContent;
 use crate::error::{Error, Result};
 use crate::finding::{Finding, Severity};
-use crate::io::root::Root;
 use crate::scan::{FileStatus, TreeScan};
 use crate::tree::Tree;
 use globset::GlobSet;
@@ -517,10 +515,12 @@ pub struct ApplyStats {
 const MAX_RULE_FILE: u64 = 16 << 20;
 
 /// Runs the rules on a scanned tree, filling each file's findings. Files that match
-/// their reference are not looked at; modified files are checked against verified
-/// clean content where a content provider has it, whole-file otherwise; added and
-/// unverified files are checked whole-file.
-pub fn apply(rules: &RuleSet, root: &Root, tree: &Tree, scan: &mut TreeScan) -> ApplyStats {
+/// their reference are not looked at; modified files are checked against the
+/// verified clean content the scan fetched ([`TreeScan::clean_copies`]) where it has
+/// some, whole-file otherwise; added and unverified files are checked whole-file.
+/// The rules fetch no clean content of their own: a scan without clean content
+/// (`ScanOptions::clean_content` off) gets whole-file checks only.
+pub fn apply(rules: &RuleSet, scan: &mut TreeScan) -> ApplyStats {
     let work: Vec<(usize, Vec<&Rule>)> = scan
         .files
         .iter()
@@ -537,23 +537,9 @@ pub fn apply(rules: &RuleSet, root: &Root, tree: &Tree, scan: &mut TreeScan) -> 
             (!rs.is_empty()).then_some((i, rs))
         })
         .collect();
-    // Clean bytes of the modified files the rules look at, fetched in one pass so a
-    // package archive is read through once, not once per file.
-    let content = CleanContent::for_tree(root, tree, &scan.refs);
-    let wanted: Vec<std::path::PathBuf> = work
-        .iter()
-        .map(|(i, _)| &scan.files[*i])
-        .filter(|f| f.status == FileStatus::Modified)
-        .map(|f| f.path.clone())
-        .collect();
-    let mut clean_bytes: std::collections::HashMap<std::path::PathBuf, Vec<u8>> =
-        std::collections::HashMap::new();
-    content.get_many(&wanted, &mut |rel, copy| {
-        if let Some(c) = copy {
-            clean_bytes.insert(rel.to_path_buf(), c.bytes);
-        }
-    });
+    let tree = &scan.tree;
     let files = &scan.files;
+    let copies = &scan.clean_copies;
     let results: Vec<(usize, Vec<Finding>, bool, u64)> = work
         .par_iter()
         .filter_map(|(i, rs)| {
@@ -563,7 +549,10 @@ pub fn apply(rules: &RuleSet, root: &Root, tree: &Tree, scan: &mut TreeScan) -> 
             crate::io::read::open_nofollow(&host)
                 .and_then(|mut h| h.read_to_end(&mut bytes))
                 .ok()?;
-            let clean = clean_bytes.get(&f.path);
+            let clean = copies
+                .get(&f.path)
+                .filter(|_| f.status == FileStatus::Modified)
+                .map(|c| &c.bytes);
             let cur = String::from_utf8_lossy(&bytes);
             let clean_text = clean.map(|c| String::from_utf8_lossy(c));
             let found = engine::evaluate(rs, &f.path, &cur, clean_text.as_deref());
@@ -579,7 +568,7 @@ pub fn apply(rules: &RuleSet, root: &Root, tree: &Tree, scan: &mut TreeScan) -> 
         }
         scan.files[i].findings = found;
     }
-    judge_backups(rules, tree, &mut scan.files, &content, &clean_bytes);
+    judge_backups(rules, &scan.tree, &mut scan.files, &scan.clean_copies);
     stats
 }
 
@@ -590,8 +579,7 @@ fn judge_backups(
     rules: &RuleSet,
     tree: &Tree,
     files: &mut [crate::scan::FileResult],
-    content: &CleanContent<'_>,
-    clean_bytes: &std::collections::HashMap<std::path::PathBuf, Vec<u8>>,
+    copies: &std::collections::BTreeMap<std::path::PathBuf, crate::content::CleanCopy>,
 ) {
     use crate::scan::BackupVerdict;
     for f in files.iter_mut() {
@@ -605,10 +593,7 @@ fn judge_backups(
         if rules.applicable(&f.path).is_empty() {
             continue;
         }
-        let clean = match clean_bytes.get(&f.path) {
-            Some(c) => Some(c.clone()),
-            None => content.get(&f.path).ok().flatten().map(|c| c.bytes),
-        };
+        let clean = copies.get(&f.path).map(|c| c.bytes.as_slice());
         for b in f
             .backups
             .iter_mut()
@@ -619,7 +604,7 @@ fn judge_backups(
             else {
                 continue;
             };
-            if rules.is_unsafe(&f.path, &bytes, clean.as_deref()) {
+            if rules.is_unsafe(&f.path, &bytes, clean) {
                 b.verdict = BackupVerdict::Unsafe;
             }
         }

@@ -2,159 +2,23 @@
 //! algorithm of the reference that judges it, and classify it. Per-file problems are
 //! recorded on the file and the scan goes on; only a broken reference stops it.
 
+pub mod backups;
+pub mod clean;
+pub mod model;
+
+pub use model::*;
+
 use crate::error::Result;
-use crate::finding::{Finding, Severity};
 use crate::io::hash::{self, Algorithm, Digest};
 use crate::io::read::open_nofollow;
 use crate::io::root::Root;
 use crate::progress::Counters;
-use crate::reference::{self, Expected, LoadOptions, ReferenceKind, TreeReferences};
+use crate::reference::{self, Expected, LoadOptions, TreeReferences};
 use crate::tree::Tree;
 use rayon::prelude::*;
-use serde::Serialize;
 use std::collections::HashSet;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FileStatus {
-    /// Matches its clean reference.
-    Ok,
-    /// Differs from its clean reference.
-    Modified,
-    /// Listed by a reference, absent from the tree.
-    Missing,
-    /// In the tree, in no reference although the tree has one.
-    Added,
-    /// No reference covers the tree at all: nothing can be said about the file.
-    Unverified,
-    /// A symbolic link: reported, never followed.
-    Symlink,
-    /// Could not be read (permissions, I/O error, not a regular file).
-    Unreadable,
-}
-
-impl FileStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FileStatus::Ok => "ok",
-            FileStatus::Modified => "modified",
-            FileStatus::Missing => "missing",
-            FileStatus::Added => "added",
-            FileStatus::Unverified => "unverified",
-            FileStatus::Symlink => "symlink",
-            FileStatus::Unreadable => "unreadable",
-        }
-    }
-
-    /// Whether this status alone is something to report (exit code 1).
-    pub fn is_notable(self) -> bool {
-        !matches!(self, FileStatus::Ok | FileStatus::Unverified)
-    }
-}
-
-/// What kfd-audit concluded about a backup found next to a file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum BackupVerdict {
-    VerifiedClean,
-    SameAsCurrent,
-    Unsafe,
-    Unverified,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Backup {
-    /// Path relative to the tree.
-    pub path: PathBuf,
-    pub verdict: BackupVerdict,
-    /// The reference the backup's hash was compared with (None: no reference lists
-    /// the file it backs up).
-    pub reference: Option<ReferenceKind>,
-    pub size: Option<u64>,
-    /// Why the backup could not be read, when it could not.
-    pub detail: Option<String>,
-}
-
-impl BackupVerdict {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BackupVerdict::VerifiedClean => "verified-clean",
-            BackupVerdict::SameAsCurrent => "same-as-current",
-            BackupVerdict::Unsafe => "unsafe",
-            BackupVerdict::Unverified => "unverified",
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct FileResult {
-    /// Path relative to the tree root.
-    pub path: PathBuf,
-    pub status: FileStatus,
-    /// Which reference judged the file (None: no reference lists it).
-    pub reference: Option<ReferenceKind>,
-    pub expected: Option<Digest>,
-    pub actual: Option<Digest>,
-    pub size: Option<u64>,
-    /// Error text for unreadable files, link target for symlinks.
-    pub detail: Option<String>,
-    pub findings: Vec<Finding>,
-    pub backups: Vec<Backup>,
-    /// Where verified clean content of a modified or missing file is (set when the
-    /// scan looks for clean content).
-    pub clean: Option<crate::content::CleanSource>,
-    /// The file against its clean content (`scan --diff`). Boxed: few files have
-    /// one, and every file of a large tree pays for the space of an unboxed one.
-    pub diff: Option<Box<crate::diff::FileDiff>>,
-}
-
-impl FileResult {
-    fn new(path: PathBuf, status: FileStatus) -> FileResult {
-        FileResult {
-            path,
-            status,
-            reference: None,
-            expected: None,
-            actual: None,
-            size: None,
-            detail: None,
-            findings: Vec::new(),
-            backups: Vec::new(),
-            clean: None,
-            diff: None,
-        }
-    }
-
-    pub fn worst_severity(&self) -> Option<Severity> {
-        self.findings.iter().map(|f| f.severity).max()
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct TreeScan {
-    pub tree: Tree,
-    pub refs: TreeReferences,
-    /// Every file of the tree (and every missing one), amd/amdkfd first, then by path.
-    pub files: Vec<FileResult>,
-    pub bytes_hashed: u64,
-    /// Problems met looking for clean content (a corrupt package archive, a refused
-    /// member) that did not stop the scan.
-    pub problems: Vec<String>,
-    /// Whether clean content was looked for (`ScanOptions::clean_content`).
-    pub content_checked: bool,
-}
-
-impl TreeScan {
-    pub fn count(&self, status: FileStatus) -> usize {
-        self.files.iter().filter(|f| f.status == status).count()
-    }
-
-    pub fn file(&self, rel: &Path) -> Option<&FileResult> {
-        self.files.iter().find(|f| f.path == rel)
-    }
-}
 
 #[derive(Debug, Clone, Default)]
 pub struct ScanOptions {
@@ -527,6 +391,18 @@ pub fn scan_tree_counted(
     counters: Option<&Counters>,
 ) -> Result<TreeScan> {
     let refs = reference::load(root, tree, opts.refs)?;
+    Ok(scan_with_references(root, tree, refs, opts, counters))
+}
+
+/// [`scan_tree_counted`] against references already loaded (the audit pipeline loads
+/// them as a step of its own, so that a command needing only them stops there).
+pub fn scan_with_references(
+    root: &Root,
+    tree: &Tree,
+    refs: TreeReferences,
+    opts: &ScanOptions,
+    counters: Option<&Counters>,
+) -> TreeScan {
     let scope = opts.scope.as_deref();
     let mut entries = walk(tree, scope, counters);
     entries.shrink_to_fit();
@@ -578,30 +454,26 @@ pub fn scan_tree_counted(
     // Backups are listed under the file they back up, not as added files. Hashes
     // decide verified-clean and same-as-current here; `rules::apply` later marks the
     // remaining ones that carry an unsafe change.
-    crate::content::backup::attach(
-        tree,
-        &refs,
-        &mut files,
-        &crate::content::backup::no_rule_engine,
-    );
-    let problems = if opts.clean_content || opts.diff {
-        crate::content::annotate(root, tree, &refs, &mut files, opts.diff)
+    backups::attach(tree, &refs, &mut files, &backups::no_rule_engine);
+    let clean = if opts.clean_content || opts.diff {
+        clean::annotate(root, tree, &refs, &mut files, opts.diff)
     } else {
-        Vec::new()
+        clean::Annotated::default()
     };
     let bytes_hashed = files
         .iter()
         .filter(|f| f.actual.is_some())
         .filter_map(|f| f.size)
         .sum();
-    Ok(TreeScan {
+    TreeScan {
         tree: tree.clone(),
         refs,
         files,
         bytes_hashed,
-        problems,
+        problems: clean.problems,
         content_checked: opts.clean_content || opts.diff,
-    })
+        clean_copies: clean.copies,
+    }
 }
 
 #[cfg(test)]

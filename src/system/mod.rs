@@ -22,14 +22,13 @@ use serde::Serialize;
 use std::cell::OnceCell;
 
 /// A part of the scan that can be selected with `--sections`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Section {
     /// The DKMS source trees under /usr/src, their DKMS state and module backups
     Tree,
     /// The running driver: /sys/class/kfd/kfd/topology
     Live,
     /// Module options (modprobe.d) and the kernel command line (/proc/cmdline, GRUB)
-    #[value(alias = "modopts", alias = "module-options")]
     Options,
     /// ROCm packages' files against dpkg, and HSA_OVERRIDE_GFX_VERSION
     Rocm,

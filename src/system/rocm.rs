@@ -15,7 +15,6 @@
 //! auditing the running system (`--root /`) — kfd-audit's own environment. Each is
 //! compared with the GPU that sysfs reports.
 
-use crate::content::backup;
 use crate::content::is_backup_suffix;
 use crate::error::Result;
 use crate::finding::{Finding, Severity};
@@ -24,6 +23,7 @@ use crate::io::hash::Digest;
 use crate::io::root::Root;
 use crate::pkgdb::dpkg;
 use crate::reference::{Expected, LoadOptions, ReferenceKind, Skipped};
+use crate::scan::backups;
 use crate::scan::BackupVerdict;
 use crate::system::live::Topology;
 use crate::system::{
@@ -357,7 +357,7 @@ fn verify_files(root: &Root, files: &PackageFiles) -> Vec<(String, FileState)> {
 }
 
 /// Phase 3: backups beside the package's files, by the file they copy, each judged
-/// by the tree scan's own [`crate::content::backup::judge`]: verified-clean when its
+/// by the tree scan's own [`crate::scan::backups::judge_backup`]: verified-clean when its
 /// md5 is one dpkg recorded for a file of the package (so a copy of the library behind
 /// a soname link is a clean copy of that link), same-as-current when it is the file
 /// as it is now, else unverified. As in the tree, a backup larger than
@@ -384,12 +384,12 @@ fn judge_backups(root: &Root, files: &PackageFiles) -> BTreeMap<String, Vec<Syst
             });
             // Paths under the root, as the tree scan's are under the tree.
             let relative = |p: &str| Path::new(p.trim_start_matches('/')).to_path_buf();
-            let verdict = backup::judge(
+            let verdict = backups::judge_backup(
                 root.dir(),
                 &relative(backup),
                 &relative(of),
                 expected.as_ref(),
-                &backup::no_rule_engine,
+                &backups::no_rule_engine,
             )
             .verdict;
             let matches = clean

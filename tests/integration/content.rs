@@ -1,7 +1,7 @@
 //! Clean content: backups judged by their bytes, the package archive read in place,
 //! baseline copies, and `kfd-audit diff` / `scan --diff`.
 
-use crate::fixture::{amdgpu_tree_files, json_file, md5_hex, Fixture, CRAT_C, TREE};
+use crate::fixture::{amdgpu_tree_files, json_file, md5_hex, Fixture, Run, CRAT_C, TREE};
 use kfd_audit::content::CleanContent;
 use kfd_audit::io::root::Root;
 use kfd_audit::reference::{self, LoadOptions, ReferenceKind};
@@ -249,6 +249,74 @@ fn package_archive_restores_bytes_with_xz_zstd_and_gzip() {
         }
         assert_eq!(problems(&j), "[]");
     }
+}
+
+/// Runs the binary on the fixture and says how many times it read a package archive
+/// through (the binary's `KFD_AUDIT_STATS` line on stderr).
+fn run_counting_archive_reads(fx: &Fixture, args: &[&str]) -> (Run, u64) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kfd-audit"));
+    cmd.arg("--root")
+        .arg(fx.root())
+        .args(args)
+        .env("KFD_AUDIT_STATS", "1");
+    let run = Run::of(cmd);
+    let err = run.stderr();
+    let reads = err
+        .lines()
+        .find_map(|l| l.strip_prefix("kfd-audit: stats: "))
+        .and_then(|l| l.strip_suffix(" package archive read(s)"))
+        .unwrap_or_else(|| panic!("no stats line in {err}"))
+        .parse()
+        .unwrap();
+    (run, reads)
+}
+
+#[test]
+fn clean_content_is_fetched_once_a_cached_deb_is_read_through_once_per_run() {
+    let fx = patched_tree();
+    cache_deb(&fx, "xz", &package_files());
+    // A missing file too: the same pass serves it.
+    std::fs::remove_file(fx.path(&sys("Makefile"))).unwrap();
+    let runs: [&[&str]; 6] = [
+        &["scan"],
+        &["--format", "json", "scan"],
+        &["scan", "--diff"],
+        &["plan"],
+        &["diff"],
+        &["restore", "--dry-run"],
+    ];
+    for args in runs {
+        let (run, reads) = run_counting_archive_reads(&fx, args);
+        run.expect_code(1);
+        // The diff, the rules (diff-aware on kfd_crat.c) and the restore plan all
+        // had the bytes of that one read.
+        assert_eq!(reads, 1, "{args:?} read the archive {reads} times");
+    }
+    let (run, _) = run_counting_archive_reads(&fx, &["--format", "json", "scan"]);
+    let j = run.json();
+    for rel in [CRAT, "Makefile"] {
+        assert_eq!(
+            json_file(&j, rel).unwrap()["clean"]["reference"],
+            "deb-archive",
+            "{rel}: {j}"
+        );
+    }
+    assert!(
+        json_file(&j, CRAT).unwrap()["findings"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty()),
+        "{j}"
+    );
+    // Without the rules the plan needs no clean bytes at all.
+    let (run, reads) = run_counting_archive_reads(&fx, &["plan", "--no-rules"]);
+    run.expect_code(1);
+    assert_eq!(reads, 0);
+    // A restore reads it once more, on purpose: each clean source is fetched and
+    // verified again right before it is written.
+    let (run, reads) = run_counting_archive_reads(&fx, &["restore", "--yes"]);
+    run.expect_code(0);
+    assert_eq!(reads, 2);
+    assert_eq!(fx.read(&sys(CRAT)), CRAT_C.as_bytes());
 }
 
 #[test]

@@ -37,7 +37,7 @@ fn demo_shows_the_incident_and_the_patched_trap() {
         "{out}"
     );
     assert!(
-        out.contains("built after the change: the changed code is probably live"),
+        out.contains("built after the change: the unsafe code is probably live"),
         "{out}"
     );
     assert!(

@@ -204,7 +204,7 @@ fn several_kernels_with_zst_modules_get_the_full_sequence() {
     assert_eq!(k2["provenance"], "built-from-changed-sources");
     assert_eq!(
         k2["verdict"],
-        "built after the change: the changed code is probably live"
+        "built after the change: the unsafe code is probably live"
     );
     assert_eq!(
         k2["build_log"],
@@ -233,7 +233,7 @@ fn several_kernels_with_zst_modules_get_the_full_sequence() {
         "{text}"
     );
     assert!(text.contains(&format!(
-        "  kernel {K2} (x86_64): installed /lib/modules/{K2}/updates/dkms/amdgpu.ko.zst\n    built 2023-11-14T23:03:20Z (make.log /var/lib/dkms/amdgpu/{v}/{K2}/x86_64/log/make.log), installed 2023-11-14T23:03:25Z\n    built after the change: the changed code is probably live\n"
+        "  kernel {K2} (x86_64): installed /lib/modules/{K2}/updates/dkms/amdgpu.ko.zst\n    built 2023-11-14T23:03:20Z (make.log /var/lib/dkms/amdgpu/{v}/{K2}/x86_64/log/make.log), installed 2023-11-14T23:03:25Z\n    built after the change: the unsafe code is probably live\n"
     )), "{text}");
     assert!(
         text.contains(&format!(
@@ -547,7 +547,7 @@ fn markdown_plan_for_a_bug_report() {
         md.contains("| kernel | module | built | installed | verdict |"),
         "{md}"
     );
-    assert!(md.contains(&format!("| `{K1}` | `/lib/modules/{K1}/updates/dkms/amdgpu.ko.zst` | 2023-11-14T23:03:20Z | 2023-11-14T23:03:25Z | built after the change: the changed code is probably live |")), "{md}");
+    assert!(md.contains(&format!("| `{K1}` | `/lib/modules/{K1}/updates/dkms/amdgpu.ko.zst` | 2023-11-14T23:03:20Z | 2023-11-14T23:03:25Z | built after the change: the unsafe code is probably live |")), "{md}");
     assert!(
         md.contains(&format!(
             "5. `chroot {r} dkms remove -m amdgpu -v {VERSION} --all` — "
@@ -882,4 +882,125 @@ fn run_rebuilds_when_only_a_backup_file_was_added() {
     // there is nothing to restore, only the rebuild.
     assert!(!out.contains("restore --tree"), "{out}");
     assert!(calls.contains("dkms build"), "{calls}");
+}
+
+/// The lines `kernel_text` writes for one kernel, without their indent: the same
+/// words wherever the module is described.
+fn kernel_block(text: &str, k: &str) -> Vec<String> {
+    let mut lines = text
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with(&format!("kernel {k} (")));
+    let first = lines
+        .next()
+        .unwrap_or_else(|| panic!("kernel {k} not in {text}"));
+    let indent = first.len() - first.trim_start().len();
+    std::iter::once(first.trim_start().to_string())
+        .chain(
+            lines
+                .take_while(|l| l.len() - l.trim_start().len() > indent)
+                .map(|l| l.trim_start().to_string()),
+        )
+        .collect()
+}
+
+#[test]
+fn plan_and_scan_say_the_same_about_the_module() {
+    let fx = Fixture::new();
+    system(&fx);
+    dkms_module(&fx, K1, "amdgpu.ko.zst", BUILD_EARLY, true);
+    dkms_module(&fx, K2, "amdgpu.ko.zst", BUILD_LATE, true);
+    patch_crat(&fx, CHANGED);
+
+    let scan = fx.run(&["scan"]).expect_code(1).stdout();
+    let plan = fx.run(&["plan"]).expect_code(1).stdout();
+    for k in [K1, K2, KRUN] {
+        assert_eq!(
+            kernel_block(&plan, k),
+            kernel_block(&scan, k),
+            "{k}:\n{scan}\n{plan}"
+        );
+    }
+    // The rules ran in both: the forced flag makes the code unsafe, not just changed.
+    assert!(
+        kernel_block(&plan, K2)
+            .contains(&"built after the change: the unsafe code is probably live".to_string()),
+        "{plan}"
+    );
+
+    let scan = fx.run(&["--format", "json", "scan"]).json();
+    let plan = plan_json(&fx);
+    for k in [K1, K2, KRUN] {
+        let s = kernel(&scan["dkms"]["packages"][0], k);
+        let p = kernel(&plan, k);
+        assert_eq!(s["verdict"], p["verdict"], "{k}");
+        assert_eq!(s["provenance"], p["provenance"], "{k}");
+    }
+}
+
+#[test]
+fn plan_reasons_name_the_rule_findings() {
+    let fx = Fixture::new();
+    system(&fx);
+    dkms_module(&fx, K2, "amdgpu.ko.zst", BUILD_LATE, true);
+    patch_crat(&fx, CHANGED);
+
+    // The scan's words for the finding.
+    let scan = fx.run(&["scan"]).expect_code(1).stdout();
+    let finding = scan
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("CRITICAL ") && l.contains("HSA_MEM_FLAGS_HOT_PLUGGABLE"))
+        .unwrap_or_else(|| panic!("no critical finding in {scan}"))
+        .to_string();
+    let reason = format!("amd/amdkfd/kfd_crat.c: {finding}");
+
+    let plan = plan_json(&fx);
+    let tree = &plan["trees"][0];
+    let reasons: Vec<&str> = tree["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    assert!(
+        reasons.contains(&reason.as_str()),
+        "{reason} not in {reasons:?}"
+    );
+    assert!(tree["findings"].as_u64().unwrap() >= 1, "{tree}");
+    assert!(
+        reasons[0].ends_with(&format!("; {} finding(s)", tree["findings"])),
+        "{reasons:?}"
+    );
+    let text = fx.run(&["plan"]).expect_code(1).stdout();
+    assert!(
+        text.contains(&format!("  needs recovery: {reason}\n")),
+        "{text}"
+    );
+}
+
+#[test]
+fn plan_no_rules_runs_no_rule() {
+    let fx = Fixture::new();
+    system(&fx);
+    dkms_module(&fx, K2, "amdgpu.ko.zst", BUILD_LATE, true);
+    patch_crat(&fx, CHANGED);
+
+    let plan = fx
+        .run(&["--format", "json", "plan", "--no-rules"])
+        .expect_code(1)
+        .json();
+    let tree = &plan["trees"][0];
+    assert_eq!(tree["findings"], 0, "{tree}");
+    assert!(
+        !tree["reasons"].to_string().contains("CRITICAL"),
+        "{}",
+        tree["reasons"]
+    );
+    // Without the rules the change is only known to be a change, in both commands.
+    let verdict = "built after the change: the changed code is probably live";
+    assert_eq!(kernel(&plan, K2)["verdict"], verdict);
+    let scan = fx.run(&["--format", "json", "scan", "--no-rules"]).json();
+    assert_eq!(kernel(&scan["dkms"]["packages"][0], K2)["verdict"], verdict);
+    // The same steps: the rules change the words, not what has to be done.
+    assert_eq!(commands(&plan), commands(&plan_json(&fx)));
 }
