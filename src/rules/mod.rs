@@ -121,6 +121,15 @@ pub struct Rule {
     unless: Vec<Regex>,
     unless_guard: Vec<Regex>,
     when_guard: Vec<Regex>,
+    /// No finding if an enclosing condition, in either branch, depends on a value
+    /// matching one of these (a local variable stands for what was last assigned to it).
+    unless_depends: Vec<Regex>,
+    /// For `require` rules: statements that came into the driver with the required
+    /// check. Without a clean reference a missing check is only a note unless the
+    /// function shows one of them (the version is known to have had the check).
+    evidence: Vec<Regex>,
+    /// Driver versions the rule was run against, clean, in whole-file mode.
+    pub checked: Vec<String>,
     in_function: Option<Regex>,
     function_prefilter: Option<Regex>,
     not_in_function: Option<Regex>,
