@@ -267,3 +267,110 @@ fn dangerous_changes_are_caught_on_the_oldest_and_the_newest_tree() {
         );
     }
 }
+
+/// A hard-link copy of one tree with a shared-corpus mutation applied (its files
+/// un-linked first); None when the patch does not apply to this version.
+fn mutated_copy(
+    corpus: &Path,
+    tree: &str,
+    m: &crate::corpus::Mutation,
+) -> Option<tempfile::TempDir> {
+    let src = corpus.join("usr/src").join(tree);
+    let dry = Command::new("patch")
+        .args(["-p1", "--dry-run", "-s", "-f", "-d"])
+        .arg(&src)
+        .arg("-i")
+        .arg(&m.patch)
+        .output()
+        .unwrap();
+    if !dry.status.success() {
+        return None;
+    }
+    let base = corpus.parent().unwrap_or(Path::new("/tmp"));
+    let dir = tempfile::Builder::new()
+        .prefix("kfd-version-copy")
+        .tempdir_in(base)
+        .unwrap();
+    std::fs::create_dir_all(dir.path().join("usr/src")).unwrap();
+    assert!(Command::new("cp")
+        .arg("-al")
+        .arg(&src)
+        .arg(dir.path().join("usr/src"))
+        .status()
+        .unwrap()
+        .success());
+    let copy = dir.path().join("usr/src").join(tree);
+    for f in &m.files {
+        let p = copy.join(f);
+        let data = std::fs::read(&p).unwrap();
+        std::fs::remove_file(&p).unwrap();
+        std::fs::write(&p, data).unwrap();
+    }
+    let out = Command::new("patch")
+        .args(["-p1", "--no-backup-if-mismatch", "-s", "-f", "-d"])
+        .arg(&copy)
+        .arg("-i")
+        .arg(&m.patch)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "patch {} on {tree} failed", m.id);
+    Some(dir)
+}
+
+/// The shared corpus's mutations (written for 6.12 and 6.1) wherever they apply to an older
+/// or a newer tree: unsafe ones are still high or critical on a file they touch, benign ones
+/// raise nothing high, all in whole-file mode.
+#[test]
+fn shared_mutations_hold_on_the_oldest_and_the_newest_tree() {
+    let Some((corpus, trees)) = version_corpus() else {
+        return;
+    };
+    let oldest = trees.iter().min_by_key(|t| t.series).unwrap();
+    let newest = trees.iter().max_by_key(|t| t.series).unwrap();
+    for tree in [oldest, newest] {
+        let mut unsafe_applied = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for series in ["6.12", "6.1"] {
+            for m in crate::corpus::manifest(series) {
+                if !seen.insert(m.id.clone()) {
+                    continue;
+                }
+                let Some(copy) = mutated_copy(&corpus, &tree.name, &m) else {
+                    seen.remove(&m.id);
+                    continue;
+                };
+                let j = scan(copy.path(), &["--scope", "amd"]);
+                let all = findings(&j);
+                let high: Vec<_> = all
+                    .iter()
+                    .filter(|f| matches!(f.3.as_str(), "high" | "critical"))
+                    .collect();
+                if m.unsafe_ {
+                    unsafe_applied.push(m.id.clone());
+                    assert!(
+                        high.iter().any(|f| m.files.contains(&f.1)),
+                        "{} {series}/{}: unsafe change not high/critical: {all:#?}",
+                        tree.name,
+                        m.id
+                    );
+                } else {
+                    assert!(
+                        high.is_empty(),
+                        "{} {series}/{}: benign change raised {high:#?}",
+                        tree.name,
+                        m.id
+                    );
+                }
+            }
+        }
+        eprintln!(
+            "{}: unsafe mutations applied: {unsafe_applied:?}",
+            tree.name
+        );
+        assert!(
+            unsafe_applied.len() >= 3,
+            "{}: only {unsafe_applied:?} applied",
+            tree.name
+        );
+    }
+}
