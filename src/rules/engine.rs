@@ -183,16 +183,11 @@ fn under(rule: &Rule, stmt: &Stmt) -> bool {
             .iter()
             .any(|c| c.kind != CondKind::Preproc && re.is_match(&c.text))
     });
-    // A switch arm is a special case only when it is *for* the chips or ids the guard
-    // names: every label must be one of them. An arm shared with chips of other
-    // families (`case CHIP_RAVEN: ... case CHIP_NAVI10: case CHIP_SIENNA_CICHLID:`)
-    // is the driver's own per-family list, as upstream has written it for years.
-    let labels = &stmt.ctx.labels;
-    conds
-        || (!labels.is_empty()
-            && labels
-                .iter()
-                .all(|l| rule.when_guard.iter().any(|re| re.is_match(l))))
+    // One label is enough: moving a chip's label into another chip's arm is how a
+    // hand-made special case hides in the driver's own switch. What upstream's own
+    // per-family arms set legitimately is for the rule to say (`unless`).
+    let labels = stmt.ctx.labels.join(" ");
+    conds || (!labels.is_empty() && rule.when_guard.iter().any(|re| re.is_match(&labels)))
 }
 
 static IDENT: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
