@@ -41,6 +41,8 @@ struct RuleRow<'a> {
     files: &'a [String],
     origin: String,
     examples: usize,
+    /// Driver versions the rule was run on, clean, in whole-file mode.
+    checked: &'a [String],
 }
 
 fn row(r: &Rule) -> RuleRow<'_> {
@@ -52,6 +54,7 @@ fn row(r: &Rule) -> RuleRow<'_> {
         files: &r.file_globs,
         origin: format!("{}:{}", term::path(&r.origin), r.line),
         examples: r.examples.len(),
+        checked: &r.checked,
     }
 }
 
@@ -66,17 +69,21 @@ pub fn run(cli: &Cli, cmd: &RulesCommand, out: &mut dyn Write) -> anyhow::Result
                     writeln!(out)?;
                 }
                 Format::Markdown => {
-                    writeln!(out, "| id | severity | scope | title | files |")?;
-                    writeln!(out, "|---|---|---|---|---|")?;
+                    writeln!(
+                        out,
+                        "| id | severity | scope | title | files | checked on |"
+                    )?;
+                    writeln!(out, "|---|---|---|---|---|---|")?;
                     for r in &rows {
                         writeln!(
                             out,
-                            "| {} | {} | {} | {} | `{}` |",
+                            "| {} | {} | {} | {} | `{}` | {} |",
                             r.id,
                             r.severity,
                             r.scope,
                             r.title.replace('|', "\\|"),
-                            r.files.join("`, `")
+                            r.files.join("`, `"),
+                            r.checked.join(", ")
                         )?;
                     }
                 }
@@ -90,6 +97,14 @@ pub fn run(cli: &Cli, cmd: &RulesCommand, out: &mut dyn Write) -> anyhow::Result
                             r.scope,
                             term::escape(r.title)
                         )?;
+                        if !r.checked.is_empty() {
+                            writeln!(
+                                out,
+                                "{:<18} checked on: {}",
+                                "",
+                                term::escape(&r.checked.join(", "))
+                            )?;
+                        }
                         if cli.verbose > 0 {
                             writeln!(
                                 out,

@@ -15,7 +15,7 @@
 
 use super::cfile::{CFile, CondKind, Kind, Stmt, Views};
 use super::{checks, Check, On, Removal, Rule, Scope};
-use crate::finding::Finding;
+use crate::finding::{Finding, Severity};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::OnceLock;
@@ -136,6 +136,9 @@ pub struct Hit {
     pub stmt: Option<usize>,
     pub key: String,
     pub detail: Option<String>,
+    /// Lower than the rule's: a value this rule set does not know (a chip newer than
+    /// its table) is worth a note, not an alarm.
+    pub severity: Option<Severity>,
 }
 
 fn squash(s: &str) -> String {
@@ -174,13 +177,74 @@ fn under(rule: &Rule, stmt: &Stmt) -> bool {
     if rule.when_guard.is_empty() {
         return true;
     }
-    let labels = stmt.ctx.labels.join(" ");
-    rule.when_guard.iter().any(|re| {
+    let conds = rule.when_guard.iter().any(|re| {
         stmt.ctx
             .conds
             .iter()
             .any(|c| c.kind != CondKind::Preproc && re.is_match(&c.text))
-            || (!labels.is_empty() && re.is_match(&labels))
+    });
+    // One label is enough: moving a chip's label into another chip's arm is how a
+    // hand-made special case hides in the driver's own switch. What upstream's own
+    // per-family arms set legitimately is for the rule to say (`unless`).
+    let labels = stmt.ctx.labels.join(" ");
+    conds || (!labels.is_empty() && rule.when_guard.iter().any(|re| re.is_match(&labels)))
+}
+
+static IDENT: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+    regex::Regex::new(r"(->|\.)?\s*\b([A-Za-z_]\w*)\b\s*(\()?").expect("identifier regex")
+});
+static ASSIGN: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+    regex::Regex::new(r"^([A-Za-z_]\w*) = (.+);$").expect("assignment regex")
+});
+
+/// A condition with each plain local variable in it followed by what the function
+/// last assigned to it before the condition: `if (r)` after
+/// `r = pci_enable_atomic_ops_to_root(...)` reads as a test of that call, which is how
+/// the driver has written its probes in many versions.
+fn resolved(cond: &str, line: usize, stmts: &[Stmt], func: Option<&str>) -> String {
+    let mut out = cond.to_string();
+    for c in IDENT.captures_iter(cond) {
+        if c.get(1).is_some() || c.get(3).is_some() {
+            continue; // a member or a call, not a local
+        }
+        let name = &c[2];
+        let last = stmts
+            .iter()
+            .take_while(|t| t.line < line)
+            .filter(|t| t.kind == Kind::Statement && t.ctx.function.as_deref() == func)
+            .filter_map(|t| ASSIGN.captures(&t.text))
+            .filter(|a| &a[1] == name)
+            .last();
+        if let Some(a) = last {
+            out.push_str(" \u{1} ");
+            out.push_str(&a[2]);
+        }
+    }
+    out
+}
+
+/// Whether a statement's running depends on a value `unless_depends` names: in a
+/// then-branch every `||` alternative must test it (so `1 || probe` does not), in an
+/// else-branch one alternative is enough (it runs only when all are false).
+fn depends(rule: &Rule, stmts: &[Stmt], stmt: &Stmt) -> bool {
+    if rule.unless_depends.is_empty() {
+        return false;
+    }
+    let func = stmt.ctx.function.as_deref();
+    stmt.ctx.conds.iter().any(|c| {
+        if c.kind != CondKind::If || c.text.is_empty() {
+            return false;
+        }
+        let alts = super::cfile::disjuncts(super::cfile::strip_parens(&c.text));
+        let hit = |d: &&str| {
+            let text = resolved(d, c.line, stmts, func);
+            rule.unless_depends.iter().any(|re| re.is_match(&text))
+        };
+        if c.negated {
+            alts.iter().any(hit)
+        } else {
+            alts.iter().all(hit)
+        }
     })
 }
 
@@ -256,6 +320,9 @@ pub fn match_hits(rule: &Rule, p: &Parsed) -> Vec<Hit> {
                 if !in_function(rule, stmt) || !under(rule, stmt) || guarded(rule, stmt) {
                     continue;
                 }
+                if depends(rule, &p.file().stmts, stmt) {
+                    continue;
+                }
                 if rule.unless.iter().any(|u| u.is_match(&stmt.text)) {
                     continue;
                 }
@@ -275,6 +342,7 @@ pub fn match_hits(rule: &Rule, p: &Parsed) -> Vec<Hit> {
                         None => checks::Verdict {
                             fire: true,
                             detail: None,
+                            severity: None,
                         },
                     };
                     if !verdict.fire {
@@ -289,6 +357,7 @@ pub fn match_hits(rule: &Rule, p: &Parsed) -> Vec<Hit> {
                         stmt: Some(si),
                         key: format!("{cond}\u{1}{whole}\u{1}{}", squash(m.as_str())),
                         detail: verdict.detail,
+                        severity: verdict.severity,
                     });
                 }
             }
@@ -333,6 +402,7 @@ pub fn match_hits(rule: &Rule, p: &Parsed) -> Vec<Hit> {
                         stmt: None,
                         key: squash(p.line_text(view, at)),
                         detail: None,
+                        severity: None,
                     });
                 }
             }
@@ -343,8 +413,9 @@ pub fn match_hits(rule: &Rule, p: &Parsed) -> Vec<Hit> {
 
 /// A `require` rule on one file: for each function named by `in_function` that has
 /// a statement matching `anchor` (if any), whether a statement matches `require`.
-/// Returns the functions lacking it, with the line to report.
-fn presence(rule: &Rule, p: &Parsed) -> Vec<(String, usize, bool)> {
+/// Returns each function, the line to report, whether it has the check and whether
+/// it shows the rule's `evidence` (always true for a rule without any).
+fn presence(rule: &Rule, p: &Parsed) -> Vec<(String, usize, bool, bool)> {
     let (Some(req), Some(func)) = (&rule.require, &rule.in_function) else {
         return Vec::new();
     };
@@ -353,10 +424,10 @@ fn presence(rule: &Rule, p: &Parsed) -> Vec<(String, usize, bool)> {
             return Vec::new();
         }
     }
-    let mut by_fn: BTreeMap<&str, (usize, Option<usize>, bool)> = BTreeMap::new();
+    let mut by_fn: BTreeMap<&str, (usize, Option<usize>, bool, bool)> = BTreeMap::new();
     for (name, header) in p.file().functions() {
         if func.is_match(name) && !header.ctx.dead {
-            by_fn.insert(name, (header.line, None, false));
+            by_fn.insert(name, (header.line, None, false, rule.evidence.is_empty()));
         }
     }
     if by_fn.is_empty() {
@@ -375,6 +446,9 @@ fn presence(rule: &Rule, p: &Parsed) -> Vec<(String, usize, bool)> {
         if req.is_match(&stmt.text) {
             entry.2 = true;
         }
+        if rule.evidence.iter().any(|e| e.is_match(&stmt.text)) {
+            entry.3 = true;
+        }
         if let Some(a) = &rule.anchor {
             if entry.1.is_none() && stmt.kind != Kind::Label && a.is_match(&stmt.text) {
                 entry.1 = Some(stmt.line);
@@ -383,13 +457,13 @@ fn presence(rule: &Rule, p: &Parsed) -> Vec<(String, usize, bool)> {
     }
     by_fn
         .into_iter()
-        .filter_map(|(name, (header, anchor, has))| {
+        .filter_map(|(name, (header, anchor, has, evidence))| {
             let line = match (&rule.anchor, anchor) {
                 (Some(_), Some(l)) => l,
                 (Some(_), None) => return None,
                 (None, _) => header,
             };
-            Some((name.to_string(), line, has))
+            Some((name.to_string(), line, has, evidence))
         })
         .collect()
 }
@@ -561,7 +635,13 @@ fn surplus(a: Vec<Hit>, b: &[Hit], prefer: &[bool]) -> Vec<Hit> {
     out
 }
 
-fn finding(rule: &Rule, line: usize, text: &str, detail: Option<String>) -> Finding {
+fn finding(
+    rule: &Rule,
+    line: usize,
+    text: &str,
+    detail: Option<String>,
+    severity: Option<Severity>,
+) -> Finding {
     let mut text = text.trim().to_string();
     if text.len() > 240 {
         let mut cut = 240;
@@ -573,7 +653,7 @@ fn finding(rule: &Rule, line: usize, text: &str, detail: Option<String>) -> Find
     }
     Finding {
         rule: rule.id.clone(),
-        severity: rule.severity,
+        severity: severity.map_or(rule.severity, |s| s.min(rule.severity)),
         title: rule.title.clone(),
         line,
         text,
@@ -646,7 +726,7 @@ impl Cap {
                 "... and {} more line(s) of this file match this rule (not listed one by one)",
                 self.more
             );
-            out.push(finding(rule, self.first_more, &text, None));
+            out.push(finding(rule, self.first_more, &text, None, None));
         }
     }
 }
@@ -662,19 +742,33 @@ fn evaluate_rule(
     {
         if rule.require.is_some() {
             let now = presence(rule, new);
-            let before: Option<Vec<(String, usize, bool)>> =
+            let before: Option<Vec<(String, usize, bool, bool)>> =
                 old.as_ref().map(|o| presence(rule, o));
-            for (name, line, has) in now {
+            for (name, line, has, evidence) in now {
                 if has {
                     continue;
                 }
+                let mut note = None;
                 if let Some(before) = &before {
                     // Diff-aware: only if the clean file had it.
-                    if !before.iter().any(|(n, _, h)| *n == name && *h) {
+                    if !before.iter().any(|(n, _, h, _)| *n == name && *h) {
                         continue;
                     }
+                } else if !evidence {
+                    // Whole-file, and nothing in the function shows that this version
+                    // ever had the check (it is a later upstream fix): a note.
+                    note = Some((
+                        "This version of the driver may predate the check: nothing else in the function that came with it is here, and there is no clean reference to tell.".to_string(),
+                        Severity::Info,
+                    ));
                 }
-                cap.push(out, line, || finding(rule, line, new.raw_line(line), None));
+                let (detail, sev) = match note {
+                    Some((d, s)) => (Some(d), Some(s)),
+                    None => (None, None),
+                };
+                cap.push(out, line, || {
+                    finding(rule, line, new.raw_line(line), detail, sev)
+                });
             }
             return;
         }
@@ -683,7 +777,7 @@ fn evaluate_rule(
             (None, _, _) | (Some(_), _, Scope::File) => {
                 for h in match_hits(rule, new) {
                     cap.push(out, h.line, || {
-                        finding(rule, h.line, new.raw_line(h.line), h.detail)
+                        finding(rule, h.line, new.raw_line(h.line), h.detail, h.severity)
                     });
                 }
             }
@@ -695,7 +789,7 @@ fn evaluate_rule(
                 let b = match_hits(rule, o);
                 for h in surplus(a, &b, &d.changed_new) {
                     cap.push(out, h.line, || {
-                        finding(rule, h.line, new.raw_line(h.line), h.detail)
+                        finding(rule, h.line, new.raw_line(h.line), h.detail, h.severity)
                     });
                 }
             }
@@ -718,7 +812,9 @@ fn evaluate_rule(
                         _ => {}
                     }
                     let at = d.old_to_new.get(h.line).copied().unwrap_or(0).max(1);
-                    cap.push(out, at, || finding(rule, at, o.raw_line(h.line), h.detail));
+                    cap.push(out, at, || {
+                        finding(rule, at, o.raw_line(h.line), h.detail, h.severity)
+                    });
                 }
             }
             (Some(_), None, _) => {}

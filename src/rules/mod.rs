@@ -119,6 +119,15 @@ pub struct Rule {
     unless: Vec<Regex>,
     unless_guard: Vec<Regex>,
     when_guard: Vec<Regex>,
+    /// No finding if an enclosing condition, in either branch, depends on a value
+    /// matching one of these (a local variable stands for what was last assigned to it).
+    unless_depends: Vec<Regex>,
+    /// For `require` rules: statements that came into the driver with the required
+    /// check. Without a clean reference a missing check is only a note unless the
+    /// function shows one of them (the version is known to have had the check).
+    evidence: Vec<Regex>,
+    /// Driver versions the rule was run against, clean, in whole-file mode.
+    pub checked: Vec<String>,
     in_function: Option<Regex>,
     function_prefilter: Option<Regex>,
     not_in_function: Option<Regex>,
@@ -642,6 +651,107 @@ mod tests {
                 r.id
             );
         }
+    }
+
+    /// Severity of the findings of one rule on a snippet, whole-file.
+    fn severities(id: &str, file: &str, code: &str) -> Vec<Severity> {
+        let set = RuleSet::builtin();
+        set.check(Path::new(file), code.as_bytes(), None)
+            .into_iter()
+            .filter(|f| f.rule == id)
+            .map(|f| f.severity)
+            .collect()
+    }
+
+    #[test]
+    fn a_later_upstream_check_is_a_note_unless_the_tree_shows_it_had_it() {
+        let without = "int kfd_parse_crat_table(void *crat_image, struct list_head *l, uint32_t p)
+{
+\twhile ((char *)sub_type_hdr + sizeof(struct crat_subtype_generic) <
+\t\t\t((char *)crat_image) + image_len) {
+\t\tif (sub_type_hdr->flags & CRAT_SUBTYPE_FLAGS_ENABLED)
+\t\t\tret = kfd_parse_subtype(sub_type_hdr, device_list);
+\t}
+}
+";
+        // 5.10: neither the bounds nor the length check; nothing says it ever had them.
+        let f = "amd/amdkfd/kfd_crat.c";
+        assert_eq!(severities("KFD-SAFE-010", f, without), vec![Severity::Info]);
+        assert_eq!(severities("KFD-SAFE-011", f, without), vec![Severity::Info]);
+        // The length check is there, the bounds check that came with it is not: removed.
+        let with_length = without.replace(
+            "\t\tif (sub_type_hdr->flags",
+            "\t\tif (!sub_type_hdr->length) {\n\t\t\tret = -EINVAL;\n\t\t\tbreak;\n\t\t}\n\t\tif (sub_type_hdr->flags",
+        );
+        assert_eq!(
+            severities("KFD-SAFE-010", f, &with_length),
+            vec![Severity::High]
+        );
+        assert!(severities("KFD-SAFE-011", f, &with_length).is_empty());
+        // With a clean reference that had the check, its removal is high whatever the tree.
+        let set = RuleSet::builtin();
+        let found = set.check(
+            Path::new(f),
+            without.as_bytes(),
+            Some(with_length.as_bytes()),
+        );
+        assert!(found
+            .iter()
+            .any(|x| x.rule == "KFD-SAFE-011" && x.severity == Severity::High));
+    }
+
+    #[test]
+    fn a_chip_newer_than_the_table_is_a_note_a_known_target_a_spoof() {
+        let arm = |ip: &str, v: &str| {
+            format!(
+                "static void kfd_x(struct kfd_dev *kfd)\n{{\n\tswitch (gc_version) {{\n\tcase IP_VERSION({ip}):\n\t\tgfx_target_version = {v};\n\t\tbreak;\n\t}}\n}}\n"
+            )
+        };
+        let f = "amd/amdkfd/kfd_device.c";
+        assert_eq!(
+            severities("KFD-GFX-001", f, &arm("12, 1, 0", "120500")),
+            vec![Severity::Info]
+        );
+        assert!(severities("KFD-GFX-001", f, &arm("12, 0, 1", "120001")).is_empty());
+        assert_eq!(
+            severities("KFD-GFX-001", f, &arm("10, 1, 77", "100300")),
+            vec![Severity::Critical]
+        );
+        assert_eq!(
+            severities("KFD-GFX-001", f, &arm("10, 1, 10", "100300")),
+            vec![Severity::Critical]
+        );
+        assert_eq!(
+            severities("KFD-GFX-001", f, &arm("12, 1, 0", "110000")),
+            vec![Severity::Critical]
+        );
+    }
+
+    #[test]
+    fn a_claim_made_on_the_probe_answer_is_no_forcing() {
+        let f = "amd/amdgpu/amdgpu_device.c";
+        let code = |cond: &str, assign: &str| {
+            format!(
+                "int amdgpu_device_init(struct amdgpu_device *adev)\n{{\n\tr = {assign};\n\tif ({cond})\n\t\tadev->have_atomics_support = false;\n\telse\n\t\tadev->have_atomics_support = true;\n}}\n"
+            )
+        };
+        let probe = "pci_enable_atomic_ops_to_root(adev->pdev, 0)";
+        assert!(severities("AMDGPU-ATOMIC-001", f, &code("r", probe)).is_empty());
+        // Else of `r || x` runs only when the probe succeeded too.
+        assert!(severities("AMDGPU-ATOMIC-001", f, &code("r || !adev->ok", probe)).is_empty());
+        // The answer thrown away: `r` is something else.
+        assert_eq!(
+            severities("AMDGPU-ATOMIC-001", f, &code("r", "0")),
+            vec![Severity::Critical]
+        );
+        // In a then-branch every alternative must test the probe: `1 || r` does not.
+        let then = format!(
+            "int amdgpu_device_init(struct amdgpu_device *adev)\n{{\n\tr = !{probe};\n\tif (1 || r)\n\t\tadev->have_atomics_support = true;\n}}\n"
+        );
+        assert_eq!(
+            severities("AMDGPU-ATOMIC-001", f, &then),
+            vec![Severity::Critical]
+        );
     }
 
     #[test]

@@ -16,6 +16,9 @@ use toml::Spanned;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileSpec {
+    /// Driver versions every rule of the file was run against (clean, whole-file).
+    #[serde(default)]
+    checked: Vec<String>,
     #[serde(default)]
     rule: Vec<RuleSpec>,
 }
@@ -61,6 +64,12 @@ struct RuleSpec {
     unless_guard: Vec<Spanned<String>>,
     #[serde(default)]
     when_guard: Vec<Spanned<String>>,
+    #[serde(default)]
+    unless_depends: Vec<Spanned<String>>,
+    #[serde(default)]
+    evidence: Vec<Spanned<String>>,
+    #[serde(default)]
+    checked: Vec<String>,
     #[serde(default)]
     in_function: Option<Spanned<String>>,
     #[serde(default)]
@@ -156,7 +165,12 @@ pub fn parse(origin: &Path, text: &str) -> Result<Vec<Rule>, Error> {
     })?;
     let mut out = Vec::new();
     for r in spec.rule {
-        out.push(compile(&cx, r)?);
+        let mut rule = compile(&cx, r)?;
+        // A rule's own list adds to its file's (a rule added later may be checked on less).
+        if rule.checked.is_empty() {
+            rule.checked = spec.checked.clone();
+        }
+        out.push(rule);
     }
     Ok(out)
 }
@@ -281,6 +295,12 @@ fn compile(cx: &Ctx, r: RuleSpec) -> Result<Rule, Error> {
             format!("rule {id}: `require` needs `in_function` (where it must be present)"),
         );
     }
+    if !r.evidence.is_empty() && require.is_none() {
+        return cx.err(
+            r.evidence[0].span(),
+            format!("rule {id}: `evidence` only applies to `require` rules"),
+        );
+    }
     if check.is_some() && pattern.is_none() {
         return cx.err(r.id.span(), format!("rule {id}: `check` needs `match`"));
     }
@@ -384,6 +404,9 @@ fn compile(cx: &Ctx, r: RuleSpec) -> Result<Rule, Error> {
         unless: cx.regexes(&r.unless, "unless")?,
         unless_guard: cx.regexes(&r.unless_guard, "unless_guard")?,
         when_guard: cx.regexes(&r.when_guard, "when_guard")?,
+        unless_depends: cx.regexes(&r.unless_depends, "unless_depends")?,
+        evidence: cx.regexes(&r.evidence, "evidence")?,
+        checked: r.checked.clone(),
         in_function: r
             .in_function
             .as_ref()

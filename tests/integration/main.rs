@@ -18,3 +18,4 @@ mod restore_crash;
 mod restore_pty;
 mod rules;
 mod scan;
+mod versions;

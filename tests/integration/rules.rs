@@ -50,7 +50,11 @@ fn rules_list_shows_the_builtin_set() {
     let mem = rules.iter().find(|r| r["id"] == "KFD-MEM-001").unwrap();
     assert_eq!(mem["severity"], "critical");
     assert_eq!(mem["scope"], "added");
-    assert_eq!(mem["origin"], "builtin:memory.toml:10");
+    assert_eq!(mem["origin"], "builtin:memory.toml:15");
+    assert!(
+        mem["checked"].as_array().is_some_and(|v| v.len() >= 3),
+        "{mem}"
+    );
     for prefix in [
         "KFD-MEM-",
         "KFD-GFX-",
@@ -134,7 +138,7 @@ fn rules_check_names_file_and_line_of_each_problem() {
         (
             "dup.toml",
             "[[rule]]\nid = \"KFD-MEM-001\"\ntitle = \"t\"\nseverity = \"high\"\nfiles = [\"*.c\"]\nmatch = 'x'\nwhy = \"w\"\nfix = \"f\"\n",
-            ":2: duplicate rule id KFD-MEM-001 (already defined at builtin:memory.toml:10)",
+            ":2: duplicate rule id KFD-MEM-001 (already defined at builtin:memory.toml:15)",
         ),
         (
             "severity.toml",
