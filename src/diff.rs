@@ -18,18 +18,18 @@ use std::path::Path;
 use std::time::Duration;
 
 /// Lines of context around each change, as `diff -u`.
-pub const CONTEXT: usize = 3;
+pub(crate) const CONTEXT: usize = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum LineTag {
+pub(crate) enum LineTag {
     Context,
     Removed,
     Added,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DiffLine {
+pub(crate) struct DiffLine {
     pub tag: LineTag,
     /// 1-based line number in the clean file (none for an added line).
     pub old_line: Option<usize>,
@@ -42,7 +42,7 @@ pub struct DiffLine {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Hunk {
+pub(crate) struct Hunk {
     /// `@@ -21,6 +21,9 @@`
     pub header: String,
     pub lines: Vec<DiffLine>,
@@ -50,7 +50,7 @@ pub struct Hunk {
 
 /// The difference between a file's clean content and the file as it is now.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileDiff {
+pub(crate) struct FileDiff {
     /// `a/amd/amdkfd/kfd_crat.c`
     pub old_label: String,
     /// `b/amd/amdkfd/kfd_crat.c`, or `/dev/null` for a missing file.
@@ -70,7 +70,7 @@ fn looks_binary(bytes: &[u8]) -> bool {
 
 impl FileDiff {
     /// Diffs `clean` against `current` (`None`: the file is missing).
-    pub fn compute(
+    pub(crate) fn compute(
         rel: &Path,
         clean: &[u8],
         clean_origin: &str,
@@ -132,25 +132,13 @@ impl FileDiff {
         d
     }
 
-    pub fn is_empty(&self) -> bool {
-        !self.binary && self.hunks.is_empty()
-    }
-
-    /// Counts of added and removed lines.
-    pub fn stats(&self) -> (usize, usize) {
-        let lines = self.hunks.iter().flat_map(|h| &h.lines);
-        let added = lines.clone().filter(|l| l.tag == LineTag::Added).count();
-        let removed = lines.filter(|l| l.tag == LineTag::Removed).count();
-        (added, removed)
-    }
-
     /// The diff as plain unified text, byte for byte.
-    pub fn unified(&self) -> Vec<u8> {
+    pub(crate) fn unified(&self) -> Vec<u8> {
         self.render(&Render::plain())
     }
 
     /// Renders the diff. See [`Render`].
-    pub fn render(&self, r: &Render) -> Vec<u8> {
+    pub(crate) fn render(&self, r: &Render) -> Vec<u8> {
         let mut out = Vec::new();
         let paint = |out: &mut Vec<u8>, style: Style, text: &[u8]| {
             if r.color {
@@ -238,7 +226,7 @@ impl Serialize for FileDiff {
 
 /// How to render a diff.
 #[derive(Debug, Clone, Default)]
-pub struct Render<'a> {
+pub(crate) struct Render<'a> {
     /// Add terminal colors.
     pub color: bool,
     /// Escape control characters in lines (for a terminal); tabs are kept.
@@ -254,7 +242,7 @@ pub struct Render<'a> {
 
 impl Render<'_> {
     /// Plain unified diff with headers.
-    pub fn plain() -> Render<'static> {
+    pub(crate) fn plain() -> Render<'static> {
         Render {
             headers: true,
             ..Render::default()
@@ -269,7 +257,7 @@ const ADDED: Style = AnsiColor::Green.on_default();
 
 /// A line of a file made safe for a terminal: invalid UTF-8 and control characters
 /// escaped, tabs kept.
-pub fn escape_line(text: &[u8]) -> String {
+pub(crate) fn escape_line(text: &[u8]) -> String {
     use std::os::unix::ffi::OsStrExt;
     text.split(|b| *b == b'\t')
         .map(|piece| term::path(Path::new(std::ffi::OsStr::from_bytes(piece))))
@@ -292,7 +280,8 @@ mod tests {
             Some(new),
             1,
         );
-        assert_eq!(d.stats(), (1, 0));
+        let added = d.hunks.iter().flat_map(|h| &h.lines);
+        assert_eq!(added.filter(|l| l.tag == LineTag::Added).count(), 1);
         let marks: BTreeSet<usize> = [3].into();
         let text = d.render(&Render {
             marks: Some(&marks),

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Nothing to report: every verified file matches its reference.
     Clean,
     /// The command completed and found something (a changed file, a finding, ...).
@@ -14,7 +14,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub fn code(self) -> u8 {
+    pub(crate) fn code(self) -> u8 {
         match self {
             Outcome::Clean => 0,
             Outcome::Found => 1,
@@ -23,7 +23,7 @@ impl Outcome {
     }
 
     /// The worse of two outcomes, so results from several trees combine.
-    pub fn worst(self, other: Outcome) -> Outcome {
+    pub(crate) fn worst(self, other: Outcome) -> Outcome {
         if other.code() > self.code() {
             other
         } else {

@@ -14,7 +14,7 @@ pub enum Severity {
 }
 
 impl Severity {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Severity::Info => "info",
             Severity::Low => "low",
@@ -24,7 +24,7 @@ impl Severity {
         }
     }
 
-    pub fn parse(s: &str) -> Option<Severity> {
+    pub(crate) fn parse(s: &str) -> Option<Severity> {
         Some(match s {
             "info" => Severity::Info,
             "low" => Severity::Low,
@@ -64,7 +64,7 @@ impl Finding {
     /// The finding in one line, in the words of the scan's report
     /// (`CRITICAL KFD-MEM-001 line 43: flags |= ...`), for places that name it
     /// beside other reasons (the recovery plan). Not escaped: the caller escapes.
-    pub fn headline(&self) -> String {
+    pub(crate) fn headline(&self) -> String {
         format!(
             "{} {} line {}: {}",
             self.severity.as_str().to_uppercase(),

@@ -42,7 +42,7 @@ pub struct Asic {
 
 impl Asic {
     /// The LLVM processor name of this ASIC's target version, e.g. `gfx1010`.
-    pub fn gfx_name(&self) -> String {
+    pub(crate) fn gfx_name(&self) -> String {
         gfx_name(self.gfx_target_version)
     }
 }
@@ -65,21 +65,22 @@ const fn asic(
     }
 }
 
-pub static KAVERI: Asic = asic("Kaveri", "CHIP_KAVERI", "", 70000, true, "GCN 2");
-pub static HAWAII: Asic = asic("Hawaii", "CHIP_HAWAII", "", 70001, false, "GCN 2");
-pub static CARRIZO: Asic = asic("Carrizo", "CHIP_CARRIZO", "", 80001, true, "GCN 3");
-pub static TONGA: Asic = asic("Tonga", "CHIP_TONGA", "", 80002, false, "GCN 3");
-pub static FIJI: Asic = asic("Fiji", "CHIP_FIJI", "", 80003, false, "GCN 3");
-pub static POLARIS10: Asic = asic("Polaris10", "CHIP_POLARIS10", "", 80003, false, "GCN 4");
-pub static POLARIS11: Asic = asic("Polaris11", "CHIP_POLARIS11", "", 80003, false, "GCN 4");
-pub static POLARIS12: Asic = asic("Polaris12", "CHIP_POLARIS12", "", 80003, false, "GCN 4");
-pub static VEGAM: Asic = asic("VegaM", "CHIP_VEGAM", "", 80003, false, "GCN 4");
-pub static VEGA10: Asic = asic("Vega10", "CHIP_VEGA10", "9.0.1", 90000, false, "GCN 5");
-pub static RAVEN: Asic = asic("Raven", "CHIP_RAVEN", "9.1.0/9.2.2", 90002, true, "GCN 5");
-pub static VEGA12: Asic = asic("Vega12", "CHIP_VEGA12", "9.2.1", 90004, false, "GCN 5");
-pub static VEGA20: Asic = asic("Vega20", "CHIP_VEGA20", "9.4.0", 90006, false, "GCN 5");
-pub static ARCTURUS: Asic = asic("Arcturus", "CHIP_ARCTURUS", "9.4.1", 90008, false, "CDNA 1");
-pub static ALDEBARAN: Asic = asic(
+pub(crate) static KAVERI: Asic = asic("Kaveri", "CHIP_KAVERI", "", 70000, true, "GCN 2");
+pub(crate) static HAWAII: Asic = asic("Hawaii", "CHIP_HAWAII", "", 70001, false, "GCN 2");
+pub(crate) static CARRIZO: Asic = asic("Carrizo", "CHIP_CARRIZO", "", 80001, true, "GCN 3");
+pub(crate) static TONGA: Asic = asic("Tonga", "CHIP_TONGA", "", 80002, false, "GCN 3");
+pub(crate) static FIJI: Asic = asic("Fiji", "CHIP_FIJI", "", 80003, false, "GCN 3");
+pub(crate) static POLARIS10: Asic = asic("Polaris10", "CHIP_POLARIS10", "", 80003, false, "GCN 4");
+pub(crate) static POLARIS11: Asic = asic("Polaris11", "CHIP_POLARIS11", "", 80003, false, "GCN 4");
+pub(crate) static POLARIS12: Asic = asic("Polaris12", "CHIP_POLARIS12", "", 80003, false, "GCN 4");
+pub(crate) static VEGAM: Asic = asic("VegaM", "CHIP_VEGAM", "", 80003, false, "GCN 4");
+pub(crate) static VEGA10: Asic = asic("Vega10", "CHIP_VEGA10", "9.0.1", 90000, false, "GCN 5");
+pub(crate) static RAVEN: Asic = asic("Raven", "CHIP_RAVEN", "9.1.0/9.2.2", 90002, true, "GCN 5");
+pub(crate) static VEGA12: Asic = asic("Vega12", "CHIP_VEGA12", "9.2.1", 90004, false, "GCN 5");
+pub(crate) static VEGA20: Asic = asic("Vega20", "CHIP_VEGA20", "9.4.0", 90006, false, "GCN 5");
+pub(crate) static ARCTURUS: Asic =
+    asic("Arcturus", "CHIP_ARCTURUS", "9.4.1", 90008, false, "CDNA 1");
+pub(crate) static ALDEBARAN: Asic = asic(
     "Aldebaran",
     "CHIP_ALDEBARAN",
     "9.4.2",
@@ -87,11 +88,11 @@ pub static ALDEBARAN: Asic = asic(
     false,
     "CDNA 2",
 );
-pub static RENOIR: Asic = asic("Renoir", "CHIP_RENOIR", "9.3.0", 90012, true, "GCN 5");
-pub static NAVI10: Asic = asic("Navi10", "CHIP_NAVI10", "10.1.10", 100100, false, "RDNA 1");
-pub static NAVI12: Asic = asic("Navi12", "CHIP_NAVI12", "10.1.2", 100101, false, "RDNA 1");
-pub static NAVI14: Asic = asic("Navi14", "CHIP_NAVI14", "10.1.1", 100102, false, "RDNA 1");
-pub static CYAN_SKILLFISH: Asic = asic(
+pub(crate) static RENOIR: Asic = asic("Renoir", "CHIP_RENOIR", "9.3.0", 90012, true, "GCN 5");
+pub(crate) static NAVI10: Asic = asic("Navi10", "CHIP_NAVI10", "10.1.10", 100100, false, "RDNA 1");
+pub(crate) static NAVI12: Asic = asic("Navi12", "CHIP_NAVI12", "10.1.2", 100101, false, "RDNA 1");
+pub(crate) static NAVI14: Asic = asic("Navi14", "CHIP_NAVI14", "10.1.1", 100102, false, "RDNA 1");
+pub(crate) static CYAN_SKILLFISH: Asic = asic(
     "Cyan Skillfish",
     "CHIP_CYAN_SKILLFISH",
     "10.1.3/10.1.4",
@@ -99,7 +100,7 @@ pub static CYAN_SKILLFISH: Asic = asic(
     true,
     "RDNA 1",
 );
-pub static SIENNA_CICHLID: Asic = asic(
+pub(crate) static SIENNA_CICHLID: Asic = asic(
     "Sienna Cichlid",
     "CHIP_SIENNA_CICHLID",
     "10.3.0",
@@ -107,7 +108,7 @@ pub static SIENNA_CICHLID: Asic = asic(
     false,
     "RDNA 2",
 );
-pub static NAVY_FLOUNDER: Asic = asic(
+pub(crate) static NAVY_FLOUNDER: Asic = asic(
     "Navy Flounder",
     "CHIP_NAVY_FLOUNDER",
     "10.3.2",
@@ -115,7 +116,7 @@ pub static NAVY_FLOUNDER: Asic = asic(
     false,
     "RDNA 2",
 );
-pub static DIMGREY_CAVEFISH: Asic = asic(
+pub(crate) static DIMGREY_CAVEFISH: Asic = asic(
     "Dimgrey Cavefish",
     "CHIP_DIMGREY_CAVEFISH",
     "10.3.4",
@@ -123,8 +124,9 @@ pub static DIMGREY_CAVEFISH: Asic = asic(
     false,
     "RDNA 2",
 );
-pub static VANGOGH: Asic = asic("Van Gogh", "CHIP_VANGOGH", "10.3.1", 100303, true, "RDNA 2");
-pub static BEIGE_GOBY: Asic = asic(
+pub(crate) static VANGOGH: Asic =
+    asic("Van Gogh", "CHIP_VANGOGH", "10.3.1", 100303, true, "RDNA 2");
+pub(crate) static BEIGE_GOBY: Asic = asic(
     "Beige Goby",
     "CHIP_BEIGE_GOBY",
     "10.3.5",
@@ -132,7 +134,7 @@ pub static BEIGE_GOBY: Asic = asic(
     false,
     "RDNA 2",
 );
-pub static YELLOW_CARP: Asic = asic(
+pub(crate) static YELLOW_CARP: Asic = asic(
     "Yellow Carp",
     "CHIP_YELLOW_CARP",
     "10.3.3",
@@ -142,7 +144,7 @@ pub static YELLOW_CARP: Asic = asic(
 );
 
 /// AMD's PCI vendor id (`vendor_id 4098` in the node properties).
-pub const AMD_VENDOR_ID: u32 = 0x1002;
+pub(crate) const AMD_VENDOR_ID: u32 = 0x1002;
 
 /// PCI device id → ASIC, sorted by id (binary search). Generated from `pciidlist[]`.
 pub static PCI_IDS: &[(u16, &Asic)] = &[
@@ -352,13 +354,13 @@ pub fn lookup(vendor_id: u32, device_id: u32) -> Option<&'static Asic> {
 }
 
 /// Splits a target version (`100100`) into major, minor, stepping (`10, 1, 0`).
-pub fn split_version(v: u32) -> (u32, u32, u32) {
+pub(crate) fn split_version(v: u32) -> (u32, u32, u32) {
     (v / 10000, (v / 100) % 100, v % 100)
 }
 
 /// The LLVM processor name of a target version: `100100` → `gfx1010`, `90010` → `gfx90a`.
 /// Minor and stepping are written as one hex digit each, as LLVM does.
-pub fn gfx_name(v: u32) -> String {
+pub(crate) fn gfx_name(v: u32) -> String {
     let (major, minor, step) = split_version(v);
     format!("gfx{major}{minor:x}{step:x}")
 }
@@ -385,7 +387,7 @@ pub fn parse_override(text: &str) -> Option<u32> {
 /// member may run on another member of the same family, never across families.
 /// (LLVM AMDGPUUsage, "Generic processors": gfx9-generic, gfx10-1-generic,
 /// gfx10-3-generic, gfx11-generic, gfx12-generic; gfx9-4-generic for gfx940-gfx950.)
-pub fn generic_family(v: u32) -> Option<&'static str> {
+pub(crate) fn generic_family(v: u32) -> Option<&'static str> {
     let (major, minor, step) = split_version(v);
     match (major, minor, step) {
         (9, 0, 0 | 2 | 4 | 6 | 9 | 12) => Some("gfx9-generic"),

@@ -7,18 +7,18 @@
 
 pub mod app;
 pub mod content;
-pub mod diff;
+pub(crate) mod diff;
 pub mod dkms;
 pub mod error;
-pub mod exit;
-pub mod finding;
+pub(crate) mod exit;
+pub(crate) mod finding;
 pub mod gpu_table;
 pub mod io;
 pub mod pkgdb;
-pub mod progress;
-pub mod recovery;
+pub(crate) mod progress;
+pub(crate) mod recovery;
 pub mod reference;
-pub mod report;
+pub(crate) mod report;
 pub mod restore;
 pub mod rules;
 pub mod scan;

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 /// What the scan has done so far. Updated from every hashing thread.
 #[derive(Debug, Default)]
-pub struct Counters {
+pub(crate) struct Counters {
     /// Files listed by the walk so far.
     found: AtomicU64,
     /// Whether a tree has been listed and hashing has begun.
@@ -32,34 +32,34 @@ pub struct Counters {
 }
 
 impl Counters {
-    pub fn found(&self, n: u64) {
+    pub(crate) fn found(&self, n: u64) {
         self.found.fetch_add(n, Ordering::Relaxed);
     }
 
-    pub fn add_total(&self, files: u64, bytes: u64) {
+    pub(crate) fn add_total(&self, files: u64, bytes: u64) {
         self.hashing.store(true, Ordering::Relaxed);
         self.total_files.fetch_add(files, Ordering::Relaxed);
         self.total_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
-    pub fn add_bytes(&self, n: u64) {
+    pub(crate) fn add_bytes(&self, n: u64) {
         self.bytes.fetch_add(n, Ordering::Relaxed);
     }
 
-    pub fn file_done(&self) {
+    pub(crate) fn file_done(&self) {
         self.files.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn files(&self) -> u64 {
+    pub(crate) fn files(&self) -> u64 {
         self.files.load(Ordering::Relaxed)
     }
 
-    pub fn bytes(&self) -> u64 {
+    pub(crate) fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
     }
 
     /// The line to show, given the time since the scan started.
-    pub fn line(&self, elapsed: Duration) -> String {
+    pub(crate) fn line(&self, elapsed: Duration) -> String {
         if !self.hashing.load(Ordering::Relaxed) {
             return format!(
                 "kfd-audit: listing files... {} found",
@@ -88,7 +88,7 @@ fn megabytes(bytes: u64) -> String {
 }
 
 /// The delay before the line appears: `KFD_AUDIT_PROGRESS_AFTER_MS`, else 300 ms.
-pub fn delay() -> Duration {
+pub(crate) fn delay() -> Duration {
     std::env::var("KFD_AUDIT_PROGRESS_AFTER_MS")
         .ok()
         .and_then(|v| v.trim().parse().ok())
@@ -99,7 +99,7 @@ pub fn delay() -> Duration {
 const REDRAW: Duration = Duration::from_millis(120);
 
 /// The progress line while it is shown; [`Display::finish`] (or dropping it) erases it.
-pub struct Display {
+pub(crate) struct Display {
     stop: Option<mpsc::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -107,7 +107,7 @@ pub struct Display {
 impl Display {
     /// Starts showing `counters` on stderr after [`delay`], if stderr is a terminal
     /// and `quiet` is off; `None` otherwise.
-    pub fn start(counters: Arc<Counters>, quiet: bool) -> Option<Display> {
+    pub(crate) fn start(counters: Arc<Counters>, quiet: bool) -> Option<Display> {
         if quiet || !std::io::stderr().is_terminal() {
             return None;
         }
@@ -147,11 +147,6 @@ impl Display {
             stop: Some(stop),
             thread: Some(thread),
         })
-    }
-
-    /// Erases the line (if it was shown) and stops redrawing.
-    pub fn finish(mut self) {
-        self.stop_now();
     }
 
     fn stop_now(&mut self) {

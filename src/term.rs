@@ -15,7 +15,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ColorChoice {
+pub(crate) enum ColorChoice {
     #[default]
     Auto,
     Always,
@@ -24,7 +24,7 @@ pub enum ColorChoice {
 
 /// Decides whether to color stdout. `auto` colors only a terminal, and not with
 /// NO_COLOR set (https://no-color.org) or TERM=dumb; `always`/`never` are obeyed.
-pub fn use_color(choice: ColorChoice) -> bool {
+pub(crate) fn use_color(choice: ColorChoice) -> bool {
     let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let dumb = std::env::var_os("TERM").is_some_and(|t| t == "dumb");
     decide(choice, std::io::stdout().is_terminal(), no_color, dumb)
@@ -39,18 +39,18 @@ fn decide(choice: ColorChoice, tty: bool, no_color: bool, dumb: bool) -> bool {
 }
 
 /// Headings.
-pub const BOLD: Style = Style::new().bold();
+pub(crate) const BOLD: Style = Style::new().bold();
 /// What must be fixed: a changed file, a high or critical finding, an unsafe backup.
-pub const RED: Style = AnsiColor::Red.on_default().bold();
+pub(crate) const RED: Style = AnsiColor::Red.on_default().bold();
 /// What deserves a look: notes, medium findings, unverified backups.
-pub const YELLOW: Style = AnsiColor::Yellow.on_default();
+pub(crate) const YELLOW: Style = AnsiColor::Yellow.on_default();
 /// What is clean.
-pub const GREEN: Style = AnsiColor::Green.on_default();
+pub(crate) const GREEN: Style = AnsiColor::Green.on_default();
 /// What is quiet: low and informational findings, the reference a file was judged by.
-pub const DIM: Style = Style::new().dimmed();
+pub(crate) const DIM: Style = Style::new().dimmed();
 
 /// `text` in `style` when `color` is on, else `text` as it is.
-pub fn paint(color: bool, style: Style, text: &str) -> String {
+pub(crate) fn paint(color: bool, style: Style, text: &str) -> String {
     if color {
         format!("{}{}{}", style.render(), text, style.render_reset())
     } else {
@@ -60,7 +60,7 @@ pub fn paint(color: bool, style: Style, text: &str) -> String {
 
 /// The colour of a finding's severity: critical and high red, medium yellow, the
 /// rest dim.
-pub fn severity_style(s: Severity) -> Style {
+pub(crate) fn severity_style(s: Severity) -> Style {
     match s {
         Severity::Critical | Severity::High => RED,
         Severity::Medium => YELLOW,
@@ -69,7 +69,7 @@ pub fn severity_style(s: Severity) -> Style {
 }
 
 /// `1 file`, `2 files`: a count and its noun (regular plurals only).
-pub fn plural(n: usize, word: &str) -> String {
+pub(crate) fn plural(n: usize, word: &str) -> String {
     if n == 1 {
         format!("{n} {word}")
     } else {
@@ -79,7 +79,7 @@ pub fn plural(n: usize, word: &str) -> String {
 
 /// The bytes of a path that is not valid UTF-8 (`None` when it is), for the
 /// `path_bytes` fields that carry such names losslessly in JSON.
-pub fn path_bytes(p: &Path) -> Option<Vec<u8>> {
+pub(crate) fn path_bytes(p: &Path) -> Option<Vec<u8>> {
     let bytes = p.as_os_str().as_bytes();
     std::str::from_utf8(bytes).is_err().then(|| bytes.to_vec())
 }

@@ -44,15 +44,15 @@ impl DkmsConf {
         conf
     }
 
-    pub fn get(&self, key: &str) -> Option<&str> {
+    pub(crate) fn get(&self, key: &str) -> Option<&str> {
         self.values.get(key).map(String::as_str)
     }
 
-    pub fn package_name(&self) -> Option<&str> {
+    pub(crate) fn package_name(&self) -> Option<&str> {
         self.get("PACKAGE_NAME").filter(|s| !s.is_empty())
     }
 
-    pub fn package_version(&self) -> Option<&str> {
+    pub(crate) fn package_version(&self) -> Option<&str> {
         self.get("PACKAGE_VERSION").filter(|s| !s.is_empty())
     }
 
@@ -181,7 +181,7 @@ fn unquote(value: &str) -> String {
 }
 
 /// Largest dkms.conf read (real ones are a few kilobytes).
-pub const MAX_DKMS_CONF: u64 = 1024 * 1024;
+pub(crate) const MAX_DKMS_CONF: u64 = 1024 * 1024;
 
 /// A DKMS source tree on disk.
 #[derive(Debug, Clone)]
@@ -197,7 +197,7 @@ pub struct Tree {
 }
 
 impl Tree {
-    pub fn load(root: &Root, host_path: PathBuf) -> Tree {
+    pub(crate) fn load(root: &Root, host_path: PathBuf) -> Tree {
         let system_path = root
             .system_path(&host_path)
             .unwrap_or_else(|| host_path.clone());
@@ -224,7 +224,7 @@ impl Tree {
     }
 
     /// The directory name, e.g. `amdgpu-6.8.5-2009582.24.04`.
-    pub fn dir_name(&self) -> String {
+    pub(crate) fn dir_name(&self) -> String {
         self.host_path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -232,7 +232,7 @@ impl Tree {
     }
 
     /// Package name from dkms.conf, else from the directory name (`amdgpu-<ver>`).
-    pub fn package(&self) -> String {
+    pub(crate) fn package(&self) -> String {
         if let Some(n) = self.conf.as_ref().and_then(DkmsConf::package_name) {
             return n.to_string();
         }
@@ -244,7 +244,7 @@ impl Tree {
     }
 
     /// Version from dkms.conf, else from the directory name.
-    pub fn version(&self) -> String {
+    pub(crate) fn version(&self) -> String {
         if let Some(v) = self.conf.as_ref().and_then(DkmsConf::package_version) {
             return v.to_string();
         }
@@ -256,7 +256,7 @@ impl Tree {
 
     /// The tree's path relative to the system root, as dpkg writes it in md5sums
     /// (`usr/src/amdgpu-6.8.5`).
-    pub fn dpkg_prefix(&self) -> PathBuf {
+    pub(crate) fn dpkg_prefix(&self) -> PathBuf {
         self.system_path
             .strip_prefix("/")
             .unwrap_or(&self.system_path)
@@ -292,7 +292,7 @@ pub fn discover(root: &Root) -> Result<Vec<Tree>> {
 }
 
 /// Loads a tree named on the command line, which must be a directory.
-pub fn from_arg(root: &Root, path: &Path) -> Result<Tree> {
+pub(crate) fn from_arg(root: &Root, path: &Path) -> Result<Tree> {
     let host = std::path::absolute(path).map_err(|e| Error::io(path, e))?;
     let meta = std::fs::symlink_metadata(&host).map_err(|e| Error::io(&host, e))?;
     if !meta.is_dir() {

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 /// What to audit and how far to go. Every field is a plain value: no command-line
 /// type reaches the domain code.
 #[derive(Debug, Clone, Default)]
-pub struct AuditOptions {
+pub(crate) struct AuditOptions {
     /// The trees to audit; empty: every `<root>/usr/src/amdgpu-*`.
     pub trees: Vec<PathBuf>,
     /// The parts to run, as `scan --sections` names them; empty: the trees only.
@@ -47,15 +47,13 @@ pub struct AuditOptions {
 
 /// What the audit found. Parts not asked for are empty or `None`.
 #[derive(Debug)]
-pub struct Audit {
-    pub root: Root,
+pub(crate) struct Audit {
     /// One scan per tree, in the order of the trees; rule findings filled in when the
     /// rules ran; the verified clean bytes of modified and missing files kept.
     pub scans: Vec<TreeScan>,
     /// The rules in effect (built-in and `--rules`) when they ran or a section beyond
     /// the tree needed them; none otherwise.
     pub rules: RuleSet,
-    pub rules_ran: bool,
     /// Whether the trees were audited (the `tree` section).
     pub trees_checked: bool,
     pub dkms: Option<DkmsState>,
@@ -66,7 +64,7 @@ pub struct Audit {
 }
 
 /// Step 1: the trees named, or every one discovered under the root.
-pub fn discover(root: &Root, named: &[PathBuf]) -> Result<Vec<Tree>> {
+pub(crate) fn discover(root: &Root, named: &[PathBuf]) -> Result<Vec<Tree>> {
     if named.is_empty() {
         tree::discover(root)
     } else {
@@ -75,7 +73,11 @@ pub fn discover(root: &Root, named: &[PathBuf]) -> Result<Vec<Tree>> {
 }
 
 /// Step 2: the clean references of each tree (what each file should be).
-pub fn references(root: &Root, trees: &[Tree], opts: &ScanOptions) -> Result<Vec<TreeReferences>> {
+pub(crate) fn references(
+    root: &Root,
+    trees: &[Tree],
+    opts: &ScanOptions,
+) -> Result<Vec<TreeReferences>> {
     trees
         .iter()
         .map(|t| reference::load(root, t, opts.refs))
@@ -84,13 +86,13 @@ pub fn references(root: &Root, trees: &[Tree], opts: &ScanOptions) -> Result<Vec
 
 impl AuditOptions {
     /// Whether the trees are audited: the `tree` section, the default.
-    pub fn trees_checked(&self) -> bool {
+    pub(crate) fn trees_checked(&self) -> bool {
         self.sections.is_empty() || self.sections.contains(&Section::Tree)
     }
 }
 
 /// The whole pipeline.
-pub fn run(root: &Root, opts: &AuditOptions) -> anyhow::Result<Audit> {
+pub(crate) fn run(root: &Root, opts: &AuditOptions) -> anyhow::Result<Audit> {
     let trees_checked = opts.trees_checked();
     let trees = if trees_checked {
         discover(root, &opts.trees)?
@@ -123,10 +125,8 @@ pub fn run(root: &Root, opts: &AuditOptions) -> anyhow::Result<Audit> {
     drop(display);
     let rules = rules.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
     let mut audit = Audit {
-        root: root.clone(),
         scans,
         rules,
-        rules_ran: opts.run_rules,
         trees_checked,
         dkms: None,
         module_backups: Vec::new(),

@@ -21,7 +21,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Subcommand)]
-pub enum BaselineCommand {
+pub(crate) enum BaselineCommand {
     /// Record a SHA-256 manifest of each tree while it is clean
     Create {
         #[command(flatten)]
@@ -35,7 +35,7 @@ pub enum BaselineCommand {
     },
 }
 
-pub fn cmd_baseline(
+pub(crate) fn cmd_baseline(
     cli: &Cli,
     cmd: &BaselineCommand,
     out: &mut dyn Write,
@@ -79,7 +79,7 @@ pub fn cmd_baseline(
 }
 
 #[derive(Debug, Clone, Copy, Default)]
-pub struct CreateOptions {
+pub(crate) struct CreateOptions {
     /// Trust the tree even though references say it is not clean.
     pub force: bool,
     /// Store clean copies of every file, not only the watched ones.
@@ -87,7 +87,7 @@ pub struct CreateOptions {
 }
 
 #[derive(Debug, Clone)]
-pub struct Created {
+pub(crate) struct Created {
     pub manifest: PathBuf,
     pub files: usize,
     pub skipped_symlinks: usize,
@@ -97,7 +97,7 @@ pub struct Created {
 
 /// Records a baseline of the tree. Refuses when the tree's existing references say
 /// it is not clean (a baseline of a patched tree would bless the patch), unless forced.
-pub fn create(root: &Root, tree: &Tree, opts: CreateOptions) -> Result<Created> {
+pub(crate) fn create(root: &Root, tree: &Tree, opts: CreateOptions) -> Result<Created> {
     let check = scan::scan_tree(root, tree, &ScanOptions::default())?;
     // Every file a built-in rule looks at gets a copy, so that a later diff-aware
     // scan and a restore have the clean bytes the rules need.

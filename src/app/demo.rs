@@ -9,9 +9,9 @@ use md5::{Digest as _, Md5};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-pub const VERSION: &str = "6.16.6-2238411.24.04";
-pub const KERNEL: &str = "6.8.0-48-generic";
-pub const TREE: &str = "/usr/src/amdgpu-6.16.6-2238411.24.04";
+pub(crate) const VERSION: &str = "6.16.6-2238411.24.04";
+pub(crate) const KERNEL: &str = "6.8.0-48-generic";
+pub(crate) const TREE: &str = "/usr/src/amdgpu-6.16.6-2238411.24.04";
 
 const DKMS_CONF: &str = r#"PACKAGE_NAME="amdgpu"
 PACKAGE_VERSION="6.16.6-2238411.24.04"
@@ -94,7 +94,7 @@ static int kfd_parse_subtype_mem(struct crat_subtype_memory *mem,
 "#;
 
 /// The block the real incident inserted after the upstream flag handling.
-pub const INCIDENT_BLOCK: &str = r#"			/* RDNA1 FIX: Allow fine-grained memory for Navi 10 (0x731F) when spoofed as gfx1030 */
+pub(crate) const INCIDENT_BLOCK: &str = r#"			/* RDNA1 FIX: Allow fine-grained memory for Navi 10 (0x731F) when spoofed as gfx1030 */
 			if (dev->gpu && dev->gpu->adev && dev->gpu->adev->pdev) {
 				uint16_t device_id = dev->gpu->adev->pdev->device;
 				if (device_id == 0x731F && heap_type != HSA_MEM_HEAP_TYPE_SYSTEM) {
@@ -150,12 +150,6 @@ fn md5_hex(data: &[u8]) -> String {
     hex::encode(Md5::digest(data))
 }
 
-/// What the demo laid out, for the commands it prints.
-#[derive(Debug, Clone)]
-pub struct Sandbox {
-    pub root: PathBuf,
-}
-
 fn write(root: &Path, system_path: &str, data: &[u8], mtime: SystemTime) -> Result<PathBuf> {
     let p = root.join(system_path.trim_start_matches('/'));
     if let Some(dir) = p.parent() {
@@ -171,7 +165,7 @@ fn write(root: &Path, system_path: &str, data: &[u8], mtime: SystemTime) -> Resu
 }
 
 /// Lays out the incident in `root` (which must be empty or absent).
-pub fn build(root: &Path) -> Result<Sandbox> {
+pub(crate) fn build(root: &Path) -> Result<()> {
     if root.exists()
         && std::fs::read_dir(root)
             .map_err(|e| Error::io(root, e))?
@@ -371,9 +365,7 @@ pub fn build(root: &Path) -> Result<Sandbox> {
         b"#!/bin/sh\n",
         installed,
     )?;
-    Ok(Sandbox {
-        root: root.to_path_buf(),
-    })
+    Ok(())
 }
 
 #[cfg(test)]
@@ -398,7 +390,7 @@ mod tests {
 
 /// Arguments of `kfd-audit demo`.
 #[derive(Debug, clap::Args)]
-pub struct DemoArgs {
+pub(crate) struct DemoArgs {
     /// Build the sandbox in DIR (empty or new) and keep it, to try restore and undo in it
     #[arg(long, value_name = "DIR")]
     pub keep: Option<PathBuf>,
@@ -441,7 +433,7 @@ fn show(
 
 /// `kfd-audit demo`: build the sandbox, run the scan and the plan on it, and say how
 /// to try the interactive restore and undo.
-pub fn cmd(
+pub(crate) fn cmd(
     cli: &crate::app::Cli,
     args: &DemoArgs,
     out: &mut dyn std::io::Write,

@@ -89,7 +89,7 @@ fn resolve(
 
 /// What happened to one file in `kfd-audit diff`.
 #[derive(Debug, Clone, Serialize)]
-pub struct DiffEntry {
+pub(crate) struct DiffEntry {
     pub tree: String,
     pub path: String,
     /// The path as bytes when it is not valid UTF-8 (`path` is then escaped).
@@ -116,7 +116,7 @@ struct DiffReport {
 }
 
 /// What to tell a user whose modified file has no clean content anywhere.
-pub fn no_clean_copy_hint(tree: &Tree, refs: &TreeReferences) -> String {
+pub(crate) fn no_clean_copy_hint(tree: &Tree, refs: &TreeReferences) -> String {
     let pkg = refs
         .dpkg_package
         .clone()
@@ -138,7 +138,7 @@ fn current_bytes(host: &Path) -> Option<Vec<u8>> {
 type Fetched = (BTreeMap<PathBuf, CleanCopy>, Vec<String>);
 
 /// `kfd-audit diff [PATH...]`: each file against its best clean content.
-pub fn cmd(
+pub(crate) fn cmd(
     cli: &Cli,
     tree_args: &TreeArgs,
     paths: &[PathBuf],

@@ -1,16 +1,16 @@
 //! Command-line interface: argument definitions and dispatch to the library.
 //! Errors become one `kfd-audit: error: ...` line and exit code 2.
 
-pub mod audit;
-pub mod baseline;
-pub mod demo;
-pub mod diff;
-pub mod plan;
-pub mod restore;
-pub mod rules;
-pub mod scan;
+pub(crate) mod audit;
+pub(crate) mod baseline;
+pub(crate) mod demo;
+pub(crate) mod diff;
+pub(crate) mod plan;
+pub(crate) mod restore;
+pub(crate) mod rules;
+pub(crate) mod scan;
 
-pub use baseline::BaselineCommand;
+pub(crate) use baseline::BaselineCommand;
 
 use crate::app::audit::AuditOptions;
 use crate::error::Error;
@@ -36,34 +36,34 @@ use std::process::ExitCode;
 pub struct Cli {
     /// Audit a system mounted at DIR (every system path is read under it)
     #[arg(long, global = true, value_name = "DIR", default_value = "/")]
-    pub root: PathBuf,
+    pub(crate) root: PathBuf,
 
     /// Output format
     #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
-    pub format: Format,
+    pub(crate) format: Format,
 
     /// When to color the output (NO_COLOR and TERM=dumb turn off 'auto')
     #[arg(long, global = true, value_enum, default_value_t = ColorArg::Auto)]
-    pub color: ColorArg,
+    pub(crate) color: ColorArg,
 
     /// Print less: only the summary and errors
     #[arg(short, long, global = true)]
-    pub quiet: bool,
+    pub(crate) quiet: bool,
 
     /// Print more: also clean files and details
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
-    pub verbose: u8,
+    pub(crate) verbose: u8,
 
     /// Add the rules in DIR/*.toml to the built-in ones (repeatable)
     #[arg(long = "rules", global = true, value_name = "DIR")]
-    pub rules: Vec<PathBuf>,
+    pub(crate) rules: Vec<PathBuf>,
 
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Format {
+pub(crate) enum Format {
     Text,
     Json,
     Markdown,
@@ -74,7 +74,7 @@ pub enum Format {
 /// `--color`: the clap face of [`ColorChoice`], which the terminal code knows
 /// without knowing clap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
-pub enum ColorArg {
+pub(crate) enum ColorArg {
     #[default]
     Auto,
     Always,
@@ -93,7 +93,7 @@ impl From<ColorArg> for ColorChoice {
 
 /// `--sections`: the clap face of [`Section`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, ValueEnum)]
-pub enum SectionArg {
+pub(crate) enum SectionArg {
     /// The DKMS source trees under /usr/src, their DKMS state and module backups
     Tree,
     /// The running driver: /sys/class/kfd/kfd/topology
@@ -117,7 +117,7 @@ impl From<SectionArg> for Section {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Verify every amdgpu DKMS tree against its clean references and report changes
     Scan(ScanArgs),
     /// Record or show kfd-audit's own trusted manifest of a clean tree
@@ -146,7 +146,7 @@ pub enum Command {
 }
 
 #[derive(Debug, Args)]
-pub struct DiffArgs {
+pub(crate) struct DiffArgs {
     #[command(flatten)]
     pub trees: TreeArgs,
 
@@ -161,7 +161,7 @@ pub struct DiffArgs {
 }
 
 #[derive(Debug, Args, Clone, Default)]
-pub struct TreeArgs {
+pub(crate) struct TreeArgs {
     /// Audit this DKMS source tree instead of every <root>/usr/src/amdgpu-* (repeatable)
     #[arg(long = "tree", value_name = "PATH")]
     pub trees: Vec<PathBuf>,
@@ -177,7 +177,7 @@ pub struct TreeArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct ScanArgs {
+pub(crate) struct ScanArgs {
     #[command(flatten)]
     pub trees: TreeArgs,
 
@@ -210,7 +210,7 @@ pub struct ScanArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct PlanArgs {
+pub(crate) struct PlanArgs {
     #[command(flatten)]
     pub trees: TreeArgs,
 
@@ -227,7 +227,7 @@ pub struct PlanArgs {
 }
 
 /// Resolves the trees to work on: those named with --tree, else all discovered.
-pub fn select_trees(root: &Root, args: &TreeArgs) -> Result<Vec<Tree>, Error> {
+pub(crate) fn select_trees(root: &Root, args: &TreeArgs) -> Result<Vec<Tree>, Error> {
     audit::discover(root, &args.trees)
 }
 
@@ -236,7 +236,7 @@ impl TreeArgs {
     /// user's trees, reference and size settings, no scope, no diff, clean content
     /// looked for; no rules, no DKMS state and no system sections unless the command
     /// asks for them.
-    pub fn audit_options(&self, cli: &Cli) -> AuditOptions {
+    pub(crate) fn audit_options(&self, cli: &Cli) -> AuditOptions {
         AuditOptions {
             trees: self.trees.clone(),
             sections: Vec::new(),
@@ -259,7 +259,7 @@ impl TreeArgs {
 }
 
 /// Runs a parsed command line, writing the command's output to `out`.
-pub fn run(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<Outcome> {
+pub(crate) fn run(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<Outcome> {
     if cli.format == Format::Prometheus && !matches!(cli.command, Command::Scan(_)) {
         anyhow::bail!(
             "--format prometheus is for 'kfd-audit scan' only; use text, json or markdown here"

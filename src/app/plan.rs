@@ -12,7 +12,7 @@ use std::io::{IsTerminal, Write};
 /// The audit `plan` runs: the same tree part as `scan`, rules included (unless
 /// `--no-rules`), so that both say the same about the same module and the plan's
 /// reasons name the findings; with the DKMS state, no sections beyond the tree.
-pub fn audit_options(cli: &Cli, args: &PlanArgs) -> AuditOptions {
+pub(crate) fn audit_options(cli: &Cli, args: &PlanArgs) -> AuditOptions {
     let mut opts = AuditOptions {
         dkms: true,
         run_rules: !args.no_rules,
@@ -24,7 +24,7 @@ pub fn audit_options(cli: &Cli, args: &PlanArgs) -> AuditOptions {
 }
 
 /// `kfd-audit plan`: print the plan, or with `--run` execute it.
-pub fn cmd_plan(cli: &Cli, args: &PlanArgs, out: &mut dyn Write) -> anyhow::Result<Outcome> {
+pub(crate) fn cmd_plan(cli: &Cli, args: &PlanArgs, out: &mut dyn Write) -> anyhow::Result<Outcome> {
     let root = Root::open(&cli.root)?;
     let audit = audit::run(&root, &audit_options(cli, args))?;
     let state = audit

@@ -20,7 +20,7 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Args)]
-pub struct RestoreArgs {
+pub(crate) struct RestoreArgs {
     #[command(flatten)]
     pub trees: TreeArgs,
 
@@ -38,7 +38,7 @@ pub struct RestoreArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct UndoArgs {
+pub(crate) struct UndoArgs {
     /// List the restore and undo runs in the journal and what each file is now
     #[arg(long)]
     pub list: bool,
@@ -269,7 +269,11 @@ fn plan_outcome(plan: &RestorePlan) -> Outcome {
 }
 
 /// `kfd-audit restore`.
-pub fn restore(cli: &Cli, args: &RestoreArgs, out: &mut dyn Write) -> anyhow::Result<Outcome> {
+pub(crate) fn restore(
+    cli: &Cli,
+    args: &RestoreArgs,
+    out: &mut dyn Write,
+) -> anyhow::Result<Outcome> {
     let root = Root::open(&cli.root)?;
     let interactive = !args.yes && !args.dry_run;
     if interactive && !(std::io::stdin().is_terminal() && std::io::stderr().is_terminal()) {
@@ -505,7 +509,7 @@ fn run_json(root: &Root, runs: &[Run], r: &Run) -> RunJson {
 }
 
 /// `kfd-audit undo`.
-pub fn undo(cli: &Cli, args: &UndoArgs, out: &mut dyn Write) -> anyhow::Result<Outcome> {
+pub(crate) fn undo(cli: &Cli, args: &UndoArgs, out: &mut dyn Write) -> anyhow::Result<Outcome> {
     let root = Root::open(&cli.root)?;
     let state = root.path(STATE_DIR);
     if let Some(id) = &args.id {

@@ -11,7 +11,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Subcommand)]
-pub enum RulesCommand {
+pub(crate) enum RulesCommand {
     /// List the rules in effect (built-in and --rules DIR)
     List,
     /// Check rule files: TOML syntax, unknown keys, regexes, duplicate ids and each
@@ -24,7 +24,7 @@ pub enum RulesCommand {
 }
 
 /// The built-in rules plus every `--rules DIR`.
-pub fn load(dirs: &[PathBuf]) -> anyhow::Result<RuleSet> {
+pub(crate) fn load(dirs: &[PathBuf]) -> anyhow::Result<RuleSet> {
     let mut set = RuleSet::builtin();
     for d in dirs {
         set.load_dir(d)?;
@@ -58,7 +58,7 @@ fn row(r: &Rule) -> RuleRow<'_> {
     }
 }
 
-pub fn run(cli: &Cli, cmd: &RulesCommand, out: &mut dyn Write) -> anyhow::Result<Outcome> {
+pub(crate) fn run(cli: &Cli, cmd: &RulesCommand, out: &mut dyn Write) -> anyhow::Result<Outcome> {
     match cmd {
         RulesCommand::List => {
             let set = load(&cli.rules)?;

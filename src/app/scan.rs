@@ -12,7 +12,7 @@ use crate::term;
 use std::io::Write;
 
 /// The audit `scan` runs: every part the user selected, clean content looked for.
-pub fn audit_options(cli: &Cli, args: &ScanArgs) -> AuditOptions {
+pub(crate) fn audit_options(cli: &Cli, args: &ScanArgs) -> AuditOptions {
     AuditOptions {
         trees: args.trees.trees.clone(),
         sections: if args.sections.is_empty() {
@@ -38,7 +38,7 @@ pub fn audit_options(cli: &Cli, args: &ScanArgs) -> AuditOptions {
     }
 }
 
-pub fn cmd_scan(cli: &Cli, args: &ScanArgs, out: &mut dyn Write) -> anyhow::Result<Outcome> {
+pub(crate) fn cmd_scan(cli: &Cli, args: &ScanArgs, out: &mut dyn Write) -> anyhow::Result<Outcome> {
     let root = Root::open(&cli.root)?;
     let audit = audit::run(&root, &audit_options(cli, args))?;
     let mut report = Report::build(root.dir(), &audit.scans, args.all_files);

@@ -29,8 +29,8 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-pub const ARCHIVES_DIR: &str = "/var/cache/apt/archives";
-pub const STATUS_FILE: &str = "/var/lib/dpkg/status";
+pub(crate) const ARCHIVES_DIR: &str = "/var/cache/apt/archives";
+pub(crate) const STATUS_FILE: &str = "/var/lib/dpkg/status";
 
 /// The most memory an xz stream may ask for (its dictionary); `xz -9` needs 65 MiB.
 const XZ_MEMLIMIT: u64 = 256 * 1024 * 1024;
@@ -68,12 +68,12 @@ pub fn installed_version(root: &Root, package: &str) -> Result<Option<String>> {
 }
 
 /// How apt writes a version in an archive's file name (`1:2.0` → `1%3a2.0`).
-pub fn file_name_version(version: &str) -> String {
+pub(crate) fn file_name_version(version: &str) -> String {
     version.replace(':', "%3a")
 }
 
 /// The cached archives of exactly this package version, sorted by name.
-pub fn find_archives(root: &Root, package: &str, version: &str) -> Result<Vec<PathBuf>> {
+pub(crate) fn find_archives(root: &Root, package: &str, version: &str) -> Result<Vec<PathBuf>> {
     let dir = root.path(ARCHIVES_DIR);
     let entries = match std::fs::read_dir(&dir) {
         Ok(e) => e,
@@ -97,7 +97,7 @@ pub fn find_archives(root: &Root, package: &str, version: &str) -> Result<Vec<Pa
 
 /// How `data.tar` is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
+pub(crate) enum Compression {
     None,
     Xz,
     Zstd,
@@ -106,7 +106,7 @@ pub enum Compression {
 
 /// Where `data.tar` lies in a `.deb`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DataMember {
+pub(crate) struct DataMember {
     pub name: String,
     pub offset: u64,
     pub size: u64,
@@ -118,7 +118,7 @@ const AR_HEADER: u64 = 60;
 
 /// Walks the ar container and finds `data.tar.*`, checking every member's size
 /// against the file's length. Errors are plain sentences about the archive.
-pub fn locate_data(file: &mut File) -> std::result::Result<DataMember, String> {
+pub(crate) fn locate_data(file: &mut File) -> std::result::Result<DataMember, String> {
     let len = file
         .metadata()
         .map_err(|e| format!("cannot read: {e}"))?
@@ -196,7 +196,7 @@ const MAX_RATIO: u64 = 64;
 
 /// The most bytes a data.tar of `compressed` bytes is allowed to expand to, so that
 /// a decompression bomb is stopped after a bounded time.
-pub fn expansion_limit(compressed: u64) -> u64 {
+pub(crate) fn expansion_limit(compressed: u64) -> u64 {
     compressed.saturating_mul(MAX_RATIO).max(MIN_EXPANSION)
 }
 
@@ -226,7 +226,7 @@ static READS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0
 /// ([`for_each_member`]). Reading a `.deb` through is the costliest way to clean
 /// bytes, and a run fetches each file's clean content once: the binary prints this
 /// under `KFD_AUDIT_STATS` so that a test can hold it to that.
-pub fn reads() -> u64 {
+pub(crate) fn reads() -> u64 {
     READS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
@@ -313,7 +313,7 @@ pub fn for_each_member(
 }
 
 /// The package archive of a tree's owning package, as a content provider.
-pub struct DebArchive {
+pub(crate) struct DebArchive {
     root: Root,
     path: PathBuf,
     package: String,
@@ -328,7 +328,11 @@ pub struct DebArchive {
 impl DebArchive {
     /// The cached archives of the installed version of the package owning the tree
     /// (none when dpkg does not own it or apt's cache was cleaned).
-    pub fn for_tree(root: &Root, tree: &Tree, refs: &TreeReferences) -> Result<Vec<DebArchive>> {
+    pub(crate) fn for_tree(
+        root: &Root,
+        tree: &Tree,
+        refs: &TreeReferences,
+    ) -> Result<Vec<DebArchive>> {
         let Some(package) = refs.dpkg_package.as_deref() else {
             return Ok(Vec::new());
         };
@@ -341,7 +345,7 @@ impl DebArchive {
             .collect())
     }
 
-    pub fn new(
+    pub(crate) fn new(
         root: &Root,
         path: PathBuf,
         package: &str,
@@ -358,10 +362,6 @@ impl DebArchive {
             md5: refs.dpkg_md5.clone(),
             problems: Mutex::new(Vec::new()),
         }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     fn shown(&self) -> String {

@@ -27,7 +27,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 /// Suffixes people and tools give backups, most deliberate first.
-pub const BACKUP_SUFFIXES: &[&str] = &[
+pub(crate) const BACKUP_SUFFIXES: &[&str] = &[
     ".orig",
     ".bak",
     ".backup",
@@ -41,7 +41,7 @@ pub const BACKUP_SUFFIXES: &[&str] = &[
 ];
 
 /// Whether `rest` (what follows the original name) makes a backup name.
-pub fn is_backup_suffix(rest: &str) -> bool {
+pub(crate) fn is_backup_suffix(rest: &str) -> bool {
     BACKUP_SUFFIXES.iter().any(|s| {
         let Some(tail) = rest.strip_prefix(s) else {
             return false;
@@ -58,7 +58,7 @@ pub fn is_backup_suffix(rest: &str) -> bool {
 
 /// The names `name` may be a backup of (`kfd_crat.c.bak.1` → `kfd_crat.c`),
 /// longest first. Works on bytes: tree names need not be UTF-8.
-pub fn original_names(name: &OsStr) -> Vec<&OsStr> {
+pub(crate) fn original_names(name: &OsStr) -> Vec<&OsStr> {
     let bytes = name.as_bytes();
     let mut out = Vec::new();
     for i in (1..bytes.len()).rev() {
@@ -73,7 +73,7 @@ pub fn original_names(name: &OsStr) -> Vec<&OsStr> {
 
 /// Whether a backup is a sibling copy of one file or part of a directory copy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BackupKind {
+pub(crate) enum BackupKind {
     Sibling,
     DirCopy,
 }
@@ -81,7 +81,7 @@ pub enum BackupKind {
 /// The file `rel` is a backup of, if it is one: a sibling (`x.c.orig` of `x.c`) or
 /// a file in a directory copy (`amd/amdkfd.bak/x.c` of `amd/amdkfd/x.c`).
 /// `is_original` says whether a tree-relative path is a file the backup can be of.
-pub fn backup_target(
+pub(crate) fn backup_target(
     rel: &Path,
     is_original: &dyn Fn(&Path) -> bool,
 ) -> Option<(PathBuf, BackupKind)> {
@@ -116,7 +116,7 @@ pub fn backup_target(
 }
 
 /// Whether a name looks like a backup at all (by file name or a directory on its path).
-pub fn backup_looking(rel: &Path) -> bool {
+pub(crate) fn backup_looking(rel: &Path) -> bool {
     rel.components().any(|c| match c {
         Component::Normal(p) => !original_names(p).is_empty(),
         _ => false,
@@ -125,7 +125,7 @@ pub fn backup_looking(rel: &Path) -> bool {
 
 /// Backups next to the file and in directory copies, as a content provider. Which
 /// of them is clean is decided by hash in [`super::CleanContent`], never by name.
-pub struct SiblingBackups {
+pub(crate) struct SiblingBackups {
     root: Root,
     tree_dir: PathBuf,
 }
@@ -139,7 +139,7 @@ fn is_real_dir(path: &Path) -> bool {
 }
 
 impl SiblingBackups {
-    pub fn new(root: &Root, tree: &Tree) -> SiblingBackups {
+    pub(crate) fn new(root: &Root, tree: &Tree) -> SiblingBackups {
         SiblingBackups {
             root: root.clone(),
             tree_dir: tree.host_path.clone(),
@@ -149,12 +149,8 @@ impl SiblingBackups {
     /// Backups of `rel` that exist, as tree-relative paths: `name<suffix>` and
     /// numbered or timestamped variants (`name.bak.1`, `name.backup.20251108_120000`)
     /// in the same directory, then the same file in directory copies of any directory
-    /// on its path (`amd/amdkfd.bak/kfd_crat.c`). Symlinks are never taken.
-    pub fn find(&self, rel: &Path) -> Vec<PathBuf> {
-        self.find_listed(rel, &mut Listings::default())
-    }
-
-    /// [`Self::find`], reading each directory once for all the files asked about.
+    /// on its path (`amd/amdkfd.bak/kfd_crat.c`). Symlinks are never taken. Each
+    /// directory is read once for all the files asked about (`listings`).
     fn find_listed(&self, rel: &Path, listings: &mut Listings) -> Vec<PathBuf> {
         let mut found = BTreeSet::new();
         // A directory of the tree swapped for a link to elsewhere: what is over there

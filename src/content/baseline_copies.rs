@@ -23,11 +23,11 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// Directories whose every file gets a copy.
-pub const WATCHED_DIRS: &[&str] = &["amd/amdkfd"];
+pub(crate) const WATCHED_DIRS: &[&str] = &["amd/amdkfd"];
 
 /// Files outside [`WATCHED_DIRS`] that rules look at (driver-wide overrides, module
 /// parameters, the build recipe).
-pub const WATCHED_FILES: &[&str] = &[
+pub(crate) const WATCHED_FILES: &[&str] = &[
     "amd/amdgpu/gmc_v10_0.c",
     "amd/amdgpu/amdgpu_drv.c",
     "dkms.conf",
@@ -39,19 +39,19 @@ const LEVEL: i32 = 9;
 /// Whether a tree-relative file gets a copy without `--all`: amd/amdkfd, the listed
 /// files, and every file `rule_watched` names (the caller knows the rules; this
 /// layer sits below them).
-pub fn is_watched(rel: &Path, rule_watched: &(dyn Fn(&Path) -> bool + Sync)) -> bool {
+pub(crate) fn is_watched(rel: &Path, rule_watched: &(dyn Fn(&Path) -> bool + Sync)) -> bool {
     WATCHED_DIRS.iter().any(|d| rel.starts_with(d))
         || WATCHED_FILES.iter().any(|f| rel == Path::new(f))
         || rule_watched(rel)
 }
 
 /// Where a tree's copies live on this host.
-pub fn dir(root: &Root, tree: &Tree) -> PathBuf {
+pub(crate) fn dir(root: &Root, tree: &Tree) -> PathBuf {
     baseline::dir(root, tree).join("copies")
 }
 
 /// The copy of a tree-relative file inside a copies directory.
-pub fn copy_path(copies: &Path, rel: &Path) -> PathBuf {
+pub(crate) fn copy_path(copies: &Path, rel: &Path) -> PathBuf {
     let mut p = copies.join(rel).into_os_string();
     p.push(".zst");
     PathBuf::from(p)
@@ -61,7 +61,7 @@ pub fn copy_path(copies: &Path, rel: &Path) -> PathBuf {
 /// `all`), given as tree-relative paths with the SHA-256 the manifest records for
 /// them. Each file is hashed again as it is read: one that changed since the
 /// manifest was computed stops the baseline. The new set replaces the old one in a single rename.
-pub fn store(
+pub(crate) fn store(
     root: &Root,
     tree: &Tree,
     files: &[(PathBuf, Digest)],
@@ -109,7 +109,7 @@ pub fn store(
 }
 
 /// Decompresses a stored copy, refusing more than a source file may hold.
-pub fn read_copy(path: &Path) -> Result<Vec<u8>> {
+pub(crate) fn read_copy(path: &Path) -> Result<Vec<u8>> {
     let f = crate::io::read::open_nofollow(path).map_err(|e| Error::io(path, e))?;
     let mut out = Vec::new();
     zstd::stream::read::Decoder::new(f)
@@ -127,7 +127,7 @@ pub fn read_copy(path: &Path) -> Result<Vec<u8>> {
 }
 
 /// The baseline's stored copies, as a content provider.
-pub struct BaselineCopies {
+pub(crate) struct BaselineCopies {
     root: Root,
     dir: PathBuf,
     /// The baseline manifest's SHA-256 per tree-relative path.
@@ -136,7 +136,11 @@ pub struct BaselineCopies {
 
 impl BaselineCopies {
     /// The tree's copies, when a baseline with copies exists.
-    pub fn for_tree(root: &Root, tree: &Tree, refs: &TreeReferences) -> Option<BaselineCopies> {
+    pub(crate) fn for_tree(
+        root: &Root,
+        tree: &Tree,
+        refs: &TreeReferences,
+    ) -> Option<BaselineCopies> {
         let dir = dir(root, tree);
         if !std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
             return None;

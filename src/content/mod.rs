@@ -23,10 +23,10 @@
 //! verdicts report.
 
 pub mod archive;
-pub mod backup;
-pub mod baseline_copies;
+pub(crate) mod backup;
+pub(crate) mod baseline_copies;
 
-pub use backup::{is_backup_suffix, SiblingBackups, BACKUP_SUFFIXES};
+pub(crate) use backup::{is_backup_suffix, SiblingBackups};
 
 use crate::error::Result;
 use crate::io::hash::Digest;
@@ -55,7 +55,7 @@ pub struct CleanCopy {
 
 /// One candidate a provider offers for a file.
 #[derive(Debug, Clone)]
-pub struct Candidate {
+pub(crate) struct Candidate {
     pub bytes: Vec<u8>,
     /// See [`CleanCopy::origin`].
     pub origin: String,
@@ -65,7 +65,7 @@ pub struct Candidate {
 
 /// A place clean bytes may be found. Implementations return candidates; the
 /// [`CleanContent`] checks them against the references before anyone sees them.
-pub trait ContentProvider: Send + Sync {
+pub(crate) trait ContentProvider: Send + Sync {
     fn kind(&self) -> ReferenceKind;
 
     /// Candidates for many files at once, handed to `visit` in any order. A provider
@@ -76,15 +76,6 @@ pub trait ContentProvider: Send + Sync {
         rels: &[PathBuf],
         visit: &mut dyn FnMut(&Path, Candidate),
     ) -> Result<()>;
-
-    /// Candidate bytes for one tree-relative path, with a description of their origin.
-    fn candidates(&self, rel: &Path) -> Result<Vec<(Vec<u8>, String)>> {
-        let mut out = Vec::new();
-        self.candidates_many(&[rel.to_path_buf()], &mut |_, c| {
-            out.push((c.bytes, c.origin))
-        })?;
-        Ok(out)
-    }
 
     /// What this provider is, for the report (`dpkg archive /var/cache/...deb`).
     fn describe(&self) -> String {
@@ -131,7 +122,7 @@ impl<'a> CleanContent<'a> {
     }
 
     /// No providers yet; add them with [`Self::push`].
-    pub fn new(refs: &'a TreeReferences) -> CleanContent<'a> {
+    pub(crate) fn new(refs: &'a TreeReferences) -> CleanContent<'a> {
         CleanContent {
             refs,
             providers: Vec::new(),
@@ -140,13 +131,8 @@ impl<'a> CleanContent<'a> {
     }
 
     /// Adds a provider (kept in the order added; earlier ones are preferred).
-    pub fn push(&mut self, p: Box<dyn ContentProvider + 'a>) {
+    pub(crate) fn push(&mut self, p: Box<dyn ContentProvider + 'a>) {
         self.providers.push(p);
-    }
-
-    /// The sources in order of trust, described for a report.
-    pub fn sources(&self) -> Vec<String> {
-        self.providers.iter().map(|p| p.describe()).collect()
     }
 
     fn note(&self, message: String) {
@@ -158,7 +144,7 @@ impl<'a> CleanContent<'a> {
 
     /// Problems met so far: unreadable or corrupt archives, refused members and
     /// copies. They did not stop anything; the report shows them.
-    pub fn problems(&self) -> Vec<String> {
+    pub(crate) fn problems(&self) -> Vec<String> {
         let mut out = self
             .problems
             .lock()
@@ -187,7 +173,11 @@ impl<'a> CleanContent<'a> {
     /// The clean content of many files, each handed to `visit` once (in no fixed
     /// order) with its verified copy or `None`. Each provider is asked once for all
     /// files it may still serve, so a package archive is read through only once.
-    pub fn get_many(&self, rels: &[PathBuf], visit: &mut dyn FnMut(&Path, Option<CleanCopy>)) {
+    pub(crate) fn get_many(
+        &self,
+        rels: &[PathBuf],
+        visit: &mut dyn FnMut(&Path, Option<CleanCopy>),
+    ) {
         let mut pending: BTreeSet<PathBuf> = BTreeSet::new();
         for rel in rels {
             if self.refs.get(rel).is_some() {
@@ -239,12 +229,5 @@ impl<'a> CleanContent<'a> {
         for rel in pending {
             visit(&rel, None);
         }
-    }
-
-    /// Whether the bytes are the clean content of `rel` by the references.
-    pub fn is_clean(&self, rel: &Path, bytes: &[u8]) -> bool {
-        self.refs
-            .get(rel)
-            .is_some_and(|e| Digest::of_bytes(e.digest.algorithm(), bytes) == e.digest)
     }
 }

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 /// A `*.backup` (or other backup-named) copy of an amd module under `/lib/modules`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ModuleBackup {
+pub(crate) struct ModuleBackup {
     /// The backup as the audited system names it.
     pub path: PathBuf,
     /// The module it is a copy of.
@@ -38,7 +38,7 @@ fn is_module_name(name: &OsStr) -> bool {
 /// Backup copies of amd modules (`amdgpu.ko.xz.backup`, ...) anywhere under
 /// `<root>/lib/modules`, judged against the md5sums of the package that ships the
 /// module (a kernel image package for the in-tree driver) and the module in place.
-pub fn module_backups(root: &Root) -> Vec<ModuleBackup> {
+pub(crate) fn module_backups(root: &Root) -> Vec<ModuleBackup> {
     let base = root.path("/lib/modules");
     let mut found: Vec<(PathBuf, PathBuf)> = Vec::new();
     for entry in crate::io::walk::Walk::new(&base).entries() {

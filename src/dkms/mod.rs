@@ -8,13 +8,14 @@
 //! recovery plan's; only a kernel's lines ([`kernel_text`]) are written here, because
 //! both print them.
 
-pub mod backups;
+pub(crate) mod backups;
 pub mod patch;
 pub mod recipe;
-pub mod state;
+pub(crate) mod state;
 
-pub use state::{
-    find_tool, format_time, has_headers, is_safe_name, kernel_order, kernel_text, package_state,
-    parse_status, running_kernel, DkmsState, KernelState, ModuleFile, PackageState, Provenance,
-    SourceChanges, StatusLine, StrayModule, DKMS_TREE, MODULES_DIR,
+// The property tests read `dkms status` lines through the library.
+pub use state::parse_status;
+pub(crate) use state::{
+    find_tool, format_time, is_safe_name, kernel_order, kernel_text, package_state, DkmsState,
+    KernelState, PackageState, DKMS_TREE, MODULES_DIR,
 };

@@ -155,7 +155,7 @@ pub fn parse(text: &str) -> Vec<FilePatch> {
 /// hunk searches outward from its stated line, so a patch from a hostile tree with
 /// many hunks that each match far from where they say could take hours; real
 /// patches need a tiny fraction of this.
-pub const MAX_COMPARISONS: usize = 1 << 25;
+pub(crate) const MAX_COMPARISONS: usize = 1 << 25;
 
 /// Applies a file's hunks to its current text. Each hunk is looked for at its
 /// stated line first, then at the nearest offset where its old lines match exactly

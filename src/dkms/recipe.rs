@@ -61,7 +61,7 @@ const FRAMEWORK_KEYS: &[&str] = &[
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum OverrideKind {
+pub(crate) enum OverrideKind {
     Module,
     ModuleVersion,
     ModuleVersionKernel,
@@ -70,7 +70,7 @@ pub enum OverrideKind {
 
 /// A configuration file dkms sources besides the tree's own dkms.conf.
 #[derive(Debug, Clone, Serialize)]
-pub struct Override {
+pub(crate) struct Override {
     /// As the audited system names it, e.g. `/etc/dkms/amdgpu-6.8.5.conf`.
     pub path: String,
     pub kind: OverrideKind,
@@ -84,7 +84,7 @@ pub struct Override {
 
 /// A patch dkms applies at build time.
 #[derive(Debug, Clone, Serialize)]
-pub struct BuildPatch {
+pub(crate) struct BuildPatch {
     /// The file holding the patch text (a `patches/` file or an override with a here-document).
     pub path: String,
     /// 1-based line where the patch text starts in that file (1 for a patch file).
@@ -101,7 +101,7 @@ pub struct BuildPatch {
 
 /// A finding about the build recipe, located in the file that causes it.
 #[derive(Debug, Clone, Serialize)]
-pub struct RecipeFinding {
+pub(crate) struct RecipeFinding {
     /// The file the finding is in (an override, a patch file, dkms.conf, a script).
     pub path: String,
     /// For a finding inside a build-time patch: the tree file the patch changes.
@@ -113,7 +113,7 @@ pub struct RecipeFinding {
 
 /// The effective build recipe of a tree and what is wrong with it.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct BuildAudit {
+pub(crate) struct BuildAudit {
     pub overrides: Vec<Override>,
     pub patches: Vec<BuildPatch>,
     pub findings: Vec<RecipeFinding>,
@@ -122,12 +122,7 @@ pub struct BuildAudit {
 /// Judges the text of one tree file as changed by a build-time patch: given the
 /// target's tree-relative path, the patched text and the text before the patch,
 /// returns the rule engine's findings (line numbers in the patched text).
-pub type ContentCheck<'a> = dyn Fn(&str, &str, Option<&str>) -> Vec<Finding> + 'a;
-
-/// A content check that finds nothing, for callers without a rule engine.
-pub fn no_content_rules(_target: &str, _new: &str, _old: Option<&str>) -> Vec<Finding> {
-    Vec::new()
-}
+pub(crate) type ContentCheck<'a> = dyn Fn(&str, &str, Option<&str>) -> Vec<Finding> + 'a;
 
 fn finding(
     rule: &str,
@@ -154,13 +149,13 @@ fn key_base(key: &str) -> &str {
 }
 
 /// Whether setting this dkms.conf key changes what is compiled or run at build time.
-pub fn changes_build(key: &str) -> bool {
+pub(crate) fn changes_build(key: &str) -> bool {
     BUILD_KEYS.contains(&key_base(key))
 }
 
 /// The per-module override files (not framework.conf) that change the build of a
 /// module version, as system paths: what the recovery plan moves aside.
-pub fn build_overrides(root: &Root, module: &str, version: &str) -> Vec<String> {
+pub(crate) fn build_overrides(root: &Root, module: &str, version: &str) -> Vec<String> {
     find_overrides(root, module, version)
         .into_iter()
         .filter(|o| o.kind != OverrideKind::Framework && o.sets.iter().any(|k| changes_build(k)))
@@ -169,7 +164,7 @@ pub fn build_overrides(root: &Root, module: &str, version: &str) -> Vec<String> 
 }
 
 /// The override files dkms would read for this module and version, under the root.
-pub fn find_overrides(root: &Root, module: &str, version: &str) -> Vec<Override> {
+pub(crate) fn find_overrides(root: &Root, module: &str, version: &str) -> Vec<Override> {
     let etc = root.path("/etc/dkms");
     let mut found: Vec<(OverrideKind, PathBuf)> = Vec::new();
     let exact = [
@@ -317,7 +312,7 @@ fn line_of(text: &str, needle: &str) -> usize {
 /// Builds the effective recipe of a scanned tree and judges it, in the order dkms reads
 /// it: the overrides, the `PATCH[n]` files, the here-documents of its commands, what
 /// those patches change, and the scripts it runs. Findings come in that order too.
-pub fn audit(root: &Root, scan: &TreeScan, check: &ContentCheck<'_>) -> BuildAudit {
+pub(crate) fn audit(root: &Root, scan: &TreeScan, check: &ContentCheck<'_>) -> BuildAudit {
     let tree = &scan.tree;
     let module = tree.package();
     let version = tree.version();

@@ -29,8 +29,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::SystemTime;
 
-pub const DKMS_TREE: &str = "/var/lib/dkms";
-pub const MODULES_DIR: &str = "/lib/modules";
+pub(crate) const DKMS_TREE: &str = "/var/lib/dkms";
+pub(crate) const MODULES_DIR: &str = "/lib/modules";
 
 /// Where dkms installs modules, relative to `/lib/modules/<kernel>`, by distribution.
 const INSTALL_DIRS: &[&str] = &["updates/dkms", "updates", "extra"];
@@ -48,7 +48,7 @@ fn ser_time<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Err
 }
 
 /// A time as people and tools read it: RFC 3339, UTC, seconds.
-pub fn format_time(t: SystemTime) -> String {
+pub(crate) fn format_time(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
@@ -191,7 +191,7 @@ fn parse_status_line(line: &str) -> Option<StatusLine> {
 
 /// A module file on the audited system.
 #[derive(Debug, Clone, Serialize)]
-pub struct ModuleFile {
+pub(crate) struct ModuleFile {
     /// The path as the audited system sees it.
     pub path: String,
     #[serde(skip)]
@@ -217,7 +217,7 @@ impl ModuleFile {
     }
 
     /// The module's name: the file name without `.ko` and a compression suffix.
-    pub fn module_name(&self) -> String {
+    pub(crate) fn module_name(&self) -> String {
         module_name_of(
             &self
                 .host
@@ -244,7 +244,7 @@ fn module_name_of(file_name: &str) -> Option<String> {
 /// Whether the module the kernel loads was probably built from the changed sources.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Provenance {
+pub(crate) enum Provenance {
     /// Built after a change that is still in the sources: the changed code is in it.
     BuiltFromChangedSources,
     /// Built before every change still in the sources: not in it yet, but the next
@@ -263,7 +263,7 @@ pub enum Provenance {
 
 impl Provenance {
     /// Whether the module should be rebuilt even if the sources are clean now.
-    pub fn rebuild_due(self) -> bool {
+    pub(crate) fn rebuild_due(self) -> bool {
         matches!(
             self,
             Provenance::BuiltFromChangedSources | Provenance::SourcesChangedSinceBuild
@@ -273,7 +273,7 @@ impl Provenance {
 
 /// What changed in a source tree, with times, from the scan result.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct SourceChanges {
+pub(crate) struct SourceChanges {
     /// Files that differ from their references (modified, missing, added) or have findings.
     pub changed_files: usize,
     /// Of those, the ones that go into a build (sources, headers, makefiles, scripts).
@@ -326,7 +326,7 @@ fn mtime(p: &Path) -> Option<SystemTime> {
 }
 
 impl SourceChanges {
-    pub fn of(scan: &TreeScan) -> SourceChanges {
+    pub(crate) fn of(scan: &TreeScan) -> SourceChanges {
         let mut c = SourceChanges {
             verified: !scan.refs.is_empty(),
             ..SourceChanges::default()
@@ -397,7 +397,7 @@ impl SourceChanges {
 
 /// One kernel's view of a DKMS package.
 #[derive(Debug, Clone, Serialize)]
-pub struct KernelState {
+pub(crate) struct KernelState {
     pub kernel: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub arch: Option<String>,
@@ -456,7 +456,7 @@ impl KernelState {
     }
 
     /// Whether this kernel has (or had) the package's module: built or installed.
-    pub fn has_module(&self) -> bool {
+    pub(crate) fn has_module(&self) -> bool {
         !self.built.is_empty() || !self.installed.is_empty() || self.installed_version.is_some()
     }
 
@@ -471,7 +471,7 @@ impl KernelState {
 
 /// A DKMS package (one source tree's `PACKAGE_NAME`/`PACKAGE_VERSION`) on the system.
 #[derive(Debug, Clone, Serialize)]
-pub struct PackageState {
+pub(crate) struct PackageState {
     pub name: String,
     pub version: String,
     /// The source tree, as the audited system sees it.
@@ -496,14 +496,14 @@ pub struct PackageState {
 impl PackageState {
     /// Whether some kernel's module was probably built from sources that differ from
     /// the clean ones (now or before a restore): a rebuild is due.
-    pub fn rebuild_due(&self) -> bool {
+    pub(crate) fn rebuild_due(&self) -> bool {
         self.kernels.iter().any(|k| k.provenance.rebuild_due())
     }
 }
 
 /// A copy of a module next to the real ones, e.g. `amdgpu.ko.xz.backup`.
 #[derive(Debug, Clone, Serialize)]
-pub struct StrayModule {
+pub(crate) struct StrayModule {
     pub path: String,
     pub kernel: String,
     pub module: String,
@@ -511,7 +511,7 @@ pub struct StrayModule {
 
 /// Everything kfd-audit knows about DKMS on the audited system.
 #[derive(Debug, Clone, Serialize)]
-pub struct DkmsState {
+pub(crate) struct DkmsState {
     /// The dkms tool under the root, as the system sees it (None: not installed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tool: Option<String>,
@@ -528,16 +528,16 @@ pub struct DkmsState {
 }
 
 impl DkmsState {
-    pub fn rebuild_due(&self) -> bool {
+    pub(crate) fn rebuild_due(&self) -> bool {
         self.packages.iter().any(PackageState::rebuild_due)
     }
 
-    pub fn package_for(&self, tree_system_path: &str) -> Option<&PackageState> {
+    pub(crate) fn package_for(&self, tree_system_path: &str) -> Option<&PackageState> {
         self.packages.iter().find(|p| p.tree == tree_system_path)
     }
 
     /// Reads the DKMS state for the scanned trees.
-    pub fn collect(root: &Root, scans: &[TreeScan]) -> DkmsState {
+    pub(crate) fn collect(root: &Root, scans: &[TreeScan]) -> DkmsState {
         let tool = find_tool(root, "dkms");
         let mut notes = Vec::new();
         let running_kernel = running_kernel(root);
@@ -601,7 +601,7 @@ impl DkmsState {
 }
 
 /// The running kernel's release, from `<root>/proc/sys/kernel/osrelease`.
-pub fn running_kernel(root: &Root) -> Option<String> {
+pub(crate) fn running_kernel(root: &Root) -> Option<String> {
     let bytes =
         crate::io::read::read_reference(&root.path("/proc/sys/kernel/osrelease")).ok()??;
     let text = String::from_utf8_lossy(&bytes);
@@ -610,7 +610,7 @@ pub fn running_kernel(root: &Root) -> Option<String> {
 }
 
 /// A kernel, version or arch name usable as one path component and one argument.
-pub fn is_safe_name(s: &str) -> bool {
+pub(crate) fn is_safe_name(s: &str) -> bool {
     !s.is_empty()
         && s != "."
         && s != ".."
@@ -619,7 +619,7 @@ pub fn is_safe_name(s: &str) -> bool {
 }
 
 /// The system path of a tool under the root (`/usr/sbin/dkms`), if it is installed.
-pub fn find_tool(root: &Root, name: &str) -> Option<PathBuf> {
+pub(crate) fn find_tool(root: &Root, name: &str) -> Option<PathBuf> {
     BIN_DIRS.iter().map(|d| Path::new(d).join(name)).find(|p| {
         root.resolve_in_root(p)
             .is_ok_and(|h| std::fs::metadata(h).is_ok_and(|m| m.is_file()))
@@ -627,7 +627,7 @@ pub fn find_tool(root: &Root, name: &str) -> Option<PathBuf> {
 }
 
 /// Whether dkms can build for this kernel: its headers are at `/lib/modules/<k>/build`.
-pub fn has_headers(root: &Root, kernel: &str) -> bool {
+pub(crate) fn has_headers(root: &Root, kernel: &str) -> bool {
     let build = Path::new(MODULES_DIR).join(kernel).join("build");
     root.resolve_in_root(&build).is_ok_and(|h| h.is_dir())
 }
@@ -662,7 +662,7 @@ fn read_dir_names(dir: &Path) -> Vec<String> {
 }
 
 /// Orders kernel releases the way people read them: `6.1.0-9` before `6.1.0-10`.
-pub fn kernel_order(a: &str, b: &str) -> std::cmp::Ordering {
+pub(crate) fn kernel_order(a: &str, b: &str) -> std::cmp::Ordering {
     fn chunks(s: &str) -> Vec<(bool, &str)> {
         let mut out = Vec::new();
         let mut start = 0;
@@ -906,7 +906,7 @@ fn finish_kernel(
 
 /// Reads one tree's DKMS package state; `status` is parsed `dkms status` output
 /// (empty when not read) and `running` the running kernel.
-pub fn package_state(
+pub(crate) fn package_state(
     root: &Root,
     scan: &TreeScan,
     status: &[StatusLine],
@@ -1129,7 +1129,7 @@ fn find_stray_modules(root: &Root, names: &BTreeSet<String>) -> Vec<StrayModule>
 }
 
 /// One kernel's lines: what it has, the times, the verdict, the notes.
-pub fn kernel_text(k: &KernelState, indent: &str) -> String {
+pub(crate) fn kernel_text(k: &KernelState, indent: &str) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let mut tags = Vec::new();

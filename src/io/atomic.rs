@@ -19,7 +19,7 @@ use std::path::{Component, Path, PathBuf};
 
 /// Prefix of temporary files, so that a later run can find and remove leftovers.
 /// The full name is `<prefix><pid>.<target name>`.
-pub const TEMP_PREFIX: &str = ".kfd-audit-tmp.";
+pub(crate) const TEMP_PREFIX: &str = ".kfd-audit-tmp.";
 
 /// Longest file name most Linux filesystems accept.
 const NAME_MAX: usize = 255;
@@ -110,7 +110,7 @@ fn is_symlink_error(e: &std::io::Error) -> bool {
 }
 
 /// Syncs a directory so a rename or create inside it survives a crash.
-pub fn sync_dir(dir: &Path) -> Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io(dir, e))
@@ -118,7 +118,7 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 
 /// What an existing regular file looks like, for keeping its mode and owner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FileMeta {
+pub(crate) struct FileMeta {
     /// Permission bits, including setuid/setgid/sticky.
     pub mode: u32,
     pub uid: u32,
@@ -128,7 +128,7 @@ pub struct FileMeta {
 
 /// Mode and owner for the file a replace leaves behind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ownership {
+pub(crate) struct Ownership {
     pub mode: u32,
     /// `None`: whoever runs kfd-audit.
     pub owner: Option<(u32, u32)>,
@@ -138,7 +138,7 @@ pub struct Ownership {
 /// base directory down. The directory holding it stays open, so every later step
 /// (stat, read, temp file, rename, fsync) happens in that same directory even if
 /// someone renames things around it.
-pub struct TreeFile {
+pub(crate) struct TreeFile {
     dir: OwnedFd,
     name: OsString,
     path: PathBuf,
@@ -156,7 +156,7 @@ impl TreeFile {
     /// `base`; every directory on the way is opened with `O_NOFOLLOW`, and a
     /// symlinked one is refused. With `create_dirs`, missing directories are created
     /// (with `dir_mode`) and their parents fsync'd.
-    pub fn open(base: &Path, rel: &Path, create_dirs: Option<u32>) -> Result<TreeFile> {
+    pub(crate) fn open(base: &Path, rel: &Path, create_dirs: Option<u32>) -> Result<TreeFile> {
         let path = base.join(rel);
         let parts: Vec<&OsStr> = rel
             .components()
@@ -217,13 +217,13 @@ impl TreeFile {
     }
 
     /// The host path, for messages.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// The file's metadata; `None` when it does not exist. A symlink or anything
     /// but a regular file is refused.
-    pub fn stat(&self) -> Result<Option<FileMeta>> {
+    pub(crate) fn stat(&self) -> Result<Option<FileMeta>> {
         match fstatat_nofollow(&self.dir, &self.name) {
             Ok(st) => {
                 let kind = st.st_mode & libc::S_IFMT;
@@ -252,7 +252,7 @@ impl TreeFile {
     }
 
     /// Metadata of the directory holding the file (owner for files created in it).
-    pub fn dir_meta(&self) -> Result<FileMeta> {
+    pub(crate) fn dir_meta(&self) -> Result<FileMeta> {
         let f = File::from(self.dir.try_clone().map_err(|e| Error::io(&self.path, e))?);
         let m = f.metadata().map_err(|e| Error::io(&self.path, e))?;
         use std::os::unix::fs::MetadataExt;
@@ -265,7 +265,7 @@ impl TreeFile {
     }
 
     /// Reads the whole file; `None` when it does not exist. Never follows a symlink.
-    pub fn read(&self) -> Result<Option<Vec<u8>>> {
+    pub(crate) fn read(&self) -> Result<Option<Vec<u8>>> {
         let fd = match openat(
             &self.dir,
             &self.name,
@@ -320,7 +320,7 @@ impl TreeFile {
     /// Atomically replaces (or creates) the file with `data`: temp file in the same
     /// directory, fsync, rename, directory fsync. `fp` names this write for the
     /// test failpoints (`<fp>-temp-written`, `<fp>-renamed`).
-    pub fn replace(&self, data: &[u8], own: Ownership, fp: &str) -> Result<()> {
+    pub(crate) fn replace(&self, data: &[u8], own: Ownership, fp: &str) -> Result<()> {
         let tmp = self.temp_name();
         let tmp_path = self.path.with_file_name(&tmp);
         let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
@@ -368,7 +368,7 @@ impl TreeFile {
     }
 
     /// Appends to the file (creating it with `mode`) and fsyncs, for journals.
-    pub fn append(&self, data: &[u8], mode: u32) -> Result<bool> {
+    pub(crate) fn append(&self, data: &[u8], mode: u32) -> Result<bool> {
         let existed = self.stat()?.is_some();
         let fd = openat(
             &self.dir,
@@ -390,7 +390,7 @@ impl TreeFile {
 /// Atomically replaces (or creates) `target` with `data`, with the given mode.
 /// The target's final component is never followed if it is a symlink: rename
 /// replaces the link itself, and callers refuse symlinked targets before this.
-pub fn write(target: &Path, data: &[u8], mode: u32) -> Result<()> {
+pub(crate) fn write(target: &Path, data: &[u8], mode: u32) -> Result<()> {
     let (Some(dir), Some(name)) = (target.parent(), target.file_name()) else {
         return Err(refused(target, "has no parent directory"));
     };
@@ -412,7 +412,7 @@ pub fn write(target: &Path, data: &[u8], mode: u32) -> Result<()> {
 /// for kfd-audit's own state (baselines, quarantine, journal).
 /// The parents of the new directories are fsync'd, so that the journal and the
 /// quarantine cannot vanish in a crash while the files they protect survive.
-pub fn create_private_dir(dir: &Path) -> Result<()> {
+pub(crate) fn create_private_dir(dir: &Path) -> Result<()> {
     let mut missing = Vec::new();
     let mut cur = Some(dir);
     while let Some(d) = cur {
@@ -436,14 +436,14 @@ pub fn create_private_dir(dir: &Path) -> Result<()> {
 }
 
 /// Whether a file name is a temporary file of kfd-audit, and of which process.
-pub fn temp_owner(name: &OsStr) -> Option<u32> {
+pub(crate) fn temp_owner(name: &OsStr) -> Option<u32> {
     let rest = name.as_bytes().strip_prefix(TEMP_PREFIX.as_bytes())?;
     let end = rest.iter().position(|b| *b == b'.')?;
     std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
 }
 
 /// Whether a process with this pid exists (EPERM means it exists but is not ours).
-pub fn process_alive(pid: u32) -> bool {
+pub(crate) fn process_alive(pid: u32) -> bool {
     if pid == 0 || pid > i32::MAX as u32 {
         return false;
     }
@@ -455,7 +455,7 @@ pub fn process_alive(pid: u32) -> bool {
 /// Removes temporary files left by kfd-audit runs that were killed, anywhere under
 /// `dir` (symlinks not followed). A temp file of a process still alive is left.
 /// Only kfd-audit's own half-written files are removed, never anything else.
-pub fn remove_stale_temps(dir: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn remove_stale_temps(dir: &Path) -> Result<Vec<PathBuf>> {
     let stale = find_stale_temps(dir);
     for p in &stale {
         std::fs::remove_file(p).map_err(|e| Error::io(p, e))?;
@@ -467,7 +467,7 @@ pub fn remove_stale_temps(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// Temporary files under `dir` whose process is gone (symlinks not followed).
-pub fn find_stale_temps(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn find_stale_temps(dir: &Path) -> Vec<PathBuf> {
     crate::io::walk::Walk::new(dir)
         .entries()
         .filter(|e| e.file_type().is_file())

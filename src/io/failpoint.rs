@@ -50,7 +50,7 @@ fn configured() -> Option<&'static Failpoint> {
 
 /// Marks that `step` was reached. Kills the process, or returns an error, when the
 /// configured failpoint says so.
-pub fn hit(step: &str) -> std::io::Result<()> {
+pub(crate) fn hit(step: &str) -> std::io::Result<()> {
     let Some(fp) = configured() else {
         return Ok(());
     };

@@ -26,14 +26,14 @@ impl Digest {
         }
     }
 
-    pub fn as_bytes(&self) -> &[u8] {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
         match self {
             Digest::Md5(b) => b,
             Digest::Sha256(b) => b,
         }
     }
 
-    pub fn to_hex(&self) -> String {
+    pub(crate) fn to_hex(&self) -> String {
         hex::encode(self.as_bytes())
     }
 
@@ -74,27 +74,27 @@ impl fmt::Display for Digest {
 }
 
 /// An incremental hasher for either algorithm.
-pub enum Hasher {
+pub(crate) enum Hasher {
     Md5(Md5),
     Sha256(Sha256),
 }
 
 impl Hasher {
-    pub fn new(algorithm: Algorithm) -> Hasher {
+    pub(crate) fn new(algorithm: Algorithm) -> Hasher {
         match algorithm {
             Algorithm::Md5 => Hasher::Md5(Md5::new()),
             Algorithm::Sha256 => Hasher::Sha256(Sha256::new()),
         }
     }
 
-    pub fn update(&mut self, data: &[u8]) {
+    pub(crate) fn update(&mut self, data: &[u8]) {
         match self {
             Hasher::Md5(h) => h.update(data),
             Hasher::Sha256(h) => h.update(data),
         }
     }
 
-    pub fn finish(self) -> Digest {
+    pub(crate) fn finish(self) -> Digest {
         match self {
             Hasher::Md5(h) => Digest::Md5(h.finalize().into()),
             Hasher::Sha256(h) => Digest::Sha256(h.finalize().into()),
@@ -104,10 +104,10 @@ impl Hasher {
 
 /// Chunk size for streaming reads: large enough for throughput, small enough that
 /// many threads hashing at once stay within a few megabytes.
-pub const CHUNK: usize = 256 * 1024;
+pub(crate) const CHUNK: usize = 256 * 1024;
 
 /// Hashes everything a reader yields, with one or two algorithms in a single pass.
-pub fn digest_reader(
+pub(crate) fn digest_reader(
     mut reader: impl Read,
     algorithms: &[Algorithm],
 ) -> std::io::Result<(Vec<Digest>, u64)> {

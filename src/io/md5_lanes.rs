@@ -26,7 +26,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// How many streams advance together.
-pub const LANES: usize = 16;
+pub(crate) const LANES: usize = 16;
 
 /// Bytes each lane reads at a time: a whole number of blocks, large enough that
 /// syscalls cost little, small enough that `LANES` of them per thread stay small.
@@ -347,7 +347,7 @@ impl<R: Read> Stream<R> {
 }
 
 /// The result for one stream: its MD5 and length, or why it could not be read.
-pub type Md5Result = io::Result<([u8; 16], u64)>;
+pub(crate) type Md5Result = io::Result<([u8; 16], u64)>;
 
 /// One thread's share: keeps its lanes busy with streams taken from `next` until
 /// there are none left, and hands each result to `done`.
@@ -458,7 +458,7 @@ fn work<R: Read>(
 /// (from any of the threads), so nothing the size of the tree is kept here. A
 /// stream longer than `limit` bytes is read only to `limit + 1` and reported with
 /// that length (and a meaningless digest).
-pub fn md5_streams<R: Read>(
+pub(crate) fn md5_streams<R: Read>(
     sizes: &[u64],
     open: &(dyn Fn(usize) -> io::Result<R> + Sync),
     limit: u64,
@@ -484,7 +484,7 @@ pub fn md5_streams<R: Read>(
 /// [`crate::io::read::open_nofollow`] and read once from start to end (see
 /// [`md5_streams`] for `limit`). `sizes` are the sizes the walk saw (to start the
 /// largest first).
-pub fn md5_files(
+pub(crate) fn md5_files(
     path: &(dyn Fn(usize) -> PathBuf + Sync),
     sizes: &[u64],
     limit: u64,

@@ -1,11 +1,11 @@
 //! Everything that touches the file system below the domain: the `Root` that maps system
 //! paths under `--root`, bounded no-follow reads, atomic writes, the walk, mounts, hashing.
 
-pub mod atomic;
-pub mod failpoint;
+pub(crate) mod atomic;
+pub(crate) mod failpoint;
 pub mod hash;
-pub mod md5_lanes;
+pub(crate) mod md5_lanes;
 pub mod mounts;
-pub mod read;
+pub(crate) mod read;
 pub mod root;
-pub mod walk;
+pub(crate) mod walk;

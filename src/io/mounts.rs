@@ -74,7 +74,7 @@ pub fn mount_for<'a>(table: &'a [Mount], system_path: &Path) -> Option<&'a Mount
 
 /// What kfd-audit knows about whether a system path can be written.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Writability {
+pub(crate) enum Writability {
     Writable,
     /// Read-only; the mount point to remount (as the audited system names it).
     ReadOnly {
@@ -84,7 +84,7 @@ pub enum Writability {
 
 impl Writability {
     /// The command that makes the path writable, if it is not.
-    pub fn remount_command(&self) -> Option<String> {
+    pub(crate) fn remount_command(&self) -> Option<String> {
         match self {
             Writability::Writable => None,
             Writability::ReadOnly { mount_point } => {
@@ -96,7 +96,7 @@ impl Writability {
 
 /// Whether a system path under the root can be written, from the mount table under
 /// the root when there is one, else from statvfs on the host path.
-pub fn writability(root: &Root, system_path: &Path) -> Writability {
+pub(crate) fn writability(root: &Root, system_path: &Path) -> Writability {
     let table_path = root.path("/proc/self/mounts");
     if let Ok(Some(bytes)) = crate::io::read::read_reference(&table_path) {
         let table = parse_table(&String::from_utf8_lossy(&bytes));

@@ -10,7 +10,7 @@ use std::path::Path;
 
 /// Opens a file for reading without following a symlink at its last component and
 /// without blocking on a FIFO swapped in since the walk.
-pub fn open_nofollow(path: &Path) -> std::io::Result<File> {
+pub(crate) fn open_nofollow(path: &Path) -> std::io::Result<File> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
@@ -22,7 +22,7 @@ pub fn open_nofollow(path: &Path) -> std::io::Result<File> {
 }
 
 /// Hash helper for callers that verify a file on disk again right before use.
-pub fn digest_file(path: &Path, algorithm: hash::Algorithm) -> Result<Digest> {
+pub(crate) fn digest_file(path: &Path, algorithm: hash::Algorithm) -> Result<Digest> {
     let f = open_nofollow(path).map_err(|e| Error::io(path, e))?;
     let (mut d, _) = hash::digest_reader(f, &[algorithm]).map_err(|e| Error::io(path, e))?;
     Ok(d.remove(0))
@@ -30,7 +30,7 @@ pub fn digest_file(path: &Path, algorithm: hash::Algorithm) -> Result<Digest> {
 
 /// Reads a regular file without following a symlink, refusing files larger than
 /// `limit` bytes (source files are small; a huge "backup" is not read into memory).
-pub fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>> {
+pub(crate) fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>> {
     use std::io::Read;
     let f = open_nofollow(path).map_err(|e| {
         if e.raw_os_error() == Some(libc::ELOOP) {
@@ -65,13 +65,13 @@ pub fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>> {
 
 /// Largest reference or database file kfd-audit reads (dpkg's md5sums and status,
 /// a baseline manifest, a mount table): the largest real ones are tens of megabytes.
-pub const MAX_REFERENCE_FILE: u64 = 256 * 1024 * 1024;
+pub(crate) const MAX_REFERENCE_FILE: u64 = 256 * 1024 * 1024;
 
 /// Reads a reference or database file of the audited system: a regular file, never
 /// through a symlink at its last component, at most [`MAX_REFERENCE_FILE`] bytes.
 /// `Ok(None)` when it does not exist. A FIFO or `/dev/zero` put in its place cannot
 /// hang the scan or fill the memory.
-pub fn read_reference(path: &Path) -> Result<Option<Vec<u8>>> {
+pub(crate) fn read_reference(path: &Path) -> Result<Option<Vec<u8>>> {
     match read_limited(path, MAX_REFERENCE_FILE) {
         Ok(b) => Ok(Some(b)),
         Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -81,4 +81,4 @@ pub fn read_reference(path: &Path) -> Result<Option<Vec<u8>>> {
 
 /// Largest file kfd-audit reads whole into memory (the biggest amdgpu source files,
 /// register headers, are a few megabytes).
-pub const MAX_SOURCE_FILE: u64 = 64 * 1024 * 1024;
+pub(crate) const MAX_SOURCE_FILE: u64 = 64 * 1024 * 1024;

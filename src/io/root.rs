@@ -8,7 +8,7 @@ use std::path::{Component, Path, PathBuf};
 
 /// Links followed while resolving one path before giving up, as Linux does (its
 /// `MAXSYMLINKS`): a loop of links ends as an error, not a hang.
-pub const MAX_SYMLINKS: usize = 40;
+pub(crate) const MAX_SYMLINKS: usize = 40;
 
 #[derive(Debug, Clone)]
 pub struct Root {
@@ -30,16 +30,16 @@ impl Root {
     }
 
     /// The host directory the audited system lives in (`/` for the running system).
-    pub fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         &self.dir
     }
 
-    pub fn is_host_root(&self) -> bool {
+    pub(crate) fn is_host_root(&self) -> bool {
         self.dir == Path::new("/")
     }
 
     /// Maps a system path such as `/var/lib/dpkg/info` to where it is on this host.
-    pub fn path(&self, system_path: impl AsRef<Path>) -> PathBuf {
+    pub(crate) fn path(&self, system_path: impl AsRef<Path>) -> PathBuf {
         let mut out = self.dir.clone();
         for c in system_path.as_ref().components() {
             match c {
@@ -64,7 +64,10 @@ impl Root {
     /// `NotADirectory`, permission errors), or `ELOOP` after more than
     /// [`MAX_SYMLINKS`] links. Callers that treat "absent" apart from "unreadable"
     /// match on the kind.
-    pub fn resolve_in_root(&self, system_path: impl AsRef<Path>) -> std::io::Result<PathBuf> {
+    pub(crate) fn resolve_in_root(
+        &self,
+        system_path: impl AsRef<Path>,
+    ) -> std::io::Result<PathBuf> {
         // Components still to walk, the next one last; ".." stays a component so that
         // it applies to where a link has led, not to the path as written.
         fn push_rev(pending: &mut Vec<std::ffi::OsString>, path: &Path) {
@@ -107,7 +110,7 @@ impl Root {
 
     /// The system path (as the audited machine sees it) of a host path under this
     /// root, or `None` when the host path lies outside the root.
-    pub fn system_path(&self, host_path: &Path) -> Option<PathBuf> {
+    pub(crate) fn system_path(&self, host_path: &Path) -> Option<PathBuf> {
         let rel = host_path.strip_prefix(&self.dir).ok()?;
         Some(Path::new("/").join(rel))
     }

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 /// One step of a walk.
 #[derive(Debug)]
-pub enum Step {
+pub(crate) enum Step {
     /// A file, link, special file or directory (directories before their contents).
     Entry(walkdir::DirEntry),
     /// A directory that is one of its own ancestors (a bind mount loop): not entered.
@@ -29,7 +29,7 @@ pub enum Step {
 }
 
 /// A depth-first walk in file-name order, symlinks not followed, loops not entered.
-pub struct Walk {
+pub(crate) struct Walk {
     inner: walkdir::IntoIter,
     /// `(device, inode, path)` of each directory on the path from the top to the
     /// current entry, indexed by depth. An unknown identity is `None`.
@@ -37,7 +37,7 @@ pub struct Walk {
 }
 
 impl Walk {
-    pub fn new(dir: &Path) -> Walk {
+    pub(crate) fn new(dir: &Path) -> Walk {
         Walk {
             inner: walkdir::WalkDir::new(dir)
                 .follow_links(false)
@@ -48,7 +48,7 @@ impl Walk {
     }
 
     /// Only the entries (files, links, directories), loops and errors left out.
-    pub fn entries(self) -> impl Iterator<Item = walkdir::DirEntry> {
+    pub(crate) fn entries(self) -> impl Iterator<Item = walkdir::DirEntry> {
         self.filter_map(|s| match s {
             Step::Entry(e) => Some(e),
             Step::Loop { .. } | Step::Error(_) => None,

@@ -10,7 +10,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-pub const INFO_DIR: &str = "/var/lib/dpkg/info";
+pub(crate) const INFO_DIR: &str = "/var/lib/dpkg/info";
 
 /// Packages that usually own an amdgpu DKMS tree, tried before reading every md5sums.
 const LIKELY_OWNERS: &[&str] = &["amdgpu-dkms"];
@@ -47,7 +47,7 @@ fn md5sums_path(root: &Root, package: &str) -> PathBuf {
 }
 
 /// The package whose md5sums list files of this tree, if any.
-pub fn find_owner(root: &Root, tree: &Tree) -> Result<Option<String>> {
+pub(crate) fn find_owner(root: &Root, tree: &Tree) -> Result<Option<String>> {
     let needle = {
         let mut n = b"  ".to_vec();
         n.extend_from_slice(tree.dpkg_prefix().as_os_str().as_bytes());
@@ -86,7 +86,7 @@ pub fn find_owner(root: &Root, tree: &Tree) -> Result<Option<String>> {
 }
 
 /// Reads a package's whole md5sums strictly (or leniently): every line parsed.
-pub fn load_package(
+pub(crate) fn load_package(
     root: &Root,
     package: &str,
     opts: LoadOptions,
@@ -120,7 +120,7 @@ pub fn load_package(
 }
 
 /// The owner's md5sums entries that lie inside the tree, keyed by tree-relative path.
-pub fn load_tree_md5sums(
+pub(crate) fn load_tree_md5sums(
     root: &Root,
     package: &str,
     tree: &Tree,

@@ -17,10 +17,10 @@ pub struct Skipped {
 /// How many malformed lines of one reference file are listed one by one with
 /// `--lenient`; the rest are counted in one more entry (a file of garbage must not
 /// turn into a report of a million lines).
-pub const MAX_SKIPPED_LISTED: usize = 20;
+pub(crate) const MAX_SKIPPED_LISTED: usize = 20;
 
 /// Collects the malformed lines of one reference file, up to [`MAX_SKIPPED_LISTED`].
-pub struct SkipList {
+pub(crate) struct SkipList {
     file: PathBuf,
     listed: Vec<Skipped>,
     more: usize,
@@ -28,7 +28,7 @@ pub struct SkipList {
 }
 
 impl SkipList {
-    pub fn new(file: &Path) -> SkipList {
+    pub(crate) fn new(file: &Path) -> SkipList {
         SkipList {
             file: file.to_path_buf(),
             listed: Vec::new(),
@@ -37,7 +37,7 @@ impl SkipList {
         }
     }
 
-    pub fn push(&mut self, line: usize, message: String) {
+    pub(crate) fn push(&mut self, line: usize, message: String) {
         if self.listed.len() < MAX_SKIPPED_LISTED {
             self.listed.push(Skipped {
                 file: self.file.clone(),
@@ -52,7 +52,7 @@ impl SkipList {
         }
     }
 
-    pub fn finish(self, out: &mut Vec<Skipped>) {
+    pub(crate) fn finish(self, out: &mut Vec<Skipped>) {
         out.extend(self.listed);
         if self.more > 0 {
             out.push(Skipped {
@@ -78,7 +78,7 @@ const EXCERPT: usize = 120;
 
 /// A piece of a reference file quoted in a message: lossy UTF-8, cut after
 /// [`EXCERPT`] characters (a line of garbage can be megabytes long).
-pub fn shown_excerpt(raw: &[u8]) -> String {
+pub(crate) fn shown_excerpt(raw: &[u8]) -> String {
     let text = String::from_utf8_lossy(raw);
     match text.char_indices().nth(EXCERPT) {
         Some((i, _)) => format!("{}... ({} bytes)", &text[..i], raw.len()),

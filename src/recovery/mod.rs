@@ -20,14 +20,10 @@
 //! [`plan`] (the model, and `build` cut along its numbered phases), [`render`] (text,
 //! Markdown, JSON) and [`run`] (`plan --run`).
 
-pub mod plan;
-pub mod render;
-pub mod run;
+pub(crate) mod plan;
+pub(crate) mod render;
+pub(crate) mod run;
 
-pub use plan::{
-    build, plan_for, shell_quote, PlanOptions, RecoveryPlan, RecoveryStep, StepKind, TreePlan,
-};
-pub use render::{render_json, render_markdown, render_text};
-pub use run::{
-    classify_step_outcome, run_command, run_steps, Confirm, StepOutcome, TerminalConfirm,
-};
+pub(crate) use plan::{build, plan_for, shell_quote, PlanOptions};
+pub(crate) use render::{render_json, render_markdown, render_text};
+pub(crate) use run::{run_command, TerminalConfirm};

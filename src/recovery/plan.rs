@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum StepKind {
+pub(crate) enum StepKind {
     Remount,
     BindMount,
     Restore,
@@ -29,7 +29,7 @@ pub enum StepKind {
 
 /// One command of the plan.
 #[derive(Debug, Clone, Serialize)]
-pub struct RecoveryStep {
+pub(crate) struct RecoveryStep {
     /// 1-based position in the plan.
     pub number: usize,
     pub kind: StepKind,
@@ -52,7 +52,7 @@ pub struct RecoveryStep {
 
 /// What the plan knows about one tree, and why it needs recovery (or not).
 #[derive(Debug, Clone, Serialize)]
-pub struct TreePlan {
+pub(crate) struct TreePlan {
     pub path: String,
     pub package: String,
     pub version: String,
@@ -74,7 +74,7 @@ pub struct TreePlan {
 
 /// The whole plan for the system.
 #[derive(Debug, Clone, Serialize)]
-pub struct RecoveryPlan {
+pub(crate) struct RecoveryPlan {
     pub version: u32,
     pub root: String,
     /// Set when the commands run in `chroot <root>` (a system mounted with --root).
@@ -92,7 +92,7 @@ pub struct RecoveryPlan {
 }
 
 impl RecoveryPlan {
-    pub fn needs_recovery(&self) -> bool {
+    pub(crate) fn needs_recovery(&self) -> bool {
         !self.steps.is_empty()
     }
 
@@ -103,7 +103,7 @@ impl RecoveryPlan {
 
 /// Choices the caller makes about the plan.
 #[derive(Debug, Clone, Default)]
-pub struct PlanOptions {
+pub(crate) struct PlanOptions {
     /// Restore commands per tree (keyed by the tree's system path), pre-rendered by
     /// the restore engine. A tree without an entry gets `kfd-audit restore --tree ...`.
     pub restore_steps: BTreeMap<String, Vec<String>>,
@@ -113,7 +113,7 @@ pub struct PlanOptions {
 
 impl PlanOptions {
     /// The options for a root: a chroot unless the root is the running system.
-    pub fn for_root(root: &Root) -> PlanOptions {
+    pub(crate) fn for_root(root: &Root) -> PlanOptions {
         PlanOptions {
             restore_steps: BTreeMap::new(),
             chroot: (!root.is_host_root()).then(|| root.dir().to_path_buf()),
@@ -122,7 +122,7 @@ impl PlanOptions {
 }
 
 /// Quotes an argument for a POSIX shell, only when it needs it.
-pub fn shell_quote(arg: &str) -> String {
+pub(crate) fn shell_quote(arg: &str) -> String {
     if !arg.is_empty()
         && arg
             .chars()
@@ -293,7 +293,7 @@ fn fallback_text(root: &Root) -> Vec<String> {
 
 /// The plan for scanned trees, DKMS state included: what `restore` prints at its end.
 /// `restore_steps` holds the restore engine's own commands per tree system path.
-pub fn plan_for(
+pub(crate) fn plan_for(
     root: &Root,
     scans: &[TreeScan],
     restore_steps: BTreeMap<String, Vec<String>>,
@@ -317,7 +317,7 @@ const BINDS: [&str; 3] = ["/dev", "/proc", "/sys"];
 /// 5. rebuild the initramfs;
 /// 6. leave the chroot;
 /// 7. reboot.
-pub fn build(
+pub(crate) fn build(
     root: &Root,
     scans: &[TreeScan],
     state: &DkmsState,

@@ -15,7 +15,7 @@ fn step_tag(st: &RecoveryStep) -> &'static str {
 }
 
 /// The plan for a person at a terminal.
-pub fn render_text(plan: &RecoveryPlan) -> String {
+pub(crate) fn render_text(plan: &RecoveryPlan) -> String {
     let mut out = String::new();
     let active = plan.trees.iter().filter(|t| t.needs_recovery).count();
     if plan.steps.is_empty() {
@@ -119,7 +119,7 @@ fn md_code(s: &str) -> String {
 }
 
 /// The plan as Markdown, for a bug report.
-pub fn render_markdown(plan: &RecoveryPlan) -> String {
+pub(crate) fn render_markdown(plan: &RecoveryPlan) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "# kfd-audit recovery plan\n");
     let _ = writeln!(out, "- Root: {}", md_code(&plan.root));
@@ -235,6 +235,6 @@ fn tree_markdown(out: &mut String, t: &TreePlan) {
 }
 
 /// The plan as JSON, for tools (the model serialized as it is).
-pub fn render_json(plan: &RecoveryPlan) -> String {
+pub(crate) fn render_json(plan: &RecoveryPlan) -> String {
     serde_json::to_string_pretty(plan).expect("plan serializes") + "\n"
 }

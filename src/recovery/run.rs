@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 
 /// How one command ended, judged with what is known about dkms.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StepOutcome {
+pub(crate) enum StepOutcome {
     Done,
     /// Succeeded in a known harmless way; the text says how.
     DoneWithNote(String),
@@ -21,7 +21,7 @@ pub enum StepOutcome {
 /// Classifies how a finished command ended, with what is known about dkms (its
 /// "Error!" lines with exit 0, "already built", a remove of what is not registered).
 /// `rc` is None when it was killed by a signal.
-pub fn classify_step_outcome(
+pub(crate) fn classify_step_outcome(
     kind: StepKind,
     rc: Option<i32>,
     stdout: &str,
@@ -135,12 +135,12 @@ fn advice(plan: &RecoveryPlan, st: &RecoveryStep) -> Vec<String> {
 }
 
 /// Asks the person at the terminal before anything is run.
-pub trait Confirm {
+pub(crate) trait Confirm {
     fn confirm(&mut self, prompt: &str) -> anyhow::Result<bool>;
 }
 
 /// A yes/no question on the terminal (dialoguer), default no.
-pub struct TerminalConfirm;
+pub(crate) struct TerminalConfirm;
 
 impl Confirm for TerminalConfirm {
     fn confirm(&mut self, prompt: &str) -> anyhow::Result<bool> {
@@ -221,7 +221,7 @@ fn run_streaming(
 
 /// Runs the plan's commands one by one and stops at the first failure.
 /// Returns Clean when every command succeeded, Failed otherwise.
-pub fn run_steps(
+pub(crate) fn run_steps(
     plan: &RecoveryPlan,
     out: &mut dyn Write,
     err: &mut dyn Write,
@@ -284,7 +284,7 @@ pub fn run_steps(
 
 /// `plan --run`: refuse what it must not do, ask (when `tty`: stdin is a terminal),
 /// then run.
-pub fn run_command(
+pub(crate) fn run_command(
     plan: &RecoveryPlan,
     yes: bool,
     tty: bool,

@@ -19,19 +19,19 @@ use std::path::{Path, PathBuf};
 /// kfd-audit's state directory as the audited system names it: the baseline, the
 /// restore journal, the quarantine and the lock. Here, low, because the baseline
 /// reader is its lowest user.
-pub const STATE_DIR: &str = "/var/lib/kfd-audit";
+pub(crate) const STATE_DIR: &str = "/var/lib/kfd-audit";
 
 /// Where a tree's baseline lives on this host.
-pub fn dir(root: &Root, tree: &Tree) -> PathBuf {
+pub(crate) fn dir(root: &Root, tree: &Tree) -> PathBuf {
     root.path(STATE_DIR).join("baseline").join(tree.dir_name())
 }
 
-pub fn manifest_path(root: &Root, tree: &Tree) -> PathBuf {
+pub(crate) fn manifest_path(root: &Root, tree: &Tree) -> PathBuf {
     dir(root, tree).join("manifest.sha256")
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Meta {
+pub(crate) struct Meta {
     pub tree: String,
     pub package: String,
     pub version: String,
@@ -107,7 +107,7 @@ pub fn parse_line(line: &[u8]) -> std::result::Result<(Digest, PathBuf), String>
 }
 
 /// Reads the tree's baseline manifest, if there is one, as tree-relative entries.
-pub fn load_manifest(
+pub(crate) fn load_manifest(
     root: &Root,
     tree: &Tree,
     opts: LoadOptions,

@@ -14,9 +14,8 @@ use crate::io::root::Root;
 use crate::pkgdb::dpkg;
 // The reading rules of reference files live with the package database, the lowest
 // reader of them; named here too so that callers keep one place to import them from.
-pub use crate::pkgdb::{
-    safe_relative, shown_excerpt, LoadOptions, SkipList, Skipped, MAX_SKIPPED_LISTED,
-};
+pub use crate::pkgdb::{safe_relative, LoadOptions};
+pub(crate) use crate::pkgdb::{shown_excerpt, SkipList, Skipped};
 use crate::tree::Tree;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -32,7 +31,7 @@ pub enum ReferenceKind {
 }
 
 impl ReferenceKind {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ReferenceKind::Baseline => "baseline",
             ReferenceKind::DpkgMd5sums => "dpkg-md5sums",
@@ -71,11 +70,11 @@ pub struct TreeReferences {
 }
 
 impl TreeReferences {
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
-    pub fn get(&self, rel: &Path) -> Option<&Expected> {
+    pub(crate) fn get(&self, rel: &Path) -> Option<&Expected> {
         self.entries.get(rel)
     }
 }

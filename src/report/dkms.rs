@@ -8,7 +8,7 @@ use crate::term;
 use std::fmt::Write as _;
 
 /// Renders the DKMS state as text lines (for the scan report), indented by two.
-pub fn render_text(state: &DkmsState) -> String {
+pub(crate) fn render_text(state: &DkmsState) -> String {
     let mut out = String::new();
     let tool = match (&state.tool, state.status_read) {
         (Some(t), true) => format!("{t}; 'dkms status' read"),

@@ -8,7 +8,7 @@ use crate::system::SystemFinding;
 use std::fmt::Write as _;
 
 /// Renders the report as Markdown, for pasting into a bug report.
-pub fn render_markdown(r: &Report) -> String {
+pub(crate) fn render_markdown(r: &Report) -> String {
     let s = &r.summary;
     let mut out = String::new();
     let _ = writeln!(out, "# kfd-audit scan report\n");

@@ -7,17 +7,15 @@
 //! never renamed; see the README), [`prometheus`] for node_exporter; [`system`] and
 //! [`dkms`] render the sections beyond the tree and the DKMS state for text and Markdown.
 
-pub mod dkms;
-pub mod json;
-pub mod markdown;
-pub mod prometheus;
-pub mod system;
-pub mod text;
+pub(crate) mod dkms;
+pub(crate) mod json;
+pub(crate) mod markdown;
+pub(crate) mod prometheus;
+pub(crate) mod system;
+pub(crate) mod text;
 
-/// Kept under this name for callers of `report::path_bytes`; it lives in [`crate::term`].
-pub use crate::term::path_bytes;
-pub use markdown::render_markdown;
-pub use text::render_text;
+pub(crate) use markdown::render_markdown;
+pub(crate) use text::render_text;
 
 use crate::exit::Outcome;
 use crate::finding::{Finding, Severity};
@@ -29,7 +27,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     pub version: u32,
     pub root: String,
     pub exit_code: u8,
@@ -58,7 +56,7 @@ pub struct Report {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct ModuleBackupReport {
+pub(crate) struct ModuleBackupReport {
     pub path: String,
     pub original: String,
     pub verdict: crate::scan::BackupVerdict,
@@ -67,7 +65,7 @@ pub struct ModuleBackupReport {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct TreeReport {
+pub(crate) struct TreeReport {
     pub path: String,
     pub package: String,
     pub version: String,
@@ -92,7 +90,7 @@ pub struct TreeReport {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct FileReport {
+pub(crate) struct FileReport {
     /// Path relative to the tree; invalid UTF-8 is replaced here and kept in `path_bytes`.
     pub path: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -119,13 +117,13 @@ pub struct FileReport {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct CleanReport {
+pub(crate) struct CleanReport {
     pub reference: String,
     pub origin: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct BackupReport {
+pub(crate) struct BackupReport {
     pub path: String,
     /// The backup's name as bytes when it is not valid UTF-8.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -143,7 +141,7 @@ pub struct BackupReport {
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
-pub struct Summary {
+pub(crate) struct Summary {
     pub trees: usize,
     pub files: usize,
     pub ok: usize,
@@ -310,7 +308,7 @@ fn tree_report(s: &TreeScan, all_files: bool) -> TreeReport {
 }
 
 impl Report {
-    pub fn build(root: &Path, scans: &[TreeScan], all_files: bool) -> Report {
+    pub(crate) fn build(root: &Path, scans: &[TreeScan], all_files: bool) -> Report {
         let mut summary = Summary {
             trees: scans.len(),
             ..Summary::default()
@@ -338,14 +336,17 @@ impl Report {
 
     /// Adds the DKMS state. A module probably built from changed sources is something
     /// found even when the sources are clean again (a restore without a rebuild).
-    pub fn attach_dkms(&mut self, state: crate::dkms::DkmsState) {
+    pub(crate) fn attach_dkms(&mut self, state: crate::dkms::DkmsState) {
         self.dkms = Some(state);
         self.exit_code = self.outcome().code();
     }
 
     /// Adds the backups of installed modules (they do not change the exit code: a
     /// module backup is reported so a user knows which one is safe to put back).
-    pub fn with_module_backups(mut self, found: &[crate::dkms::backups::ModuleBackup]) -> Report {
+    pub(crate) fn with_module_backups(
+        mut self,
+        found: &[crate::dkms::backups::ModuleBackup],
+    ) -> Report {
         self.summary.module_backups = found.len();
         self.module_backups = found
             .iter()
@@ -361,7 +362,7 @@ impl Report {
 
     /// Adds the findings of the sections beyond the tree; they count into the
     /// summary and the exit code like the trees' findings.
-    pub fn add_system(&mut self, system: SystemReport) {
+    pub(crate) fn add_system(&mut self, system: SystemReport) {
         for f in system.findings() {
             self.summary.count_finding(f.finding.severity);
         }
@@ -392,7 +393,7 @@ impl Report {
 
     /// Adds each tree's build-recipe audit (same order as the trees); its findings
     /// count in the summary and the exit code like findings in files.
-    pub fn attach_build(&mut self, audits: Vec<crate::dkms::recipe::BuildAudit>) {
+    pub(crate) fn attach_build(&mut self, audits: Vec<crate::dkms::recipe::BuildAudit>) {
         for (t, a) in self.trees.iter_mut().zip(audits) {
             if a.overrides.is_empty() && a.patches.is_empty() && a.findings.is_empty() {
                 continue;
@@ -405,7 +406,7 @@ impl Report {
         self.exit_code = self.outcome().code();
     }
 
-    pub fn outcome(&self) -> Outcome {
+    pub(crate) fn outcome(&self) -> Outcome {
         let o = Report::outcome_of(&self.summary);
         if self.dkms.as_ref().is_some_and(|d| d.rebuild_due()) {
             o.worst(Outcome::Found)

@@ -25,7 +25,7 @@ const STATUSES: [FileStatus; 7] = [
 ];
 
 /// Renders the metrics of one scan.
-pub fn render(report: &Report, scans: &[TreeScan], now: SystemTime) -> String {
+pub(crate) fn render(report: &Report, scans: &[TreeScan], now: SystemTime) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,

@@ -82,7 +82,7 @@ fn render_section(
 }
 
 /// Renders the sections beyond the tree as text (appended to the scan report).
-pub fn render_text(
+pub(crate) fn render_text(
     live: Option<&[SystemFinding]>,
     options: Option<&[SystemFinding]>,
     rocm: Option<&[SystemFinding]>,
@@ -153,7 +153,7 @@ pub fn render_text(
 }
 
 /// Renders the sections beyond the tree as Markdown.
-pub fn render_markdown(findings: &[(&str, &[SystemFinding])]) -> String {
+pub(crate) fn render_markdown(findings: &[(&str, &[SystemFinding])]) -> String {
     let mut out = String::new();
     for (title, list) in findings {
         let _ = writeln!(out, "\n## {title}\n");

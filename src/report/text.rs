@@ -65,7 +65,7 @@ fn labelled(out: &mut String, label: &str, text: &str) {
 }
 
 /// Renders the report for a person: the summary first, then each tree's changes.
-pub fn render_text(r: &Report, color: bool, verbose: bool) -> String {
+pub(crate) fn render_text(r: &Report, color: bool, verbose: bool) -> String {
     let mut out = String::new();
     summary_text(&mut out, r, color);
     for t in &r.trees {

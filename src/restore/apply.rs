@@ -23,7 +23,7 @@ use std::path::PathBuf;
 
 /// What the file must be right before it is replaced.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Expect {
+pub(crate) enum Expect {
     /// Its content must have this digest.
     Digest(Digest),
     /// It must not exist.
@@ -32,7 +32,7 @@ pub enum Expect {
 
 /// One file to write.
 #[derive(Debug, Clone)]
-pub struct Change {
+pub(crate) struct Change {
     /// The tree (system path and host path) and the file's path inside it.
     pub tree_system: PathBuf,
     pub tree_host: PathBuf,
@@ -44,15 +44,14 @@ pub struct Change {
 }
 
 impl Change {
-    pub fn system_path(&self) -> PathBuf {
+    pub(crate) fn system_path(&self) -> PathBuf {
         self.tree_system.join(&self.rel)
     }
 }
 
 #[derive(Debug, Clone)]
-pub struct Applied {
+pub(crate) struct Applied {
     pub system_path: PathBuf,
-    pub rel: PathBuf,
     /// System path of the quarantined previous version.
     pub quarantine: Option<PathBuf>,
     /// Set when the file was replaced but making it durable failed.
@@ -60,14 +59,13 @@ pub struct Applied {
 }
 
 #[derive(Debug, Clone)]
-pub struct NotApplied {
+pub(crate) struct NotApplied {
     pub system_path: PathBuf,
-    pub rel: PathBuf,
     pub reason: String,
 }
 
 #[derive(Debug, Clone, Default)]
-pub struct ApplyResult {
+pub(crate) struct ApplyResult {
     pub run: Option<String>,
     /// System path of the journal.
     pub journal: Option<PathBuf>,
@@ -78,7 +76,7 @@ pub struct ApplyResult {
 }
 
 /// The new bytes for a change, verified, or why there are none.
-pub type Fetch<'a> = dyn FnMut(&Change) -> Result<Vec<u8>, String> + 'a;
+pub(crate) type Fetch<'a> = dyn FnMut(&Change) -> Result<Vec<u8>, String> + 'a;
 
 enum Step {
     Applied(Applied),
@@ -201,7 +199,6 @@ fn apply_one(ctx: &mut Ctx, c: &Change, fetch: &mut Fetch) -> Step {
     }
     let applied = Applied {
         system_path: system_path.clone(),
-        rel: c.rel.clone(),
         quarantine: quarantine.clone(),
         warning: None,
     };
@@ -234,7 +231,7 @@ fn apply_one(ctx: &mut Ctx, c: &Change, fetch: &mut Fetch) -> Step {
 }
 
 /// Applies the changes in order as one journaled run.
-pub fn apply(
+pub(crate) fn apply(
     root: &Root,
     kind: RunKind,
     undoes: Option<String>,
@@ -260,7 +257,6 @@ pub fn apply(
                 .iter()
                 .map(|c| NotApplied {
                     system_path: c.system_path(),
-                    rel: c.rel.clone(),
                     reason: "not attempted: the journal could not be created".into(),
                 })
                 .collect();
@@ -280,7 +276,6 @@ pub fn apply(
             Step::Applied(a) => result.applied.push(a),
             Step::Refused(reason) => result.not_applied.push(NotApplied {
                 system_path: c.system_path(),
-                rel: c.rel.clone(),
                 reason,
             }),
             Step::Stop(err, applied) => {
@@ -288,7 +283,6 @@ pub fn apply(
                     Some(a) => result.applied.push(a),
                     None => result.not_applied.push(NotApplied {
                         system_path: c.system_path(),
-                        rel: c.rel.clone(),
                         reason: format!("stopped here: {err}; the file is unchanged"),
                     }),
                 }
@@ -300,7 +294,6 @@ pub fn apply(
     for c in iter {
         result.not_applied.push(NotApplied {
             system_path: c.system_path(),
-            rel: c.rel.clone(),
             reason: "not attempted: the run stopped before it".into(),
         });
     }

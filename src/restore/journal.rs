@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 /// Serde for paths: a string when the path is UTF-8, else its bytes, so that no
 /// name is ever lost or changed on the way through the journal.
-pub mod path_repr {
+pub(crate) mod path_repr {
     use super::*;
     use serde::{Deserializer, Serializer};
 
@@ -30,14 +30,16 @@ pub mod path_repr {
         Bytes(Vec<u8>),
     }
 
-    pub fn serialize<S: Serializer>(p: &Path, s: S) -> std::result::Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(p: &Path, s: S) -> std::result::Result<S::Ok, S::Error> {
         match std::str::from_utf8(p.as_os_str().as_bytes()) {
             Ok(t) => Repr::Text(t.to_string()).serialize(s),
             Err(_) => Repr::Bytes(p.as_os_str().as_bytes().to_vec()).serialize(s),
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<PathBuf, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> std::result::Result<PathBuf, D::Error> {
         Ok(match Repr::deserialize(d)? {
             Repr::Text(t) => PathBuf::from(t),
             Repr::Bytes(b) => PathBuf::from(OsStr::from_bytes(&b)),
@@ -46,21 +48,21 @@ pub mod path_repr {
 }
 
 /// [`path_repr`] for an optional path.
-pub mod opt_path_repr {
+pub(crate) mod opt_path_repr {
     use super::*;
     use serde::{Deserializer, Serializer};
 
     #[derive(Serialize, Deserialize)]
     struct Wrapped(#[serde(with = "path_repr")] PathBuf);
 
-    pub fn serialize<S: Serializer>(
+    pub(crate) fn serialize<S: Serializer>(
         p: &Option<PathBuf>,
         s: S,
     ) -> std::result::Result<S::Ok, S::Error> {
         p.as_ref().map(|p| Wrapped(p.clone())).serialize(s)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
         d: D,
     ) -> std::result::Result<Option<PathBuf>, D::Error> {
         Ok(Option::<Wrapped>::deserialize(d)?.map(|w| w.0))
@@ -75,7 +77,7 @@ pub enum RunKind {
 }
 
 impl RunKind {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             RunKind::Restore => "restore",
             RunKind::Undo => "undo",
@@ -115,7 +117,7 @@ pub struct Intent {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
-pub enum Entry {
+pub(crate) enum Entry {
     Begin {
         id: String,
         kind: RunKind,
@@ -140,16 +142,16 @@ pub enum Entry {
 }
 
 /// The journal directory under the state directory.
-pub const DIR: &str = "journal";
+pub(crate) const DIR: &str = "journal";
 
 /// A fresh, sortable run id from the clock: `20251108T120000.123456Z`.
-pub fn new_run_id() -> String {
+pub(crate) fn new_run_id() -> String {
     let t = humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string();
     t.chars().filter(|c| *c != '-' && *c != ':').collect()
 }
 
 /// Whether a string can be a run id (used as a file and directory name).
-pub fn valid_run_id(id: &str) -> bool {
+pub(crate) fn valid_run_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
         && id
@@ -159,14 +161,14 @@ pub fn valid_run_id(id: &str) -> bool {
 }
 
 /// Appends entries to one run's journal, each fsync'd before `append` returns.
-pub struct JournalWriter {
+pub(crate) struct JournalWriter {
     file: TreeFile,
     pub id: String,
 }
 
 impl JournalWriter {
     /// Creates the journal of a new run (a new id if the clock repeats itself).
-    pub fn create(state: &Path, begin: impl Fn(&str) -> Entry) -> Result<JournalWriter> {
+    pub(crate) fn create(state: &Path, begin: impl Fn(&str) -> Entry) -> Result<JournalWriter> {
         loop {
             let id = new_run_id();
             let rel = Path::new(DIR).join(format!("{id}.jsonl"));
@@ -181,14 +183,14 @@ impl JournalWriter {
         }
     }
 
-    pub fn append(&self, entry: &Entry) -> Result<()> {
+    pub(crate) fn append(&self, entry: &Entry) -> Result<()> {
         let mut line = serde_json::to_vec(entry).expect("journal entry serializes");
         line.push(b'\n');
         self.file.append(&line, 0o600)?;
         Ok(())
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.file.path()
     }
 }
@@ -210,7 +212,7 @@ pub struct Run {
 }
 
 impl Run {
-    pub fn is_done(&self, seq: usize) -> bool {
+    pub(crate) fn is_done(&self, seq: usize) -> bool {
         self.done.contains(&seq)
     }
 }
@@ -287,7 +289,7 @@ pub fn read_run(path: &Path) -> Result<Run> {
 }
 
 /// Every run in the state directory, oldest first.
-pub fn load_runs(state: &Path) -> Result<Vec<Run>> {
+pub(crate) fn load_runs(state: &Path) -> Result<Vec<Run>> {
     let dir = state.join(DIR);
     let entries = match std::fs::read_dir(&dir) {
         Ok(e) => e,
@@ -307,7 +309,7 @@ pub fn load_runs(state: &Path) -> Result<Vec<Run>> {
 /// What a journaled file is now, judged by its hash against the journal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum FileState {
+pub(crate) enum FileState {
     /// The content from before the run (or absent, if it was absent).
     Old,
     /// The content the run wrote.
@@ -321,7 +323,7 @@ pub enum FileState {
 }
 
 impl FileState {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             FileState::Old => "old",
             FileState::New => "new",
@@ -332,12 +334,12 @@ impl FileState {
     }
 }
 
-pub fn sha256_hex(bytes: &[u8]) -> String {
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     Digest::of_bytes(Algorithm::Sha256, bytes).to_hex()
 }
 
 /// Judges current bytes (`None`: absent) against an intent.
-pub fn judge(intent: &Intent, current: Option<&[u8]>) -> FileState {
+pub(crate) fn judge(intent: &Intent, current: Option<&[u8]>) -> FileState {
     match current {
         None if intent.old_sha256.is_none() => FileState::Old,
         None => FileState::Missing,

@@ -12,11 +12,11 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-pub const FILE: &str = "restore.lock";
+pub(crate) const FILE: &str = "restore.lock";
 
 /// The held lock; released (emptied and unlocked) when dropped.
 #[derive(Debug)]
-pub struct RestoreLock {
+pub(crate) struct RestoreLock {
     file: File,
     pub path: PathBuf,
     /// The pid of a dead process whose stale lock was taken over.
@@ -35,7 +35,7 @@ fn refuse(path: &Path, pid: Option<u32>, how: &str) -> Error {
 }
 
 /// Takes the lock in the state directory (created if needed).
-pub fn acquire(state: &Path) -> Result<RestoreLock> {
+pub(crate) fn acquire(state: &Path) -> Result<RestoreLock> {
     atomic::create_private_dir(state)?;
     let path = state.join(FILE);
     let mut file = std::fs::OpenOptions::new()

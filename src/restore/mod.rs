@@ -5,13 +5,13 @@
 //! a kill at any instant leaves each file either old or new, and the journal says
 //! which. `undo` puts back what a run replaced, itself as a journaled run.
 
-pub mod apply;
+pub(crate) mod apply;
 pub mod journal;
-pub mod lock;
-pub mod plan;
-pub mod prompt;
-pub mod render;
-pub mod undo;
+pub(crate) mod lock;
+pub(crate) mod plan;
+pub(crate) mod prompt;
+pub(crate) mod render;
+pub(crate) mod undo;
 
 use crate::error::Result;
 use crate::io::root::Root;
@@ -22,17 +22,17 @@ use prompt::{Choice, Prompter, Question};
 use std::io::Write;
 
 /// Which planned files to restore: `(tree index, item index)`.
-pub type Selection = Vec<(usize, usize)>;
+pub(crate) type Selection = Vec<(usize, usize)>;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Review {
+pub(crate) enum Review {
     Selected(Selection),
     /// The user quit or said no at the end: nothing is restored.
     Cancelled,
 }
 
 /// Every planned file.
-pub fn select_all(plan: &RestorePlan) -> Selection {
+pub(crate) fn select_all(plan: &RestorePlan) -> Selection {
     plan.trees
         .iter()
         .enumerate()
@@ -41,7 +41,7 @@ pub fn select_all(plan: &RestorePlan) -> Selection {
 }
 
 /// Asks about each planned file, then for a final confirmation.
-pub fn review(
+pub(crate) fn review(
     root: &Root,
     plan: &RestorePlan,
     prompter: &mut dyn Prompter,
@@ -104,7 +104,7 @@ pub fn review(
 }
 
 /// Whether bytes hash to the digest.
-pub fn verifies(bytes: &[u8], d: &crate::io::hash::Digest) -> bool {
+pub(crate) fn verifies(bytes: &[u8], d: &crate::io::hash::Digest) -> bool {
     crate::io::hash::Digest::of_bytes(d.algorithm(), bytes) == *d
 }
 
@@ -126,7 +126,7 @@ fn change_for(tp: &plan::TreePlan, item: &PlanItem, root: &Root) -> Change {
 /// from (same order). Every selected source is fetched again when the apply starts
 /// (after the review; all at once, so a package archive is read through once, not
 /// once per file) and each is verified again right before use.
-pub fn apply_plan(
+pub(crate) fn apply_plan(
     root: &Root,
     plan: &RestorePlan,
     scans: &[TreeScan],

@@ -15,18 +15,18 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 /// kfd-audit's state directory as the audited system names it.
-pub const STATE_DIR: &str = crate::reference::baseline::STATE_DIR;
+pub(crate) const STATE_DIR: &str = crate::reference::baseline::STATE_DIR;
 
 /// The clean content providers of a scanned tree. The one place the restore
 /// engine asks for them, so that new providers arrive here only.
-pub fn clean_content<'a>(root: &Root, scan: &'a TreeScan) -> CleanContent<'a> {
+pub(crate) fn clean_content<'a>(root: &Root, scan: &'a TreeScan) -> CleanContent<'a> {
     CleanContent::for_tree(root, &scan.tree, &scan.refs)
 }
 
 /// What will happen to one file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Action {
+pub(crate) enum Action {
     /// The file exists and differs: its current version is quarantined, then replaced.
     Replace,
     /// The file is missing: it is created.
@@ -34,7 +34,7 @@ pub enum Action {
 }
 
 impl Action {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Action::Replace => "replace",
             Action::Create => "create",
@@ -43,7 +43,7 @@ impl Action {
 }
 
 #[derive(Debug, Clone)]
-pub struct PlanItem {
+pub(crate) struct PlanItem {
     /// Path inside the tree.
     pub rel: PathBuf,
     pub action: Action,
@@ -61,7 +61,7 @@ pub struct PlanItem {
 
 /// A modified or missing file for which no verified clean bytes exist.
 #[derive(Debug, Clone)]
-pub struct NoSource {
+pub(crate) struct NoSource {
     pub rel: PathBuf,
     pub status: FileStatus,
     pub reference: Option<ReferenceKind>,
@@ -70,13 +70,13 @@ pub struct NoSource {
 
 /// A file the restore will not touch, and why.
 #[derive(Debug, Clone)]
-pub struct RefusedFile {
+pub(crate) struct RefusedFile {
     pub rel: PathBuf,
     pub reason: String,
 }
 
 #[derive(Debug, Clone)]
-pub struct TreePlan {
+pub(crate) struct TreePlan {
     pub tree: Tree,
     pub dpkg_package: Option<String>,
     pub references: Vec<ReferenceKind>,
@@ -91,36 +91,36 @@ pub struct TreePlan {
 
 impl TreePlan {
     /// The system path of a file of this tree.
-    pub fn system_path(&self, rel: &Path) -> PathBuf {
+    pub(crate) fn system_path(&self, rel: &Path) -> PathBuf {
         self.tree.system_path.join(rel)
     }
 
     /// Whether anything is to be done or reported for this tree.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.items.is_empty() && self.no_source.is_empty() && self.refused.is_empty()
     }
 }
 
 #[derive(Debug, Clone)]
-pub struct RestorePlan {
+pub(crate) struct RestorePlan {
     pub root: PathBuf,
     pub trees: Vec<TreePlan>,
 }
 
 impl RestorePlan {
-    pub fn item_count(&self) -> usize {
+    pub(crate) fn item_count(&self) -> usize {
         self.trees.iter().map(|t| t.items.len()).sum()
     }
 
-    pub fn no_source_count(&self) -> usize {
+    pub(crate) fn no_source_count(&self) -> usize {
         self.trees.iter().map(|t| t.no_source.len()).sum()
     }
 
-    pub fn refused_count(&self) -> usize {
+    pub(crate) fn refused_count(&self) -> usize {
         self.trees.iter().map(|t| t.refused.len()).sum()
     }
 
-    pub fn kept_count(&self) -> usize {
+    pub(crate) fn kept_count(&self) -> usize {
         self.trees.iter().map(|t| t.kept.len()).sum()
     }
 }
@@ -145,7 +145,7 @@ fn is_temp(rel: &Path) -> bool {
 }
 
 /// Shows an origin (a host path under the root) as the audited system names it.
-pub fn display_origin(root: &Root, origin: &str) -> String {
+pub(crate) fn display_origin(root: &Root, origin: &str) -> String {
     let p = Path::new(origin);
     match root.system_path(p) {
         Some(sys) if p.is_absolute() => crate::term::path(&sys),
@@ -156,7 +156,7 @@ pub fn display_origin(root: &Root, origin: &str) -> String {
 /// Builds the plan from scans, with the clean content they fetched (or, for a scan
 /// that did not look for it, fetched here). `only` limits it; a path in `only` that matches no
 /// modified, missing or refused file is an error (a typo must not look like "clean").
-pub fn build(root: &Root, scans: &[TreeScan], only: &[PathBuf]) -> Result<RestorePlan> {
+pub(crate) fn build(root: &Root, scans: &[TreeScan], only: &[PathBuf]) -> Result<RestorePlan> {
     let mut trees = Vec::new();
     let mut matched = vec![false; only.len()];
     for scan in scans {
@@ -279,7 +279,7 @@ pub fn build(root: &Root, scans: &[TreeScan], only: &[PathBuf]) -> Result<Restor
 }
 
 /// Where the quarantine copy of a file goes, as the audited system names it.
-pub fn quarantine_path(run: &str, system_path: &Path) -> PathBuf {
+pub(crate) fn quarantine_path(run: &str, system_path: &Path) -> PathBuf {
     let rel = system_path.strip_prefix("/").unwrap_or(system_path);
     Path::new(STATE_DIR).join("quarantine").join(run).join(rel)
 }
@@ -294,7 +294,7 @@ fn algorithm_name(a: Algorithm) -> &'static str {
 // ---- JSON view (extend, never rename) ----
 
 #[derive(Debug, Serialize)]
-pub struct PlanJson {
+pub(crate) struct PlanJson {
     pub version: u32,
     pub root: String,
     pub dry_run: bool,
@@ -305,7 +305,7 @@ pub struct PlanJson {
 }
 
 #[derive(Debug, Serialize)]
-pub struct PlanSummary {
+pub(crate) struct PlanSummary {
     pub restore: usize,
     pub no_source: usize,
     pub refused: usize,
@@ -313,7 +313,7 @@ pub struct PlanSummary {
 }
 
 #[derive(Debug, Serialize)]
-pub struct TreePlanJson {
+pub(crate) struct TreePlanJson {
     pub path: String,
     pub package: String,
     pub version: String,
@@ -327,7 +327,7 @@ pub struct TreePlanJson {
 }
 
 #[derive(Debug, Serialize)]
-pub struct ItemJson {
+pub(crate) struct ItemJson {
     pub path: String,
     /// The path as bytes when it is not valid UTF-8 (`path` is then lossy).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -344,7 +344,7 @@ pub struct ItemJson {
 }
 
 #[derive(Debug, Serialize)]
-pub struct NoSourceJson {
+pub(crate) struct NoSourceJson {
     pub path: String,
     /// The path as bytes when it is not valid UTF-8 (`path` is then lossy).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -356,7 +356,7 @@ pub struct NoSourceJson {
 }
 
 #[derive(Debug, Serialize)]
-pub struct RefusedJson {
+pub(crate) struct RefusedJson {
     pub path: String,
     /// The path as bytes when it is not valid UTF-8 (`path` is then lossy).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -369,7 +369,7 @@ fn text(p: &Path) -> String {
 }
 
 /// What the user can do about files without a verified clean source.
-pub fn advice(tp: &TreePlan) -> Vec<String> {
+pub(crate) fn advice(tp: &TreePlan) -> Vec<String> {
     if tp.no_source.is_empty() {
         return Vec::new();
     }
@@ -392,7 +392,7 @@ pub fn advice(tp: &TreePlan) -> Vec<String> {
 }
 
 impl RestorePlan {
-    pub fn to_json(&self, root: &Root, dry_run: bool) -> PlanJson {
+    pub(crate) fn to_json(&self, root: &Root, dry_run: bool) -> PlanJson {
         let trees = self
             .trees
             .iter()
@@ -460,7 +460,7 @@ impl RestorePlan {
 }
 
 /// The current bytes of a planned file (empty when missing), for diffs.
-pub fn current_bytes(tp: &TreePlan, item: &PlanItem) -> Result<Vec<u8>> {
+pub(crate) fn current_bytes(tp: &TreePlan, item: &PlanItem) -> Result<Vec<u8>> {
     if item.action == Action::Create {
         return Ok(Vec::new());
     }

@@ -3,11 +3,12 @@
 //! [`Scripted`] answers from a list so unit tests can drive the review.
 
 use crate::error::{Error, Result};
+#[cfg(test)]
 use std::collections::VecDeque;
 use std::path::PathBuf;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Choice {
+pub(crate) enum Choice {
     Accept,
     Skip,
     ShowDiff,
@@ -16,7 +17,7 @@ pub enum Choice {
 }
 
 /// The menu, in the order shown. Quit is last; Esc and `q` quit too.
-pub const CHOICES: [(Choice, &str); 5] = [
+pub(crate) const CHOICES: [(Choice, &str); 5] = [
     (Choice::Accept, "restore this file"),
     (Choice::Skip, "skip it (leave it as it is)"),
     (Choice::ShowDiff, "show the diff (current -> clean)"),
@@ -26,7 +27,7 @@ pub const CHOICES: [(Choice, &str); 5] = [
 
 /// What the user is asked about one file.
 #[derive(Debug, Clone)]
-pub struct Question {
+pub(crate) struct Question {
     pub index: usize,
     pub total: usize,
     /// Escaped for printing.
@@ -36,7 +37,7 @@ pub struct Question {
 }
 
 impl Question {
-    pub fn prompt(&self) -> String {
+    pub(crate) fn prompt(&self) -> String {
         format!(
             "[{}/{}] {} {} from {}?",
             self.index + 1,
@@ -52,7 +53,7 @@ impl Question {
     }
 }
 
-pub trait Prompter {
+pub(crate) trait Prompter {
     /// What to do with one file.
     fn choose(&mut self, q: &Question) -> Result<Choice>;
     /// The final yes/no, after a summary of what will happen.
@@ -69,7 +70,7 @@ fn prompt_error(e: dialoguer::Error) -> Error {
 }
 
 /// Prompts on the terminal (stderr) with dialoguer.
-pub struct TerminalPrompter {
+pub(crate) struct TerminalPrompter {
     term: dialoguer::console::Term,
 }
 
@@ -103,9 +104,10 @@ impl Prompter for TerminalPrompter {
     }
 }
 
-/// Answers from a script, and records what it was asked.
+/// Answers from a script, and records what it was asked (the unit tests' prompter).
+#[cfg(test)]
 #[derive(Default)]
-pub struct Scripted {
+pub(crate) struct Scripted {
     pub choices: VecDeque<Choice>,
     pub confirms: VecDeque<bool>,
     pub asked: Vec<String>,
@@ -113,8 +115,9 @@ pub struct Scripted {
     pub before_confirm: Option<Box<dyn FnMut()>>,
 }
 
+#[cfg(test)]
 impl Scripted {
-    pub fn new(choices: &[Choice], confirm: bool) -> Scripted {
+    pub(crate) fn new(choices: &[Choice], confirm: bool) -> Scripted {
         Scripted {
             choices: choices.iter().copied().collect(),
             confirms: VecDeque::from([confirm]),
@@ -123,6 +126,7 @@ impl Scripted {
     }
 }
 
+#[cfg(test)]
 impl Prompter for Scripted {
     fn choose(&mut self, q: &Question) -> Result<Choice> {
         self.asked.push(q.prompt());

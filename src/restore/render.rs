@@ -23,7 +23,7 @@ fn algo(d: &crate::io::hash::Digest) -> &'static str {
 }
 
 /// The one-line summary of a plan.
-pub fn summary_line(plan: &RestorePlan) -> String {
+pub(crate) fn summary_line(plan: &RestorePlan) -> String {
     format!(
         "{} to restore, {} without a clean source, {} refused, {} kept",
         plural(plan.item_count(), "file"),
@@ -34,7 +34,7 @@ pub fn summary_line(plan: &RestorePlan) -> String {
 }
 
 /// The plan for a person.
-pub fn plan_text(root: &Root, plan: &RestorePlan, run: &str) -> String {
+pub(crate) fn plan_text(root: &Root, plan: &RestorePlan, run: &str) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "kfd-audit restore plan: {}", summary_line(plan));
     if plan.trees.is_empty() {
@@ -140,7 +140,7 @@ pub fn plan_text(root: &Root, plan: &RestorePlan, run: &str) -> String {
 }
 
 /// The plan as Markdown.
-pub fn plan_markdown(root: &Root, plan: &RestorePlan) -> String {
+pub(crate) fn plan_markdown(root: &Root, plan: &RestorePlan) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "# kfd-audit restore plan\n");
     let _ = writeln!(out, "Root: `{}`\n", plan.root.display());
@@ -218,7 +218,7 @@ fn safe_line(line: &str) -> String {
 }
 
 /// A unified diff from the current file to the clean one.
-pub fn unified_diff(rel: &Path, current: &[u8], clean: &[u8]) -> String {
+pub(crate) fn unified_diff(rel: &Path, current: &[u8], clean: &[u8]) -> String {
     let a = String::from_utf8_lossy(current);
     let b = String::from_utf8_lossy(clean);
     let diff = similar::TextDiff::from_lines(a.as_ref(), b.as_ref());

@@ -21,7 +21,7 @@ fn current(root: &Root, intent: &Intent) -> Result<Option<Vec<u8>>> {
 }
 
 /// What the journal and the disk say about one file of a run.
-pub fn file_state(root: &Root, intent: &Intent) -> FileState {
+pub(crate) fn file_state(root: &Root, intent: &Intent) -> FileState {
     match current(root, intent) {
         Ok(bytes) => judge(intent, bytes.as_deref()),
         Err(_) => FileState::NotAFile,
@@ -29,7 +29,7 @@ pub fn file_state(root: &Root, intent: &Intent) -> FileState {
 }
 
 /// The undo runs that target `id`, and whether one of them finished.
-pub fn undone_by<'a>(runs: &'a [Run], id: &str) -> Option<&'a Run> {
+pub(crate) fn undone_by<'a>(runs: &'a [Run], id: &str) -> Option<&'a Run> {
     runs.iter()
         .filter(|r| r.kind == RunKind::Undo && r.undoes.as_deref() == Some(id))
         .find(|r| r.ended)
@@ -37,7 +37,7 @@ pub fn undone_by<'a>(runs: &'a [Run], id: &str) -> Option<&'a Run> {
 
 /// The run to undo: the named one, else the latest restore that changed something
 /// and has not been undone.
-pub fn pick<'a>(runs: &'a [Run], id: Option<&str>) -> Result<&'a Run> {
+pub(crate) fn pick<'a>(runs: &'a [Run], id: Option<&str>) -> Result<&'a Run> {
     let journal_dir = Path::new(super::plan::STATE_DIR).join(super::journal::DIR);
     match id {
         Some(id) => runs.iter().find(|r| r.id == id).ok_or_else(|| Error::Refused {
@@ -56,14 +56,14 @@ pub fn pick<'a>(runs: &'a [Run], id: Option<&str>) -> Result<&'a Run> {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Problem {
+pub(crate) struct Problem {
     pub path: String,
     pub reason: String,
 }
 
 /// What an undo of one run will do.
 #[derive(Debug, Clone, Default)]
-pub struct UndoPlan {
+pub(crate) struct UndoPlan {
     pub changes: Vec<(Change, Intent)>,
     /// Already as before the run (never replaced, or put back already).
     pub already: Vec<PathBuf>,
@@ -78,7 +78,7 @@ fn show(p: &Path) -> String {
 }
 
 /// Plans the undo of a run, newest change first.
-pub fn plan(root: &Root, run: &Run) -> UndoPlan {
+pub(crate) fn plan(root: &Root, run: &Run) -> UndoPlan {
     let mut up = UndoPlan::default();
     for intent in run.intents.iter().rev() {
         let state = match current(root, intent) {
@@ -162,7 +162,7 @@ pub fn plan(root: &Root, run: &Run) -> UndoPlan {
 }
 
 /// Applies an undo plan as a journaled run.
-pub fn apply(root: &Root, run: &Run, up: &UndoPlan) -> ApplyResult {
+pub(crate) fn apply(root: &Root, run: &Run, up: &UndoPlan) -> ApplyResult {
     let changes: Vec<Change> = up.changes.iter().map(|(c, _)| c.clone()).collect();
     let intents: Vec<&Intent> = up.changes.iter().map(|(_, i)| i).collect();
     let mut k = 0usize;

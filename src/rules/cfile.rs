@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 /// What kind of thing a statement is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     /// An expression statement or declaration, ended by `;`.
     Statement,
     /// The header of an `if`/`for`/`while`/`switch` (or a loop macro), or a function.
@@ -26,7 +26,7 @@ pub enum Kind {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CondKind {
+pub(crate) enum CondKind {
     If,
     Loop,
     Switch,
@@ -35,7 +35,7 @@ pub enum CondKind {
 
 /// One condition a statement depends on.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Cond {
+pub(crate) struct Cond {
     pub kind: CondKind,
     /// The condition text (whitespace collapsed, comments removed).
     pub text: String,
@@ -46,7 +46,7 @@ pub struct Cond {
 
 /// Where a statement lives.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Ctx {
+pub(crate) struct Ctx {
     /// The enclosing function's name.
     pub function: Option<String>,
     /// Conditions from outermost to innermost.
@@ -59,7 +59,7 @@ pub struct Ctx {
 }
 
 #[derive(Debug, Clone)]
-pub struct Stmt {
+pub(crate) struct Stmt {
     pub kind: Kind,
     /// Code text joined across lines, whitespace runs collapsed to one space.
     pub text: String,
@@ -72,7 +72,7 @@ pub struct Stmt {
 
 impl Stmt {
     /// The 1-based line that the text at `offset` came from.
-    pub fn line_at(&self, offset: usize) -> usize {
+    pub(crate) fn line_at(&self, offset: usize) -> usize {
         let i = self.breaks.partition_point(|(o, _)| *o <= offset);
         if i == 0 {
             self.line
@@ -86,14 +86,14 @@ impl Stmt {
 /// the code (comments and string contents blanked) and the prose (only comments and
 /// string contents kept).
 #[derive(Debug, Clone)]
-pub struct Views {
+pub(crate) struct Views {
     pub raw: String,
     pub code: String,
     pub prose: String,
 }
 
 impl Views {
-    pub fn of_c(raw: &str) -> Views {
+    pub(crate) fn of_c(raw: &str) -> Views {
         let b = raw.as_bytes();
         let mut code = b.to_vec();
         let mut prose = vec![b' '; b.len()];
@@ -156,7 +156,7 @@ impl Views {
     }
 
     /// Views of a file that is not C: everything is code, nothing is prose.
-    pub fn of_plain(raw: &str) -> Views {
+    pub(crate) fn of_plain(raw: &str) -> Views {
         Views {
             raw: raw.to_string(),
             code: raw.to_string(),
@@ -181,7 +181,7 @@ fn find(hay: &[u8], from: usize, needle: &[u8]) -> Option<usize> {
 
 /// A parsed C file.
 #[derive(Debug, Clone)]
-pub struct CFile {
+pub(crate) struct CFile {
     pub views: Views,
     pub stmts: Vec<Stmt>,
     /// For each line (index 0 = line 1): the statement that covers it, if any.
@@ -189,7 +189,7 @@ pub struct CFile {
 }
 
 impl CFile {
-    pub fn parse(raw: &str) -> CFile {
+    pub(crate) fn parse(raw: &str) -> CFile {
         CFile::from_views(Views::of_c(raw))
     }
 
@@ -197,7 +197,7 @@ impl CFile {
     /// than [`MAX_DEPTH`] (no real source is; a hostile file can nest a million
     /// `if`s on one line, and every statement's context would copy the whole chain)
     /// is read as plain lines instead.
-    pub fn from_views(views: Views) -> CFile {
+    pub(crate) fn from_views(views: Views) -> CFile {
         let Some(stmts) = Parser::new(views.code.as_bytes()).run() else {
             return CFile::plain_from_views(views);
         };
@@ -218,12 +218,12 @@ impl CFile {
     }
 
     /// A file that is not C: every non-empty line is a statement without context.
-    pub fn plain(raw: &str) -> CFile {
+    pub(crate) fn plain(raw: &str) -> CFile {
         CFile::plain_from_views(Views::of_plain(raw))
     }
 
     /// A file that is not C, from views made by [`Views::of_plain`].
-    pub fn plain_from_views(views: Views) -> CFile {
+    pub(crate) fn plain_from_views(views: Views) -> CFile {
         let raw = views.raw.clone();
         let raw = raw.as_str();
         let ctx = Arc::new(Ctx::default());
@@ -254,18 +254,18 @@ impl CFile {
     }
 
     /// The first statement touching a line.
-    pub fn stmt_of_line(&self, line: usize) -> Option<&Stmt> {
+    pub(crate) fn stmt_of_line(&self, line: usize) -> Option<&Stmt> {
         let i = (*self.line_stmt.get(line.checked_sub(1)?)?)?;
         Some(&self.stmts[i])
     }
 
     /// The context of a line (that of the first statement touching it).
-    pub fn ctx_of_line(&self, line: usize) -> Option<&Arc<Ctx>> {
+    pub(crate) fn ctx_of_line(&self, line: usize) -> Option<&Arc<Ctx>> {
         self.stmt_of_line(line).map(|s| &s.ctx)
     }
 
     /// The name of every function defined in the file, with the line of its header.
-    pub fn functions(&self) -> impl Iterator<Item = (&str, &Stmt)> {
+    pub(crate) fn functions(&self) -> impl Iterator<Item = (&str, &Stmt)> {
         self.stmts.iter().filter_map(|s| {
             if s.kind != Kind::Control || s.ctx.function.is_some() {
                 return None;
@@ -341,7 +341,7 @@ impl Cur {
 }
 
 /// The deepest nesting of control statements and of `#if`s the reader follows.
-pub const MAX_DEPTH: usize = 256;
+pub(crate) const MAX_DEPTH: usize = 256;
 
 struct Parser<'a> {
     /// Nesting went past [`MAX_DEPTH`]: the parse is abandoned.
@@ -1090,7 +1090,7 @@ fn starts_type_body(text: &str) -> bool {
 
 /// The name of the function a header defines: the identifier before its last
 /// top-level parenthesised group that is not an attribute.
-pub fn function_name(header: &str) -> Option<&str> {
+pub(crate) fn function_name(header: &str) -> Option<&str> {
     let b = header.as_bytes();
     let mut depth = 0;
     let mut best = None;
@@ -1120,12 +1120,12 @@ pub fn function_name(header: &str) -> Option<&str> {
 }
 
 /// Splits a condition on top-level `||` (parentheses respected).
-pub fn disjuncts(cond: &str) -> Vec<&str> {
+pub(crate) fn disjuncts(cond: &str) -> Vec<&str> {
     split_top_level(cond, b'|')
 }
 
 /// Strips redundant outer parentheses: `((a || b))` → `a || b`.
-pub fn strip_parens(mut s: &str) -> &str {
+pub(crate) fn strip_parens(mut s: &str) -> &str {
     loop {
         let t = s.trim();
         if !(t.starts_with('(') && t.ends_with(')')) {
@@ -1151,7 +1151,7 @@ pub fn strip_parens(mut s: &str) -> &str {
 }
 
 /// Whether a condition is constant true as written (`1`, `true`, `!0`, `1 || x`).
-pub fn always_true(cond: &str) -> bool {
+pub(crate) fn always_true(cond: &str) -> bool {
     disjuncts(strip_parens(cond)).iter().any(|d| {
         let d = strip_parens(d);
         matches!(d, "1" | "true" | "!0" | "!false" | "1U" | "1u")
@@ -1160,7 +1160,7 @@ pub fn always_true(cond: &str) -> bool {
 }
 
 /// Whether a condition is constant false as written (`0`, `false`, `0 && x`).
-pub fn always_false(cond: &str) -> bool {
+pub(crate) fn always_false(cond: &str) -> bool {
     let c = strip_parens(cond);
     if disjuncts(c).len() > 1 {
         return disjuncts(c).iter().all(|d| always_false(d));
@@ -1172,7 +1172,7 @@ pub fn always_false(cond: &str) -> bool {
 }
 
 /// Splits a condition on top-level `&&`.
-pub fn conjuncts(cond: &str) -> Vec<&str> {
+pub(crate) fn conjuncts(cond: &str) -> Vec<&str> {
     split_top_level(cond, b'&')
 }
 

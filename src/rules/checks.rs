@@ -10,7 +10,7 @@ use std::sync::LazyLock;
 
 /// Normalises a table key: whitespace removed; `CHIP_NAVI10`, `navi10_device_info`
 /// and `NAVI10` all become `navi10`; `IP_VERSION(10, 1, 10)` becomes `IP_VERSION(10,1,10)`.
-pub fn norm_key(k: &str) -> String {
+pub(crate) fn norm_key(k: &str) -> String {
     let k: String = k.chars().filter(|c| !c.is_whitespace()).collect();
     if k.starts_with("IP_VERSION(") {
         return k;
@@ -24,7 +24,7 @@ pub fn norm_key(k: &str) -> String {
 /// Normalises a value for comparison: numbers (decimal, hex, with C suffixes or in
 /// parentheses) become their decimal value, `true`/`false` become 1/0, anything
 /// else has its whitespace removed.
-pub fn norm_value(v: &str) -> String {
+pub(crate) fn norm_value(v: &str) -> String {
     let s: String = v.chars().filter(|c| !c.is_whitespace()).collect();
     let mut t = s.as_str();
     while t.starts_with('(') && t.ends_with(')') && t.len() >= 2 {
@@ -42,7 +42,7 @@ pub fn norm_value(v: &str) -> String {
 }
 
 /// A C integer literal (`0x10`, `100100`, `-1`, `1U`, `0xffffffffUL`).
-pub fn parse_int(t: &str) -> Option<i128> {
+pub(crate) fn parse_int(t: &str) -> Option<i128> {
     let (neg, t) = match t.strip_prefix('-') {
         Some(r) => (true, r),
         None => (false, t),
@@ -68,7 +68,7 @@ static IP: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^IP_VERSION\((\d+),(\d+),(\d+)\)$").expect("ip version regex"));
 
 /// The result of a check on one match: fire or not, with a sentence for the user.
-pub struct Verdict {
+pub(crate) struct Verdict {
     pub fire: bool,
     pub detail: Option<String>,
     /// Set when the finding is worth less than the rule's severity.
@@ -161,7 +161,7 @@ fn rhs(text: &str, from: usize) -> &str {
 /// know (a new `case IP_VERSION(11, 0, x)`) must at least keep the IP's major (and,
 /// from GFX10 on, minor) version, which is how upstream numbers new targets; an
 /// assignment outside any arm, or in `default:`, must not hard-code a target.
-pub fn gfx_target(
+pub(crate) fn gfx_target(
     rule: &Rule,
     stmt: &Stmt,
     m: &Captures,
@@ -298,7 +298,12 @@ fn join(v: &[i128]) -> String {
 /// group did not take part) must be one of the table's values for the key, which is
 /// the captured `key` or, with `key = "case"`, the statement's case labels. Keys the
 /// table does not know are not judged.
-pub fn table(rule: &Rule, stmt: &Stmt, m: &Captures, defines: &HashMap<String, String>) -> Verdict {
+pub(crate) fn table(
+    rule: &Rule,
+    stmt: &Stmt,
+    m: &Captures,
+    defines: &HashMap<String, String>,
+) -> Verdict {
     let keys: Vec<String> = if rule.key_from_case {
         chip_keys(stmt, m.get(0).map_or(0, |x| x.start()))
     } else {

@@ -22,7 +22,7 @@ use std::sync::OnceLock;
 
 /// A file to match: its views at once, its C structure parsed only when a rule's
 /// prefilter says it may match (most files never need it).
-pub struct Parsed {
+pub(crate) struct Parsed {
     pub views: Views,
     pub is_c: bool,
     line_starts: Vec<usize>,
@@ -30,7 +30,7 @@ pub struct Parsed {
     defines: OnceLock<HashMap<String, String>>,
 }
 
-pub fn is_c_source(rel: &Path) -> bool {
+pub(crate) fn is_c_source(rel: &Path) -> bool {
     matches!(
         rel.extension().and_then(|e| e.to_str()),
         Some("c" | "h" | "cpp" | "cc")
@@ -41,7 +41,7 @@ pub fn is_c_source(rel: &Path) -> bool {
 }
 
 impl Parsed {
-    pub fn new(rel: &Path, text: &str) -> Parsed {
+    pub(crate) fn new(rel: &Path, text: &str) -> Parsed {
         let is_c = is_c_source(rel);
         let views = if is_c {
             Views::of_c(text)
@@ -65,7 +65,7 @@ impl Parsed {
 
     /// Object-like macros the file defines (`#define NAVI10_GFX 100300`), so a check
     /// sees through a value hidden behind a local name.
-    pub fn defines(&self) -> &HashMap<String, String> {
+    pub(crate) fn defines(&self) -> &HashMap<String, String> {
         self.defines.get_or_init(|| {
             let mut m = HashMap::new();
             if !self.views.code.contains("define") {
@@ -92,7 +92,7 @@ impl Parsed {
     }
 
     /// Statements and their contexts.
-    pub fn file(&self) -> &CFile {
+    pub(crate) fn file(&self) -> &CFile {
         self.parsed.get_or_init(|| {
             if self.is_c {
                 CFile::from_views(self.views.clone())
@@ -123,14 +123,14 @@ impl Parsed {
         view.get(s..e.max(s)).unwrap_or("")
     }
 
-    pub fn raw_line(&self, line: usize) -> &str {
+    pub(crate) fn raw_line(&self, line: usize) -> &str {
         self.line_text(&self.views.raw, line)
     }
 }
 
 /// One place a rule matched, before the diff decides whether to report it.
 #[derive(Debug, Clone)]
-pub struct Hit {
+pub(crate) struct Hit {
     pub line: usize,
     /// Index of the statement it came from (code rules).
     pub stmt: Option<usize>,
@@ -299,7 +299,7 @@ fn overlaps(ranges: &[(usize, usize)], a: usize, b: usize) -> bool {
 }
 
 /// Every hit of a `match` rule in a parsed file.
-pub fn match_hits(rule: &Rule, p: &Parsed) -> Vec<Hit> {
+pub(crate) fn match_hits(rule: &Rule, p: &Parsed) -> Vec<Hit> {
     let Some(re) = &rule.pattern else {
         return Vec::new();
     };
@@ -666,7 +666,12 @@ fn finding(
 }
 
 /// Runs `rules` on the current text of `rel`, diff-aware when `clean` is given.
-pub fn evaluate(rules: &[&Rule], rel: &Path, current: &str, clean: Option<&str>) -> Vec<Finding> {
+pub(crate) fn evaluate(
+    rules: &[&Rule],
+    rel: &Path,
+    current: &str,
+    clean: Option<&str>,
+) -> Vec<Finding> {
     if rules.is_empty() {
         return Vec::new();
     }
@@ -698,7 +703,7 @@ pub fn evaluate(rules: &[&Rule], rel: &Path, current: &str, clean: Option<&str>)
 /// At most this many findings of one rule in one file are listed; the rest are
 /// counted in one more finding. A hostile file can match a rule on every one of a
 /// million lines, and a report of a million identical findings helps no one.
-pub const MAX_FINDINGS_PER_RULE: usize = 100;
+pub(crate) const MAX_FINDINGS_PER_RULE: usize = 100;
 
 #[derive(Default)]
 struct Cap {

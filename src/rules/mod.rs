@@ -15,9 +15,9 @@
 //!   rules on module option files and DKMS build-time patches;
 //! - [`apply`]: fills `FileResult::findings` of a scanned tree.
 
-pub mod cfile;
-pub mod checks;
-pub mod engine;
+pub(crate) mod cfile;
+pub(crate) mod checks;
+pub(crate) mod engine;
 mod spec;
 
 use crate::error::{Error, Result};
@@ -45,7 +45,7 @@ pub enum Scope {
 }
 
 impl Scope {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Scope::Added => "added",
             Scope::AddedOnly => "added-only",
@@ -79,7 +79,7 @@ pub enum On {
 
 /// Checks written in Rust that a rule can name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Check {
+pub(crate) enum Check {
     GfxTargetTable,
     Table,
 }
@@ -146,7 +146,7 @@ pub struct Rule {
 }
 
 impl Rule {
-    pub fn applies_to(&self, rel: &Path) -> bool {
+    pub(crate) fn applies_to(&self, rel: &Path) -> bool {
         self.files.is_match(rel) && !self.exclude.is_match(rel)
     }
 
@@ -357,7 +357,7 @@ pub struct RuleSet {
 
 /// A rule example that did not behave as it says.
 #[derive(Debug, Clone)]
-pub struct ExampleFailure {
+pub(crate) struct ExampleFailure {
     pub origin: PathBuf,
     pub line: usize,
     pub message: String,
@@ -366,7 +366,7 @@ pub struct ExampleFailure {
 impl RuleSet {
     /// The built-in rules. They are part of the program; a broken one is a bug
     /// caught by the test suite.
-    pub fn builtin() -> RuleSet {
+    pub(crate) fn builtin() -> RuleSet {
         let mut set = RuleSet::default();
         for (name, text) in BUILTIN {
             let origin = PathBuf::from(format!("builtin:{name}"));
@@ -405,13 +405,13 @@ impl RuleSet {
     }
 
     /// Adds the rules of one TOML file.
-    pub fn load_file(&mut self, path: &Path) -> Result<()> {
+    pub(crate) fn load_file(&mut self, path: &Path) -> Result<()> {
         let rules = RuleSet::parse_file(path)?;
         self.add(rules)
     }
 
     /// Adds every `*.toml` of a directory, in name order.
-    pub fn load_dir(&mut self, dir: &Path) -> Result<()> {
+    pub(crate) fn load_dir(&mut self, dir: &Path) -> Result<()> {
         let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
         let mut files: Vec<PathBuf> = entries
             .filter_map(|e| e.ok())
@@ -431,16 +431,16 @@ impl RuleSet {
         Ok(())
     }
 
-    pub fn rules(&self) -> &[Rule] {
+    pub(crate) fn rules(&self) -> &[Rule] {
         &self.rules
     }
 
-    pub fn get(&self, id: &str) -> Option<&Rule> {
+    pub(crate) fn get(&self, id: &str) -> Option<&Rule> {
         self.rules.iter().find(|r| r.id == id)
     }
 
     /// The rules whose globs take this tree-relative path.
-    pub fn applicable(&self, rel: &Path) -> Vec<&Rule> {
+    pub(crate) fn applicable(&self, rel: &Path) -> Vec<&Rule> {
         self.rules.iter().filter(|r| r.applies_to(rel)).collect()
     }
 
@@ -458,14 +458,14 @@ impl RuleSet {
 
     /// Whether these bytes contain a change this rule set calls high or critical
     /// (e.g. a backup that is itself patched).
-    pub fn is_unsafe(&self, rel: &Path, bytes: &[u8], clean: Option<&[u8]>) -> bool {
+    pub(crate) fn is_unsafe(&self, rel: &Path, bytes: &[u8], clean: Option<&[u8]>) -> bool {
         self.check(rel, bytes, clean)
             .iter()
             .any(|f| f.severity >= Severity::High)
     }
 
     /// Runs every rule's examples; returns those that failed.
-    pub fn run_examples(&self) -> Vec<ExampleFailure> {
+    pub(crate) fn run_examples(&self) -> Vec<ExampleFailure> {
         let mut out = Vec::new();
         for r in &self.rules {
             for (i, e) in r.examples.iter().enumerate() {
@@ -514,7 +514,7 @@ impl RuleSet {
 
 /// What [`apply`] did, for the curious and for measurements.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct ApplyStats {
+pub(crate) struct ApplyStats {
     pub files_checked: usize,
     pub diff_aware: usize,
     pub bytes_read: u64,
@@ -529,7 +529,7 @@ const MAX_RULE_FILE: u64 = 16 << 20;
 /// some, whole-file otherwise; added and unverified files are checked whole-file.
 /// The rules fetch no clean content of their own: a scan without clean content
 /// (`ScanOptions::clean_content` off) gets whole-file checks only.
-pub fn apply(rules: &RuleSet, scan: &mut TreeScan) -> ApplyStats {
+pub(crate) fn apply(rules: &RuleSet, scan: &mut TreeScan) -> ApplyStats {
     let work: Vec<(usize, Vec<&Rule>)> = scan
         .files
         .iter()

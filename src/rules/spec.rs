@@ -157,7 +157,7 @@ impl Ctx<'_> {
 }
 
 /// Parses one rule file. `origin` names it in errors (a path, or `builtin:NAME`).
-pub fn parse(origin: &Path, text: &str) -> Result<Vec<Rule>, Error> {
+pub(crate) fn parse(origin: &Path, text: &str) -> Result<Vec<Rule>, Error> {
     let cx = Ctx { origin, text };
     let spec: FileSpec = toml::from_str(text).or_else(|e: toml::de::Error| {
         let span = e.span().unwrap_or(0..0);

@@ -14,15 +14,15 @@ use std::path::{Path, PathBuf};
 
 /// "Does this content contain an unsafe change?" for a backup of the file at the
 /// tree-relative path: the rule engine's answer. [`no_rule_engine`] where no rule set is at hand.
-pub type UnsafeCheck<'a> = &'a (dyn Fn(&Path, &[u8]) -> bool + Sync);
+pub(crate) type UnsafeCheck<'a> = &'a (dyn Fn(&Path, &[u8]) -> bool + Sync);
 
 /// The unsafe check to use where no rule engine is available: never says unsafe.
-pub fn no_rule_engine(_rel: &Path, _bytes: &[u8]) -> bool {
+pub(crate) fn no_rule_engine(_rel: &Path, _bytes: &[u8]) -> bool {
     false
 }
 
 /// Judges one backup of `original` (both tree-relative) by its bytes.
-pub fn judge_backup(
+pub(crate) fn judge_backup(
     tree_dir: &Path,
     backup: &Path,
     original: &Path,
@@ -58,7 +58,7 @@ pub fn judge_backup(
 /// verdict each. Candidates are regular files no reference lists (status added or
 /// unverified) whose name is a backup name of a file that is in the tree or in a
 /// reference. Returns how many were attached.
-pub fn attach(
+pub(crate) fn attach(
     tree: &Tree,
     refs: &TreeReferences,
     files: &mut Vec<FileResult>,

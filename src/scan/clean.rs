@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 /// What [`annotate`] found.
 #[derive(Debug, Default)]
-pub struct Annotated {
+pub(crate) struct Annotated {
     /// The verified clean bytes, by tree-relative path.
     pub copies: BTreeMap<PathBuf, CleanCopy>,
     /// Problems met (a corrupt archive, a refused member), for the report.
@@ -35,7 +35,7 @@ fn wanted(f: &FileResult) -> bool {
 /// Looks up clean content for the files that need it (one pass per provider),
 /// records where it is on each modified or missing file and, with `diff`, the diff
 /// against it, and keeps the verified bytes.
-pub fn annotate(
+pub(crate) fn annotate(
     root: &Root,
     tree: &Tree,
     refs: &TreeReferences,

@@ -2,11 +2,11 @@
 //! algorithm of the reference that judges it, and classify it. Per-file problems are
 //! recorded on the file and the scan goes on; only a broken reference stops it.
 
-pub mod backups;
-pub mod clean;
-pub mod model;
+pub(crate) mod backups;
+pub(crate) mod clean;
+pub(crate) mod model;
 
-pub use model::*;
+pub(crate) use model::*;
 
 use crate::error::Result;
 use crate::io::hash::{self, Algorithm, Digest};
@@ -21,7 +21,7 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Default)]
-pub struct ScanOptions {
+pub(crate) struct ScanOptions {
     /// Only files under this tree-relative prefix (`amd/amdkfd`).
     pub scope: Option<PathBuf>,
     pub refs: LoadOptions,
@@ -37,10 +37,10 @@ pub struct ScanOptions {
 /// Largest file the scan hashes unless told otherwise (`--max-file-size`). The
 /// largest amdgpu source files are a few megabytes; a sparse file can claim
 /// terabytes, and hashing it would take hours.
-pub const DEFAULT_MAX_FILE_SIZE: u64 = 1 << 30;
+pub(crate) const DEFAULT_MAX_FILE_SIZE: u64 = 1 << 30;
 
 impl ScanOptions {
-    pub fn max_file_size(&self) -> u64 {
+    pub(crate) fn max_file_size(&self) -> u64 {
         self.max_file_size.unwrap_or(DEFAULT_MAX_FILE_SIZE)
     }
 }
@@ -77,7 +77,7 @@ pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
 
 /// Turns the user's `--scope` into a tree-relative prefix: `amdkfd` is short for
 /// `amd/amdkfd`, `amdgpu` for `amd/amdgpu`; anything else is taken as a path prefix.
-pub fn scope_prefix(scope: &str) -> PathBuf {
+pub(crate) fn scope_prefix(scope: &str) -> PathBuf {
     match scope {
         "amdkfd" => PathBuf::from("amd/amdkfd"),
         "amdgpu" => PathBuf::from("amd/amdgpu"),
@@ -87,7 +87,7 @@ pub fn scope_prefix(scope: &str) -> PathBuf {
 }
 
 /// The amdkfd compute driver is where capability lies are told; it is listed first.
-pub fn order_key(path: &Path) -> (u8, PathBuf) {
+pub(crate) fn order_key(path: &Path) -> (u8, PathBuf) {
     (order_rank(path), path.to_path_buf())
 }
 
@@ -100,7 +100,7 @@ fn order_rank(path: &Path) -> u8 {
 }
 
 /// The order of [`order_key`], without copying paths.
-pub fn order_cmp(a: &Path, b: &Path) -> std::cmp::Ordering {
+pub(crate) fn order_cmp(a: &Path, b: &Path) -> std::cmp::Ordering {
     order_rank(a).cmp(&order_rank(b)).then_with(|| a.cmp(b))
 }
 
@@ -378,13 +378,13 @@ fn sort_files(files: &mut [FileResult]) {
 }
 
 /// Scans one tree against its references.
-pub fn scan_tree(root: &Root, tree: &Tree, opts: &ScanOptions) -> Result<TreeScan> {
+pub(crate) fn scan_tree(root: &Root, tree: &Tree, opts: &ScanOptions) -> Result<TreeScan> {
     scan_tree_counted(root, tree, opts, None)
 }
 
 /// [`scan_tree`], advancing `counters` as files are listed and hashed (for a
 /// progress display).
-pub fn scan_tree_counted(
+pub(crate) fn scan_tree_counted(
     root: &Root,
     tree: &Tree,
     opts: &ScanOptions,
@@ -396,7 +396,7 @@ pub fn scan_tree_counted(
 
 /// [`scan_tree_counted`] against references already loaded (the audit pipeline loads
 /// them as a step of its own, so that a command needing only them stops there).
-pub fn scan_with_references(
+pub(crate) fn scan_with_references(
     root: &Root,
     tree: &Tree,
     refs: TreeReferences,
@@ -460,16 +460,10 @@ pub fn scan_with_references(
     } else {
         clean::Annotated::default()
     };
-    let bytes_hashed = files
-        .iter()
-        .filter(|f| f.actual.is_some())
-        .filter_map(|f| f.size)
-        .sum();
     TreeScan {
         tree: tree.clone(),
         refs,
         files,
-        bytes_hashed,
         problems: clean.problems,
         content_checked: opts.clean_content || opts.diff,
         clean_copies: clean.copies,

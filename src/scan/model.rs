@@ -3,7 +3,7 @@
 //! layers above (rules, dkms, restore, report) read one small file to know the model.
 
 use crate::content::CleanCopy;
-use crate::finding::{Finding, Severity};
+use crate::finding::Finding;
 use crate::io::hash::Digest;
 use crate::reference::{ReferenceKind, TreeReferences};
 use crate::tree::Tree;
@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum FileStatus {
+pub(crate) enum FileStatus {
     /// Matches its clean reference.
     Ok,
     /// Differs from its clean reference.
@@ -31,7 +31,7 @@ pub enum FileStatus {
 }
 
 impl FileStatus {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             FileStatus::Ok => "ok",
             FileStatus::Modified => "modified",
@@ -44,7 +44,7 @@ impl FileStatus {
     }
 
     /// Whether this status alone is something to report (exit code 1).
-    pub fn is_notable(self) -> bool {
+    pub(crate) fn is_notable(self) -> bool {
         !matches!(self, FileStatus::Ok | FileStatus::Unverified)
     }
 }
@@ -52,7 +52,7 @@ impl FileStatus {
 /// What kfd-audit concluded about a backup found next to a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum BackupVerdict {
+pub(crate) enum BackupVerdict {
     VerifiedClean,
     SameAsCurrent,
     Unsafe,
@@ -60,7 +60,7 @@ pub enum BackupVerdict {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Backup {
+pub(crate) struct Backup {
     /// Path relative to the tree.
     pub path: PathBuf,
     pub verdict: BackupVerdict,
@@ -73,7 +73,7 @@ pub struct Backup {
 }
 
 impl BackupVerdict {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             BackupVerdict::VerifiedClean => "verified-clean",
             BackupVerdict::SameAsCurrent => "same-as-current",
@@ -84,7 +84,7 @@ impl BackupVerdict {
 }
 
 #[derive(Debug, Clone)]
-pub struct FileResult {
+pub(crate) struct FileResult {
     /// Path relative to the tree root.
     pub path: PathBuf,
     pub status: FileStatus,
@@ -121,19 +121,14 @@ impl FileResult {
             diff: None,
         }
     }
-
-    pub fn worst_severity(&self) -> Option<Severity> {
-        self.findings.iter().map(|f| f.severity).max()
-    }
 }
 
 #[derive(Debug, Clone)]
-pub struct TreeScan {
+pub(crate) struct TreeScan {
     pub tree: Tree,
     pub refs: TreeReferences,
     /// Every file of the tree (and every missing one), amd/amdkfd first, then by path.
     pub files: Vec<FileResult>,
-    pub bytes_hashed: u64,
     /// Problems met looking for clean content (a corrupt package archive, a refused
     /// member) that did not stop the scan.
     pub problems: Vec<String>,
@@ -148,18 +143,18 @@ pub struct TreeScan {
 }
 
 impl TreeScan {
-    pub fn count(&self, status: FileStatus) -> usize {
+    pub(crate) fn count(&self, status: FileStatus) -> usize {
         self.files.iter().filter(|f| f.status == status).count()
     }
 
-    pub fn file(&self, rel: &Path) -> Option<&FileResult> {
+    pub(crate) fn file(&self, rel: &Path) -> Option<&FileResult> {
         self.files.iter().find(|f| f.path == rel)
     }
 }
 
 /// Where a file's verified clean content is, for the report.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CleanSource {
+pub(crate) struct CleanSource {
     pub kind: ReferenceKind,
     /// See [`crate::content::CleanCopy::origin`].
     pub origin: String,

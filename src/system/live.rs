@@ -21,33 +21,33 @@ use crate::system::{Action, LiveSection, NodeSummary, Section, SectionStatus, Sy
 use crate::system::{Collected, Context, Details, SystemSection};
 
 /// Where amdkfd publishes its topology.
-pub const NODES_DIR: &str = "/sys/class/kfd/kfd/topology/nodes";
+pub(crate) const NODES_DIR: &str = "/sys/class/kfd/kfd/topology/nodes";
 
-pub const HEAP_TYPE_SYSTEM: u64 = 0;
-pub const HEAP_TYPE_FB_PUBLIC: u64 = 1;
-pub const HEAP_TYPE_FB_PRIVATE: u64 = 2;
-pub const MEM_FLAGS_HOT_PLUGGABLE: u64 = 0x1;
-pub const MEM_FLAGS_NON_VOLATILE: u64 = 0x2;
-pub const CAP_FLAGS_COHERENTHOSTACCESS: u64 = 0x1000_0000;
+pub(crate) const HEAP_TYPE_SYSTEM: u64 = 0;
+pub(crate) const HEAP_TYPE_FB_PUBLIC: u64 = 1;
+pub(crate) const HEAP_TYPE_FB_PRIVATE: u64 = 2;
+pub(crate) const MEM_FLAGS_HOT_PLUGGABLE: u64 = 0x1;
+pub(crate) const MEM_FLAGS_NON_VOLATILE: u64 = 0x2;
+pub(crate) const CAP_FLAGS_COHERENTHOSTACCESS: u64 = 0x1000_0000;
 
 /// One parsed property: `(key, value, 1-based line)`.
-pub type Property = (String, u64, usize);
+pub(crate) type Property = (String, u64, usize);
 
 /// One `properties` file: `(key, value, 1-based line)` in the order printed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Properties {
+pub(crate) struct Properties {
     /// System path, e.g. `/sys/class/kfd/kfd/topology/nodes/1/properties`.
     pub file: String,
     pub values: Vec<Property>,
 }
 
 impl Properties {
-    pub fn get(&self, key: &str) -> Option<u64> {
+    pub(crate) fn get(&self, key: &str) -> Option<u64> {
         self.entry(key).map(|(v, _)| v)
     }
 
     /// The value and its line.
-    pub fn entry(&self, key: &str) -> Option<(u64, usize)> {
+    pub(crate) fn entry(&self, key: &str) -> Option<(u64, usize)> {
         self.values
             .iter()
             .find(|(k, _, _)| k == key)
@@ -55,7 +55,7 @@ impl Properties {
     }
 
     /// The line as the kernel printed it, for a finding's `text`.
-    pub fn line_text(&self, key: &str) -> String {
+    pub(crate) fn line_text(&self, key: &str) -> String {
         match self.get(key) {
             Some(v) => format!("{key} {v}"),
             None => key.to_string(),
@@ -88,14 +88,14 @@ pub fn parse_properties(text: &str) -> std::result::Result<Vec<Property>, (usize
 
 /// One memory bank of a node.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MemBank {
+pub(crate) struct MemBank {
     pub id: u32,
     pub props: Properties,
 }
 
 /// One topology node (a CPU, a GPU, or an APU's GPU).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Node {
+pub(crate) struct Node {
     pub id: u32,
     pub props: Properties,
     /// The `name` attribute (the ASIC name in lower case), when readable.
@@ -105,7 +105,7 @@ pub struct Node {
 
 /// What a node is, from its own properties and the device table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NodeKind {
+pub(crate) enum NodeKind {
     Cpu,
     /// A GPU with its own VRAM.
     DiscreteGpu,
@@ -121,19 +121,19 @@ impl Node {
         self.props.get(key).unwrap_or(0)
     }
 
-    pub fn is_gpu(&self) -> bool {
+    pub(crate) fn is_gpu(&self) -> bool {
         self.get("simd_count") > 0
     }
 
     /// The ASIC upstream binds to this node's PCI id.
-    pub fn asic(&self) -> Option<&'static Asic> {
+    pub(crate) fn asic(&self) -> Option<&'static Asic> {
         if !self.is_gpu() {
             return None;
         }
         gpu_table::lookup(self.get("vendor_id") as u32, self.get("device_id") as u32)
     }
 
-    pub fn kind(&self) -> NodeKind {
+    pub(crate) fn kind(&self) -> NodeKind {
         if !self.is_gpu() {
             return NodeKind::Cpu;
         }
@@ -148,7 +148,7 @@ impl Node {
         }
     }
 
-    pub fn device_id_hex(&self) -> Option<String> {
+    pub(crate) fn device_id_hex(&self) -> Option<String> {
         self.props.get("device_id").map(|d| format!("0x{d:04x}"))
     }
 
@@ -163,7 +163,7 @@ impl Node {
 
 /// The whole topology as read under the root.
 #[derive(Debug, Clone, Default)]
-pub struct Topology {
+pub(crate) struct Topology {
     pub nodes: Vec<Node>,
     /// Whether `<root>/sys/class/kfd/kfd/topology/nodes` exists at all.
     pub present: bool,
@@ -171,11 +171,11 @@ pub struct Topology {
 }
 
 impl Topology {
-    pub fn gpus(&self) -> impl Iterator<Item = &Node> {
+    pub(crate) fn gpus(&self) -> impl Iterator<Item = &Node> {
         self.nodes.iter().filter(|n| n.is_gpu())
     }
 
-    pub fn node(&self, id: u32) -> Option<&Node> {
+    pub(crate) fn node(&self, id: u32) -> Option<&Node> {
         self.nodes.iter().find(|n| n.id == id)
     }
 }
@@ -228,7 +228,7 @@ fn read_props(
 }
 
 /// Reads every node and memory bank under `<root>/sys/class/kfd/kfd/topology/nodes`.
-pub fn read_topology(root: &Root, lenient: bool) -> Result<Topology> {
+pub(crate) fn read_topology(root: &Root, lenient: bool) -> Result<Topology> {
     let dir = root.path(NODES_DIR);
     let mut topo = Topology {
         present: dir.is_dir(),
@@ -488,7 +488,7 @@ impl SystemSection for LiveDriver {
 }
 
 /// Judges the running driver's topology.
-pub fn check(topo: &Topology) -> (Vec<SystemFinding>, LiveSection) {
+pub(crate) fn check(topo: &Topology) -> (Vec<SystemFinding>, LiveSection) {
     let mut findings = Vec::new();
     let mut nodes = Vec::new();
     let mut notes = topo.notes.clone();

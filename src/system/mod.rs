@@ -23,7 +23,7 @@ use std::cell::OnceCell;
 
 /// A part of the scan that can be selected with `--sections`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Section {
+pub(crate) enum Section {
     /// The DKMS source trees under /usr/src, their DKMS state and module backups
     Tree,
     /// The running driver: /sys/class/kfd/kfd/topology
@@ -35,7 +35,7 @@ pub enum Section {
 }
 
 impl Section {
-    pub const ALL: [Section; 4] = [
+    pub(crate) const ALL: [Section; 4] = [
         Section::Tree,
         Section::Live,
         Section::Options,
@@ -46,7 +46,7 @@ impl Section {
 /// What to do about a finding, in a form the restore planner can act on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
-pub enum Action {
+pub(crate) enum Action {
     /// Take `setting` out of `file` at `line` (the whole line when it holds nothing
     /// else), then run `then` in order.
     RemoveSetting {
@@ -76,7 +76,7 @@ pub enum Action {
 
 /// A backup found next to a file outside the source trees, judged by hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct SystemBackup {
+pub(crate) struct SystemBackup {
     pub path: String,
     /// `verified-clean`, `same-as-current` or `unverified`, as for tree backups.
     pub verdict: crate::scan::BackupVerdict,
@@ -87,7 +87,7 @@ pub struct SystemBackup {
 
 /// A finding about a file outside the source trees.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct SystemFinding {
+pub(crate) struct SystemFinding {
     #[serde(flatten)]
     pub finding: Finding,
     /// The file the finding is about, as the audited system names it.
@@ -103,7 +103,7 @@ pub struct SystemFinding {
 /// Whether a section found what it reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum SectionStatus {
+pub(crate) enum SectionStatus {
     /// The section read its sources and judged them.
     Checked,
     /// Nothing to read under this root (no KFD topology, no ROCm package, ...).
@@ -112,7 +112,7 @@ pub enum SectionStatus {
 
 /// What the live section saw of one KFD topology node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct NodeSummary {
+pub(crate) struct NodeSummary {
     pub node: u32,
     /// `cpu`, `gpu` (discrete) or `apu` (integrated GPU).
     pub kind: String,
@@ -133,14 +133,14 @@ pub struct NodeSummary {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct LiveSection {
+pub(crate) struct LiveSection {
     pub status: SectionStatus,
     pub notes: Vec<String>,
     pub nodes: Vec<NodeSummary>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct OptionsSection {
+pub(crate) struct OptionsSection {
     pub status: SectionStatus,
     pub notes: Vec<String>,
     /// Every file read, as the audited system names it, in the order it applies.
@@ -150,7 +150,7 @@ pub struct OptionsSection {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PackageSummary {
+pub(crate) struct PackageSummary {
     pub package: String,
     pub files: usize,
     pub ok: usize,
@@ -159,7 +159,7 @@ pub struct PackageSummary {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RocmSection {
+pub(crate) struct RocmSection {
     pub status: SectionStatus,
     pub notes: Vec<String>,
     /// The package-name patterns used (`--rocm-packages`).
@@ -171,7 +171,7 @@ pub struct RocmSection {
 
 /// Per-section details, beside the findings lists.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Sections {
+pub(crate) struct Sections {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub live: Option<LiveSection>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -182,7 +182,7 @@ pub struct Sections {
 
 /// Everything the sections beyond the tree found; `None` for a section not run.
 #[derive(Debug, Clone, Default)]
-pub struct SystemReport {
+pub(crate) struct SystemReport {
     pub live: Option<Vec<SystemFinding>>,
     pub module_options: Option<Vec<SystemFinding>>,
     pub rocm: Option<Vec<SystemFinding>>,
@@ -191,7 +191,7 @@ pub struct SystemReport {
 
 impl SystemReport {
     /// Every finding of every section that ran.
-    pub fn findings(&self) -> impl Iterator<Item = &SystemFinding> {
+    pub(crate) fn findings(&self) -> impl Iterator<Item = &SystemFinding> {
         [&self.live, &self.module_options, &self.rocm]
             .into_iter()
             .flatten()
@@ -201,7 +201,7 @@ impl SystemReport {
 
 /// How the sections beyond the tree are run.
 #[derive(Debug, Clone)]
-pub struct Options {
+pub(crate) struct Options {
     pub sections: Vec<Section>,
     /// Report malformed lines (sysfs, md5sums) and go on instead of stopping.
     pub lenient: bool,
@@ -212,13 +212,13 @@ pub struct Options {
 }
 
 impl Options {
-    pub fn wants(&self, s: Section) -> bool {
+    pub(crate) fn wants(&self, s: Section) -> bool {
         self.sections.contains(&s)
     }
 }
 
 /// Runs the selected sections beyond the tree.
-pub fn run(root: &Root, opts: &Options) -> Result<SystemReport> {
+pub(crate) fn run(root: &Root, opts: &Options) -> Result<SystemReport> {
     let mut report = SystemReport::default();
     let selected: Vec<&dyn SystemSection> = SECTIONS
         .iter()
@@ -270,7 +270,7 @@ fn is_absent(e: &std::io::Error) -> bool {
 }
 
 /// Largest configuration or sysfs file read whole.
-pub const MAX_TEXT_FILE: u64 = 4 * 1024 * 1024;
+pub(crate) const MAX_TEXT_FILE: u64 = 4 * 1024 * 1024;
 
 /// Reads a small regular file (see [`crate::io::read::read_limited`]). `Err(None)`:
 /// it does not exist; `Err(Some(why))`: it cannot be read, and why (without the path).

@@ -30,21 +30,21 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 /// modprobe.d directories, highest priority first (kmod's search order).
-pub const MODPROBE_DIRS: &[&str] = &[
+pub(crate) const MODPROBE_DIRS: &[&str] = &[
     "/etc/modprobe.d",
     "/run/modprobe.d",
     "/usr/local/lib/modprobe.d",
     "/lib/modprobe.d",
     "/usr/lib/modprobe.d",
 ];
-pub const PROC_CMDLINE: &str = "/proc/cmdline";
-pub const GRUB_DEFAULT: &str = "/etc/default/grub";
-pub const GRUB_DEFAULT_D: &str = "/etc/default/grub.d";
-pub const KERNEL_CMDLINE: &str = "/etc/kernel/cmdline";
+pub(crate) const PROC_CMDLINE: &str = "/proc/cmdline";
+pub(crate) const GRUB_DEFAULT: &str = "/etc/default/grub";
+pub(crate) const GRUB_DEFAULT_D: &str = "/etc/default/grub.d";
+pub(crate) const KERNEL_CMDLINE: &str = "/etc/kernel/cmdline";
 const GRUB_VARS: &[&str] = &["GRUB_CMDLINE_LINUX", "GRUB_CMDLINE_LINUX_DEFAULT"];
 
 /// The modules whose settings are read.
-pub const MODULES: &[&str] = &["amdgpu", "amdkfd"];
+pub(crate) const MODULES: &[&str] = &["amdgpu", "amdkfd"];
 
 /// Where a setting was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -269,7 +269,7 @@ pub fn parse_modprobe(file: &str, text: &str) -> Vec<Setting> {
 
 /// The modprobe.d files that apply, in the order kmod reads them, and notes about
 /// files hidden by a same-named file in a higher-priority directory.
-pub fn modprobe_files(root: &Root) -> (Vec<String>, Vec<String>) {
+pub(crate) fn modprobe_files(root: &Root) -> (Vec<String>, Vec<String>) {
     let mut by_name: BTreeMap<String, String> = BTreeMap::new();
     let mut seen: HashSet<(u64, u64)> = HashSet::new();
     let mut notes = Vec::new();
@@ -501,10 +501,10 @@ fn apply_grub(
 
 /// The pseudo-file the option rules apply to (`files = ["<module-options>"]`): the
 /// normalised settings, one per line. No file of a driver tree has this name.
-pub const OPTIONS_PSEUDO_FILE: &str = "<module-options>";
+pub(crate) const OPTIONS_PSEUDO_FILE: &str = "<module-options>";
 
 /// Where the built-in option rules come from, for the report.
-pub const RULES_NAME: &str = "patterns/modprobe.toml (built in), and --rules";
+pub(crate) const RULES_NAME: &str = "patterns/modprobe.toml (built in), and --rules";
 
 fn one_paragraph(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
@@ -597,14 +597,14 @@ fn mark_overrides(settings: &mut [Setting]) {
 
 /// Everything read, before judging.
 #[derive(Debug, Default)]
-pub struct SettingsRead {
+pub(crate) struct SettingsRead {
     pub settings: Vec<Setting>,
     pub files: Vec<String>,
     pub notes: Vec<String>,
 }
 
 /// Reads every source of module options and kernel parameters under the root.
-pub fn read_settings(root: &Root) -> Result<SettingsRead> {
+pub(crate) fn read_settings(root: &Root) -> Result<SettingsRead> {
     let mut c = SettingsRead::default();
 
     // modprobe.d
@@ -932,7 +932,7 @@ impl SystemSection for ModuleOptions {
 
 /// Runs the options section with the rules in effect (those whose `files` name
 /// `<module-options>`: the built-in `patterns/modprobe.toml` and any `--rules DIR`).
-pub fn scan(root: &Root, rules: &RuleSet) -> Result<(Vec<SystemFinding>, OptionsSection)> {
+pub(crate) fn scan(root: &Root, rules: &RuleSet) -> Result<(Vec<SystemFinding>, OptionsSection)> {
     let c = read_settings(root)?;
     let findings = findings_for_settings(root, &c, rules);
     let status = if c.files.is_empty() {
@@ -955,7 +955,7 @@ pub fn scan(root: &Root, rules: &RuleSet) -> Result<(Vec<SystemFinding>, Options
 
 /// How a setting keeps amdgpu from running, as the recovery plan words it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Disables {
+pub(crate) enum Disables {
     /// A blacklist (`blacklist amdgpu`, `modprobe.blacklist=amdgpu`, ...): not loaded.
     NotLoaded,
     /// `install amdgpu /bin/false`: modprobe runs the command instead of loading it.
@@ -967,7 +967,7 @@ pub enum Disables {
 
 /// Whether a setting in effect keeps amdgpu from running, and the part of it that
 /// does (`modprobe.blacklist=amdgpu` out of `modprobe.blacklist=nouveau,amdgpu`).
-pub fn disables_amdgpu(s: &Setting) -> Option<(Disables, String)> {
+pub(crate) fn disables_amdgpu(s: &Setting) -> Option<(Disables, String)> {
     if s.overridden_by.is_some() || s.replaced_by.is_some() {
         return None;
     }
@@ -1007,7 +1007,7 @@ pub fn disables_amdgpu(s: &Setting) -> Option<(Disables, String)> {
 /// (GRUB, /etc/kernel/cmdline) and in modprobe.d. Read by the same parsers as the
 /// options section (every modprobe.d directory, continuation lines, GRUB's shell
 /// quoting and later assignments), so that `scan` and `plan` agree on what is there.
-pub fn blacklist_notes(root: &Root) -> Vec<String> {
+pub(crate) fn blacklist_notes(root: &Root) -> Vec<String> {
     let read = match read_settings(root) {
         Ok(read) => read,
         Err(e) => {

@@ -40,7 +40,7 @@ use std::sync::Mutex;
 
 /// Package-name patterns checked by default: AMD's ROCm packages (`hsa-rocr`,
 /// `hsa-rocr6.2.0` for versioned installs, ...) and Debian's own ROCm libraries.
-pub const DEFAULT_PATTERNS: &[&str] = &[
+pub(crate) const DEFAULT_PATTERNS: &[&str] = &[
     "rocm-core*",
     "hsa-rocr*",
     "hsa-runtime*",
@@ -56,10 +56,10 @@ pub const DEFAULT_PATTERNS: &[&str] = &[
     "librocblas*",
 ];
 
-pub const ENV_VAR: &str = "HSA_OVERRIDE_GFX_VERSION";
+pub(crate) const ENV_VAR: &str = "HSA_OVERRIDE_GFX_VERSION";
 
 #[derive(Debug, Clone, Default)]
-pub struct RocmOptions {
+pub(crate) struct RocmOptions {
     pub patterns: Vec<String>,
     pub lenient: bool,
     /// The process environment to judge (empty unless auditing the running system).
@@ -70,7 +70,7 @@ pub struct RocmOptions {
 /// patterns: shell-style, `*` any run, `?` one character, `[...]` one of a set. All
 /// patterns are compiled into one [`GlobSet`], so each installed package is tested once.
 #[derive(Debug, Clone)]
-pub struct PackagePatterns {
+pub(crate) struct PackagePatterns {
     set: GlobSet,
 }
 
@@ -78,7 +78,7 @@ impl PackagePatterns {
     /// A pattern that is not a valid glob (`rocm[`) is taken literally, as a name:
     /// Debian package names never hold glob characters, so nothing is lost, and a
     /// typo in one pattern does not stop the others from being checked.
-    pub fn new(patterns: &[String]) -> PackagePatterns {
+    pub(crate) fn new(patterns: &[String]) -> PackagePatterns {
         let mut builder = GlobSetBuilder::new();
         for p in patterns {
             // `escape` wraps each glob character in a class (`*` -> `[*]`) but leaves a
@@ -100,7 +100,7 @@ impl PackagePatterns {
         }
     }
 
-    pub fn matches(&self, name: &str) -> bool {
+    pub(crate) fn matches(&self, name: &str) -> bool {
         self.set.is_match(name)
     }
 }
@@ -113,13 +113,13 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
 /// An installed package with dpkg md5sums: `stem` names its files in
 /// /var/lib/dpkg/info (`libhsa-runtime64-1:amd64`), `name` is the package.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Package {
+pub(crate) struct Package {
     pub stem: String,
     pub name: String,
 }
 
 /// Installed packages matching the patterns, sorted by name.
-pub fn matching_packages(root: &Root, patterns: &[String]) -> Vec<Package> {
+pub(crate) fn matching_packages(root: &Root, patterns: &[String]) -> Vec<Package> {
     let patterns = PackagePatterns::new(patterns);
     let mut out: Vec<Package> = system::list_dir(root, dpkg::INFO_DIR, ".md5sums")
         .into_iter()
@@ -805,7 +805,7 @@ pub fn parse_env_file(file: &str, text: &str, syntax: EnvSyntax) -> Vec<Override
 }
 
 /// The files read for overrides, with their syntax, in a fixed order.
-pub fn env_files(root: &Root) -> Vec<(String, EnvSyntax)> {
+pub(crate) fn env_files(root: &Root) -> Vec<(String, EnvSyntax)> {
     use EnvSyntax::*;
     let mut out: Vec<(String, EnvSyntax)> = vec![("/etc/environment".into(), Assignment)];
     out.extend(
@@ -1095,7 +1095,7 @@ impl SystemSection for RocmUserSpace {
 }
 
 /// Runs the ROCm section.
-pub fn scan(
+pub(crate) fn scan(
     root: &Root,
     opts: &RocmOptions,
     topo: &Topology,
@@ -1163,7 +1163,7 @@ pub fn scan(
 }
 
 /// The default patterns as owned strings.
-pub fn default_patterns() -> Vec<String> {
+pub(crate) fn default_patterns() -> Vec<String> {
     DEFAULT_PATTERNS.iter().map(|s| s.to_string()).collect()
 }
 
