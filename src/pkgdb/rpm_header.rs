@@ -109,7 +109,7 @@ impl Header {
     pub(crate) fn read_from(r: &mut dyn Read) -> Result<(Header, usize), String> {
         let mut intro = [0u8; 16];
         r.read_exact(&mut intro)
-            .map_err(|e| format!("file ends inside a header's intro: {e}"))?;
+            .map_err(|e| format!("truncated: the file ends inside a header's intro ({e})"))?;
         if intro[..4] != HEADER_MAGIC {
             return Err("no header magic (8e ad e8 01) where a header should start".into());
         }
@@ -117,8 +117,9 @@ impl Header {
         let mut blob = intro[8..].to_vec();
         let rest = il * 16 + dl;
         blob.resize(8 + rest, 0);
-        r.read_exact(&mut blob[8..])
-            .map_err(|e| format!("file ends inside a header of {rest} bytes: {e}"))?;
+        r.read_exact(&mut blob[8..]).map_err(|e| {
+            format!("truncated: the file ends inside a header of {rest} bytes ({e})")
+        })?;
         Ok((Header::parse(&blob)?, 16 + rest))
     }
 

@@ -326,3 +326,224 @@ fn both_databases_and_neither_are_said_plainly() {
     let problems = run.json()["trees"][0]["problems"].to_string();
     assert!(problems.contains("no package database"), "{problems}");
 }
+
+/// Puts the package file where dnf keeps downloaded packages.
+fn cache_in_dnf(fx: &Fixture, rpm: &Path) -> PathBuf {
+    let dest = fx.path(&format!(
+        "/var/cache/dnf/amdgpu-9f3a1c/packages/{}",
+        rpm.file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+    std::fs::copy(rpm, &dest).unwrap();
+    dest
+}
+
+fn restore_from_cached_rpm(payload: Option<&str>) {
+    let Some((fx, _out, rpm)) = rpm_system(payload) else {
+        return;
+    };
+    cache_in_dnf(&fx, &rpm);
+    let crat = format!("{RPM_TREE}/amd/amdkfd/kfd_crat.c");
+    fx.write(&crat, crat_with_incident());
+    let dry = fx.run(&["restore", "--dry-run"]);
+    assert!(
+        dry.stdout()
+            .contains("rpm archive /var/cache/dnf/amdgpu-9f3a1c/packages/"),
+        "{}",
+        dry.stdout()
+    );
+    let run = fx.run(&["restore", "--yes"]);
+    run.expect_code(0);
+    assert_eq!(fx.read(&crat), CRAT_C.as_bytes());
+    assert!(rpm_verify_changed(fx.root(), "amdgpu-dkms").is_empty());
+    fx.run(&["scan", "--sections", "tree"]).expect_code(0);
+}
+
+#[test]
+fn restores_from_the_cached_rpm_gzip() {
+    restore_from_cached_rpm(None);
+}
+
+#[test]
+fn restores_from_the_cached_rpm_zstd_and_xz() {
+    restore_from_cached_rpm(Some("w19.zstdio"));
+    restore_from_cached_rpm(Some("w6.xzdio"));
+}
+
+#[test]
+fn a_cached_rpm_of_another_build_or_truncated_is_refused_and_the_fetch_is_named() {
+    let Some((fx, out, rpm)) = rpm_system(None) else {
+        return;
+    };
+    let crat = format!("{RPM_TREE}/amd/amdkfd/kfd_crat.c");
+    fx.write(&crat, crat_with_incident());
+    // No cached package: the plan names the command that fetches one.
+    let dry = fx.run(&["restore", "--dry-run"]);
+    let text = format!("{}{}", dry.stdout(), dry.stderr());
+    assert!(text.contains("dnf download --destdir"), "{text}");
+    assert!(
+        text.contains("dnf reinstall amdgpu-dkms-6.8.5-2009582.el9.noarch"),
+        "{text}"
+    );
+    // A package of the same name whose kfd_crat.c differs: the member is refused.
+    let mut other = amdgpu_dkms_spec(None);
+    for (path, data) in other.files.iter_mut() {
+        if path.ends_with("kfd_crat.c") {
+            *data = b"/* another build */\n".to_vec();
+        }
+    }
+    let other_dir = out.path().join("other");
+    std::fs::create_dir_all(&other_dir).unwrap();
+    let other_rpm = rpmbuild(&other, &other_dir);
+    let cached = cache_in_dnf(&fx, &other_rpm);
+    let run = fx.run(&["--format", "json", "scan", "--sections", "tree"]);
+    let problems = run.json()["trees"][0]["problems"].to_string();
+    assert!(
+        problems.contains("does not match the RPM database"),
+        "{problems}"
+    );
+    // Truncated: one problem naming the file; the scan goes on.
+    // Cut inside the headers, and inside the payload.
+    let bytes = std::fs::read(&rpm).unwrap();
+    let payload = bytes
+        .windows(3)
+        .rposition(|w| w == [0x1f, 0x8b, 0x08])
+        .expect("a gzip payload");
+    for cut in [bytes.len() / 2, payload + 20] {
+        std::fs::write(&cached, &bytes[..cut]).unwrap();
+        let run = fx.run(&["--format", "json", "scan", "--sections", "tree", "--diff"]);
+        run.expect_code(1);
+        let problems = run.json()["trees"][0]["problems"].to_string();
+        assert!(
+            problems.contains("corrupt payload") || problems.contains("truncated"),
+            "{cut}: {problems}"
+        );
+        assert!(
+            problems.contains("amdgpu-dkms-6.8.5-2009582.el9.noarch.rpm"),
+            "{problems}"
+        );
+    }
+    // Not an RPM at all.
+    std::fs::write(&cached, b"<html>404</html>").unwrap();
+    let run = fx.run(&["--format", "json", "scan", "--sections", "tree", "--diff"]);
+    let problems = run.json()["trees"][0]["problems"].to_string();
+    assert!(problems.contains("not an RPM package"), "{problems}");
+}
+
+const K1: &str = "5.14.0-362.8.1.el9_3.x86_64";
+const K2: &str = "5.14.0-427.13.1.el9_4.x86_64";
+
+fn set_mtime(path: &Path, secs: u64) {
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+        .unwrap();
+}
+
+#[test]
+fn plan_on_rhel_uses_dracut_extra_and_follows_weak_updates() {
+    let Some((fx, _out, _)) = rpm_system(None) else {
+        return;
+    };
+    let ver = "6.8.5-2009582.el9";
+    // rpm gives the tree the package's times; make them older than the change.
+    for rel in tree_files().iter().map(|(r, _)| r) {
+        set_mtime(&fx.path(&format!("{RPM_TREE}/{rel}")), 1_700_000_000);
+    }
+    for t in ["/usr/sbin/dkms", "/usr/bin/dracut", "/usr/bin/dnf"] {
+        let p = fx.write(t, "#!/bin/sh\nexit 0\n");
+        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    for k in [K1, K2] {
+        fx.write(&format!("/boot/initramfs-{k}.img"), "initrd");
+        std::fs::create_dir_all(fx.path(&format!("/usr/src/kernels/{k}/include"))).unwrap();
+        let link = fx.path(&format!("/lib/modules/{k}/build"));
+        std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(format!("/usr/src/kernels/{k}"), link).unwrap();
+    }
+    // dkms built and installed amdgpu for K1 into extra/, after the change...
+    let base = format!("/var/lib/dkms/amdgpu/{ver}/{K1}/x86_64");
+    let ko = fx.write(&format!("{base}/module/amdgpu.ko.xz"), "module");
+    let log = fx.write(&format!("{base}/log/make.log"), "make.log\n");
+    let inst = fx.write(&format!("/lib/modules/{K1}/extra/amdgpu.ko.xz"), "module");
+    std::os::unix::fs::symlink(
+        format!("/{RPM_TREE}"),
+        fx.path(&format!("/var/lib/dkms/amdgpu/{ver}/source")),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(
+        format!("{ver}/{K1}/x86_64"),
+        fx.path(&format!("/var/lib/dkms/amdgpu/kernel-{K1}-x86_64")),
+    )
+    .unwrap();
+    // ...and weak-modules made K2 load that same build.
+    let weak = fx.path(&format!("/lib/modules/{K2}/weak-updates/amdgpu.ko.xz"));
+    std::fs::create_dir_all(weak.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(format!("/lib/modules/{K1}/extra/amdgpu.ko.xz"), &weak).unwrap();
+    let crat = fx.path(&format!("{RPM_TREE}/amd/amdkfd/kfd_crat.c"));
+    fx.write(
+        &format!("{RPM_TREE}/amd/amdkfd/kfd_crat.c"),
+        crat_with_incident(),
+    );
+    set_mtime(&crat, 1_700_002_000);
+    for p in [&ko, &log, &inst] {
+        set_mtime(p, 1_700_003_000);
+    }
+
+    let run = fx.run(&["--format", "json", "plan"]);
+    run.expect_code(1);
+    let plan = run.json();
+    let r = fx.root().display().to_string();
+    let cmds: Vec<String> = plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["command"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(plan["initramfs_tool"], "dracut");
+    for k in [K1, K2] {
+        assert!(
+            cmds.contains(&format!("chroot {r} dracut -f --kver {k}")),
+            "{cmds:?}"
+        );
+        assert!(
+            cmds.contains(&format!("chroot {r} dkms build -m amdgpu -v {ver} -k {k}")),
+            "{cmds:?}"
+        );
+    }
+    assert!(
+        !cmds.iter().any(|c| c.contains("update-initramfs")),
+        "{cmds:?}"
+    );
+    let kernels = plan["trees"][0]["dkms"]["kernels"].as_array().unwrap();
+    let kern = |k: &str| kernels.iter().find(|x| x["kernel"] == k).unwrap().clone();
+    assert_eq!(
+        kern(K1)["installed"][0]["path"],
+        format!("/lib/modules/{K1}/extra/amdgpu.ko.xz")
+    );
+    // K2's provenance is that of the file its weak-updates link leads to.
+    let k2 = kern(K2);
+    assert!(
+        k2["installed"][0]["path"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!(
+                "/lib/modules/{K2}/weak-updates/amdgpu.ko.xz -> /lib/modules/{K1}/extra/"
+            )),
+        "{k2}"
+    );
+    assert!(
+        k2["notes"].to_string().contains("weak-updates link"),
+        "{k2}"
+    );
+    assert_eq!(k2["provenance"], kern(K1)["provenance"], "{k2}");
+    assert!(
+        k2["verdict"].as_str().unwrap().contains("after the change"),
+        "{k2}"
+    );
+    // The text plan shows the same.
+    let text = fx.run(&["plan"]).stdout();
+    assert!(text.contains(&format!("dracut -f --kver {K2}")), "{text}");
+}
