@@ -346,3 +346,39 @@ impl ContentProvider for RpmArchive {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn members(bytes: &[u8]) -> std::result::Result<usize, String> {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut f, bytes).unwrap();
+        let mut n = 0;
+        for_each_member(f.path(), None, &mut |_, _, _| {
+            n += 1;
+            Ok(true)
+        })
+        .map(|_| n)
+    }
+
+    #[test]
+    fn garbage_is_a_sentence_not_a_panic() {
+        assert!(members(b"").unwrap_err().contains("not an RPM package"));
+        assert!(members(&[0u8; 200])
+            .unwrap_err()
+            .contains("not an RPM package"));
+        // A lead, then a header whose index claims four billion entries.
+        let mut lie = LEAD_MAGIC.to_vec();
+        lie.resize(LEAD_LEN, 0);
+        lie.extend_from_slice(&hdr::HEADER_MAGIC);
+        lie.extend_from_slice(&[0; 4]);
+        lie.extend_from_slice(&u32::MAX.to_be_bytes());
+        lie.extend_from_slice(&16u32.to_be_bytes());
+        assert!(members(&lie).unwrap_err().contains("index entries"));
+        // A plausible header size with nothing behind it.
+        let n = lie.len();
+        lie[n - 8..n - 4].copy_from_slice(&1000u32.to_be_bytes());
+        assert!(members(&lie).unwrap_err().contains("truncated"));
+    }
+}

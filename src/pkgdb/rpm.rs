@@ -296,6 +296,9 @@ pub(crate) fn load(root: &Root) -> Result<Option<RpmDatabase>> {
     let Some(location) = locate(root) else {
         return Ok(None);
     };
+    // KFD_AUDIT_RPMDB_VIA_RPM sends a SQLite database through rpm too: the path BDB
+    // and NDB databases take, so that it is tested against the real rpm here (whose
+    // rpm can create only SQLite databases) and can be compared on a real system.
     let (packages, read_by) = match location.format {
         DbFormat::Sqlite if std::env::var_os("KFD_AUDIT_RPMDB_VIA_RPM").is_none() => {
             (read_sqlite(&location.host_file)?, "natively".to_string())

@@ -547,3 +547,31 @@ fn plan_on_rhel_uses_dracut_extra_and_follows_weak_updates() {
     let text = fx.run(&["plan"]).stdout();
     assert!(text.contains(&format!("dracut -f --kver {K2}")), "{text}");
 }
+
+#[test]
+fn rocm_runtime_from_rpm_is_named_with_its_rpm_verify() {
+    if !have_rpm() {
+        return;
+    }
+    let fx = Fixture::new();
+    let out = tempfile::tempdir().unwrap();
+    let lib = "opt/rocm-6.2.0/lib/libhsa-runtime64.so.1.14.0";
+    let spec = Spec {
+        name: "hsa-rocr",
+        version: "1.14.0.60200",
+        release: "66.el9",
+        files: vec![(lib.to_string(), b"\x7fELF runtime".to_vec())],
+        links: vec![(
+            "opt/rocm-6.2.0/lib/libhsa-runtime64.so.1".into(),
+            "libhsa-runtime64.so.1.14.0".into(),
+        )],
+        file_lines: vec!["/opt/rocm-6.2.0".into()],
+        payload: None,
+    };
+    let rpm = rpmbuild(&spec, out.path());
+    install(&fx, &[&rpm]);
+    assert!(fx.path(lib).is_file());
+    let run = fx.run(&["--format", "json", "scan", "--sections", "rocm"]);
+    let report = run.json().to_string();
+    assert!(report.contains("rpm -V hsa-rocr"), "{report}");
+}
