@@ -117,6 +117,16 @@ struct DiffReport {
 
 /// What to tell a user whose modified file has no clean content anywhere.
 pub(crate) fn no_clean_copy_hint(tree: &Tree, refs: &TreeReferences) -> String {
+    if let (Some(pkg), Some(fetch), Some(reinstall)) =
+        (&refs.rpm_package, &refs.rpm_fetch, &refs.rpm_reinstall)
+    {
+        return format!(
+            "no clean copy to compare with (no baseline copy, no cached {} in the dnf/yum/zypper caches, no backup that matches the reference). \
+             To get one: '{fetch}' puts the package file where kfd-audit reads it; '{reinstall}' puts clean files back; \
+             next time, take a baseline while the tree is clean ('kfd-audit baseline create')",
+            pkg.file_name()
+        );
+    }
     let pkg = refs
         .dpkg_package
         .clone()

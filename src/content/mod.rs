@@ -13,6 +13,8 @@
 //! 2. **The package archive** ([`archive`]): the `.deb` of the installed version in
 //!    apt's cache, read member by member without extracting; a member is accepted only
 //!    if it matches dpkg's md5sums for the package. It is what the package installed.
+//!    On RPM systems the `.rpm` in dnf's, yum's or zypper's cache ([`rpm_archive`]),
+//!    checked against the RPM database's digests.
 //! 3. **Backups** ([`backup`]): copies next to the file (`.orig`, `.bak`, `~`, ...) or in
 //!    a directory copy (`amd/amdkfd.bak/`), accepted only when their hash matches. In
 //!    the incident the "backup" was a copy of the patched file: a name proves nothing.
@@ -25,6 +27,7 @@
 pub mod archive;
 pub(crate) mod backup;
 pub(crate) mod baseline_copies;
+pub(crate) mod rpm_archive;
 
 pub(crate) use backup::{is_backup_suffix, SiblingBackups};
 
@@ -116,6 +119,10 @@ impl<'a> CleanContent<'a> {
                 }
             }
             Err(e) => c.note(e.to_string()),
+        }
+        // On RPM systems: the cached .rpm of the installed version, same rank.
+        for a in rpm_archive::RpmArchive::for_tree(root, tree, refs) {
+            c.push(Box::new(a));
         }
         c.push(Box::new(SiblingBackups::new(root, tree)));
         c

@@ -10,7 +10,9 @@
 //! - `/var/lib/dkms/<name>/kernel-<kernel>-<arch>` links to `<ver>/<kernel>/<arch>` for
 //!   the version installed for that kernel, whose modules are copied to
 //!   `/lib/modules/<kernel>/updates/dkms/` (Debian, Ubuntu, Arch; `/extra` on
-//!   Fedora/RHEL, `/updates` on SUSE), possibly compressed (`.ko.xz`, `.ko.zst`).
+//!   Fedora/RHEL, `/updates` on SUSE), possibly compressed (`.ko.xz`, `.ko.zst`);
+//!   on RHEL and SLES other kernels may load that build through `weak-updates/`
+//!   links ([`weak`]).
 //!
 //! `dkms status` is parsed as well when the tool is there, but only for the running
 //! system: run against `--root` it would describe the host, not the audited disk.
@@ -28,6 +30,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::SystemTime;
+
+mod weak;
 
 pub(crate) const DKMS_TREE: &str = "/var/lib/dkms";
 pub(crate) const MODULES_DIR: &str = "/lib/modules";
@@ -844,8 +848,16 @@ fn read_installed(
                 }
             }
         }
-        if !found.is_empty() {
-            kernel_entry(kernels, &k).installed = found;
+        // No module of its own: RHEL's and SLES's weak-updates links may make it load
+        // another kernel's build, which then decides its provenance.
+        let mut notes = Vec::new();
+        if found.is_empty() {
+            (found, notes) = weak::through_links(root, &k, modules);
+        }
+        if !found.is_empty() || !notes.is_empty() {
+            let ks = kernel_entry(kernels, &k);
+            ks.installed = found;
+            ks.notes.extend(notes);
         }
     }
 }

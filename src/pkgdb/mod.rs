@@ -1,7 +1,23 @@
 //! The package database seam: which package owns a path, the digests it recorded,
-//! the installed version and the cached archive. dpkg today.
+//! the installed version and the cached archive: dpkg, and the RPM database
+//! ([`rpm`]) on RHEL, Rocky, Alma, Fedora and SLES.
 
 pub mod dpkg;
+pub(crate) mod rpm;
+pub(crate) mod rpm_header;
+
+/// The package databases present under the root, by name (`dpkg`, `rpm`), so that a
+/// system with both (an odd chroot) or with neither can be said plainly.
+pub(crate) fn databases(root: &crate::io::root::Root) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if root.path(dpkg::INFO_DIR).is_dir() {
+        out.push("dpkg");
+    }
+    if rpm::locate(root).is_some() {
+        out.push("rpm");
+    }
+    out
+}
 
 use std::path::{Component, Path, PathBuf};
 

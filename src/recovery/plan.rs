@@ -337,7 +337,8 @@ pub(crate) fn build(
         if dkms::find_tool(root, "dkms").is_none() {
             notes.push(
                 "dkms is not installed in this system (no dkms in /usr/sbin, /sbin, /usr/bin, /bin): install it first \
-                 (Debian/Ubuntu: apt install dkms; Fedora: dnf install dkms), or the dkms steps fail"
+                 (Debian/Ubuntu: apt install dkms; Fedora: dnf install dkms; RHEL/Rocky/Alma: dnf install epel-release, then dnf install dkms; \
+                 SLES: zypper install dkms), or the dkms steps fail"
                     .to_string(),
             );
         }
@@ -407,7 +408,7 @@ fn tree_plan(root: &Root, scan: &TreeScan, state: &DkmsState) -> TreePlan {
     if !restore && !rebuild_due && !pkg.changes.verified {
         tnotes.push(
             "no clean reference covers this tree (no dpkg md5sums, no baseline): kfd-audit cannot tell whether it was changed. \
-             Reinstall the package (apt install --reinstall amdgpu-dkms) or take a baseline while it is known clean (kfd-audit baseline create)"
+             Reinstall the package (apt install --reinstall amdgpu-dkms; RHEL/Fedora: dnf reinstall amdgpu-dkms; SLES: zypper install -f amdgpu-dkms) or take a baseline while it is known clean (kfd-audit baseline create)"
                 .to_string(),
         );
     }

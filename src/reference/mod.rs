@@ -1,7 +1,8 @@
 //! Clean references: what each file of a tree should be. Strongest first:
 //! 1. kfd-audit's own baseline (SHA-256, taken while the tree was known clean);
 //! 2. dpkg's md5sums for the package that owns the tree (MD5: says *that* a file
-//!    changed, not what it was).
+//!    changed, not what it was), or on an RPM system the RPM database's digests
+//!    (SHA-256 on any current rpm) for the package that owns it.
 //!
 //! Per file the strongest reference that lists it judges it, and the report names
 //! that reference next to the verdict.
@@ -11,7 +12,7 @@ pub mod baseline;
 use crate::error::Result;
 use crate::io::hash::Digest;
 use crate::io::root::Root;
-use crate::pkgdb::dpkg;
+use crate::pkgdb::{dpkg, rpm};
 // The reading rules of reference files live with the package database, the lowest
 // reader of them; named here too so that callers keep one place to import them from.
 pub use crate::pkgdb::{safe_relative, LoadOptions};
@@ -28,6 +29,10 @@ pub enum ReferenceKind {
     DpkgMd5sums,
     DebArchive,
     Backup,
+    /// The RPM database's file digests for the package that owns the tree.
+    Rpmdb,
+    /// A cached `.rpm` of the installed version (clean content).
+    RpmArchive,
 }
 
 impl ReferenceKind {
@@ -37,6 +42,8 @@ impl ReferenceKind {
             ReferenceKind::DpkgMd5sums => "dpkg-md5sums",
             ReferenceKind::DebArchive => "deb-archive",
             ReferenceKind::Backup => "backup",
+            ReferenceKind::Rpmdb => "rpmdb",
+            ReferenceKind::RpmArchive => "rpm-archive",
         }
     }
 }
@@ -66,6 +73,22 @@ pub struct TreeReferences {
     /// dpkg's md5 for each file, kept even when the baseline judges the file, so that
     /// content sources can be checked against the package too.
     pub dpkg_md5: BTreeMap<PathBuf, Digest>,
+    /// The RPM package owning the tree, when the RPM database knows it (and dpkg does not).
+    pub(crate) rpm_package: Option<crate::pkgdb::rpm::RpmPackage>,
+    /// The RPM database's digest for each file, kept beside the baseline's like
+    /// [`Self::dpkg_md5`], for checking package archive members.
+    pub(crate) rpm_digests: BTreeMap<PathBuf, Digest>,
+    /// Symbolic links the owning package ships (RPM records their targets): path
+    /// relative to the tree → target.
+    pub(crate) package_links: BTreeMap<PathBuf, PathBuf>,
+    /// On RPM systems: the command that reinstalls the owning package (`dnf
+    /// reinstall ...`, `zypper install -f ...`) and the one that fetches its `.rpm`
+    /// into the cache kfd-audit reads (`dnf download --destdir ...`, `zypper download`).
+    pub(crate) rpm_reinstall: Option<String>,
+    pub(crate) rpm_fetch: Option<String>,
+    /// Plain sentences about the references (both package databases present, none,
+    /// a digest algorithm kfd-audit does not compute): shown as problems of the tree.
+    pub(crate) notes: Vec<String>,
     pub skipped: Vec<Skipped>,
 }
 
@@ -96,7 +119,10 @@ pub fn load(root: &Root, tree: &Tree, opts: LoadOptions) -> Result<TreeReference
             })
             .collect();
         refs.dpkg_package = Some(owner);
+    } else {
+        load_rpm(root, tree, opts, &mut refs)?;
     }
+    database_notes(root, &mut refs);
     let mut kinds = Vec::new();
     if let Some(manifest) = baseline::load_manifest(root, tree, opts, &mut refs.skipped)? {
         for (rel, digest) in manifest {
@@ -113,6 +139,96 @@ pub fn load(root: &Root, tree: &Tree, opts: LoadOptions) -> Result<TreeReference
     if refs.dpkg_package.is_some() {
         kinds.push(ReferenceKind::DpkgMd5sums);
     }
+    if refs.rpm_package.is_some() {
+        kinds.push(ReferenceKind::Rpmdb);
+    }
     refs.kinds = kinds;
     Ok(refs)
+}
+
+/// The RPM database's digests for the tree, when a package there owns it. An
+/// unreadable database stops the scan (as malformed md5sums do) unless `--lenient`.
+fn load_rpm(root: &Root, tree: &Tree, opts: LoadOptions, refs: &mut TreeReferences) -> Result<()> {
+    let db = match rpm::load(root) {
+        Ok(Some(db)) => db,
+        Ok(None) => return Ok(()),
+        Err(e) if opts.lenient => {
+            let file = rpm::locate(root).map(|l| l.host_file).unwrap_or_default();
+            refs.skipped.push(Skipped {
+                file,
+                line: 0,
+                message: format!("RPM database not read: {e}"),
+            });
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    let prefix = tree.dpkg_prefix();
+    let Some(pkg) = db.owner_of(&prefix) else {
+        return Ok(());
+    };
+    let config: Vec<String> = pkg
+        .files
+        .iter()
+        .filter(|f| f.is_config() && f.path.starts_with(&prefix))
+        .map(|f| crate::term::path(&f.path))
+        .collect();
+    if !config.is_empty() {
+        // rpm -V checks %config files too, and so does the scan; a changed one may be
+        // an admin's deliberate edit rather than a patch.
+        refs.notes.push(format!(
+            "{} marks {} file(s) of this tree as %config (yours to edit, rpm keeps them on upgrade): {}",
+            db.describe(),
+            config.len(),
+            config.join(", ")
+        ));
+    }
+    if let Some(algo) = pkg.unsupported_algo {
+        refs.notes.push(format!(
+            "{} records its file digests with algorithm {algo} (PGP numbering; kfd-audit computes MD5 and SHA-256):              its files are unverified; check them with rpm -V {}",
+            pkg.nevra(),
+            pkg.name
+        ));
+    }
+    let digests = rpm::tree_digests(pkg, &prefix);
+    refs.entries = digests
+        .iter()
+        .map(|(rel, d)| {
+            let e = Expected {
+                digest: d.clone(),
+                kind: ReferenceKind::Rpmdb,
+            };
+            (rel.clone(), e)
+        })
+        .collect();
+    refs.rpm_digests = digests;
+    refs.package_links = rpm::tree_links(pkg, &prefix);
+    refs.rpm_reinstall = Some(rpm::reinstall_command(root, pkg));
+    refs.rpm_fetch = Some(rpm::download_command(root, pkg));
+    refs.rpm_package = Some(pkg.clone());
+    Ok(())
+}
+
+/// Says plainly when the root has both package databases (an odd chroot: which one
+/// is right is for a person to judge) or neither (only a baseline can vouch).
+fn database_notes(root: &Root, refs: &mut TreeReferences) {
+    let dbs = crate::pkgdb::databases(root);
+    if dbs.len() > 1 {
+        let judged = match (&refs.dpkg_package, &refs.rpm_package) {
+            (Some(p), _) => format!("the tree is judged by dpkg ({p})"),
+            (None, Some(p)) => format!("the tree is judged by the RPM database ({})", p.nevra()),
+            (None, None) => "neither lists this tree".to_string(),
+        };
+        refs.notes.push(format!(
+            "this system has both a dpkg database ({}) and an RPM database ({}): {judged};              an odd chroot or a half-converted system, check which package manager really installed the driver",
+            crate::pkgdb::dpkg::INFO_DIR,
+            rpm::DB_DIRS.join(" or ")
+        ));
+    } else if dbs.is_empty() {
+        refs.notes.push(format!(
+            "no package database under the root (neither dpkg's {} nor an RPM database in {}):              only a kfd-audit baseline or a verified backup can vouch for the files",
+            crate::pkgdb::dpkg::INFO_DIR,
+            rpm::DB_DIRS.join(" or ")
+        ));
+    }
 }

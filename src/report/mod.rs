@@ -263,11 +263,12 @@ fn tree_problems(s: &TreeScan) -> Vec<String> {
     }
     if s.refs.is_empty() {
         problems.push(
-            "no clean reference (no dpkg md5sums list this tree, no baseline): files are unverified; \
+            "no clean reference (no dpkg md5sums or RPM database list this tree, no baseline): files are unverified; \
              take a baseline while the tree is clean with 'kfd-audit baseline create'"
                 .to_string(),
         );
     }
+    problems.extend(s.refs.notes.iter().cloned());
     problems.extend(s.problems.iter().cloned());
     for sk in &s.refs.skipped {
         problems.push(format!(

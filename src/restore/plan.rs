@@ -79,6 +79,8 @@ pub(crate) struct RefusedFile {
 pub(crate) struct TreePlan {
     pub tree: Tree,
     pub dpkg_package: Option<String>,
+    /// On RPM systems: the fetch and the reinstall command of the owning package.
+    pub(crate) rpm_advice: Vec<String>,
     pub references: Vec<ReferenceKind>,
     pub items: Vec<PlanItem>,
     pub no_source: Vec<NoSource>,
@@ -164,6 +166,11 @@ pub(crate) fn build(root: &Root, scans: &[TreeScan], only: &[PathBuf]) -> Result
         let mut tp = TreePlan {
             tree: tree.clone(),
             dpkg_package: scan.refs.dpkg_package.clone(),
+            rpm_advice: [&scan.refs.rpm_fetch, &scan.refs.rpm_reinstall]
+                .into_iter()
+                .flatten()
+                .cloned()
+                .collect(),
             references: scan.refs.kinds.clone(),
             items: Vec::new(),
             no_source: Vec::new(),
@@ -377,6 +384,14 @@ pub(crate) fn advice(tp: &TreePlan) -> Vec<String> {
     if let Some(pkg) = &tp.dpkg_package {
         a.push(format!(
             "reinstall the package: apt-get install --reinstall {pkg} (dpkg overwrites every changed file of it; copy any you want to keep first)"
+        ));
+    }
+    if let [fetch, reinstall] = tp.rpm_advice.as_slice() {
+        a.push(format!(
+            "fetch the package file of the installed version: {fetch}, then run restore again (kfd-audit reads it in place and checks every file against the RPM database)"
+        ));
+        a.push(format!(
+            "or reinstall the package: {reinstall} (rpm overwrites every changed file of it; copy any you want to keep first)"
         ));
     }
     a.push(format!(

@@ -327,10 +327,17 @@ fn judge(
     r.expected = expected.map(|e| e.digest.clone());
     match entry.kind {
         EntryKind::Symlink => {
-            r.status = FileStatus::Symlink;
-            r.detail = std::fs::read_link(tree.host_path.join(&r.path))
-                .ok()
-                .map(|t| format!("-> {}", t.display()));
+            let target = std::fs::read_link(tree.host_path.join(&r.path)).ok();
+            r.detail = target.as_ref().map(|t| format!("-> {}", t.display()));
+            // A link the package itself ships (the RPM database records its target)
+            // is part of the clean tree while it points where the package put it.
+            r.status = match (refs.package_links.get(&r.path), &target) {
+                (Some(packaged), Some(t)) if packaged == t => {
+                    r.reference = Some(crate::reference::ReferenceKind::Rpmdb);
+                    FileStatus::Ok
+                }
+                _ => FileStatus::Symlink,
+            };
         }
         EntryKind::Special(what) => {
             r.status = FileStatus::Unreadable;
