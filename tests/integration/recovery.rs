@@ -1004,3 +1004,34 @@ fn plan_no_rules_runs_no_rule() {
     // The same steps: the rules change the words, not what has to be done.
     assert_eq!(commands(&plan), commands(&plan_json(&fx)));
 }
+
+/// Issue 15, item 3: clean sources and a .ko copied in by hand after dkms built it.
+/// The scan must not say clean, and the plan must rebuild and reinstall.
+#[test]
+fn hand_replaced_module_with_clean_sources_is_found_and_planned() {
+    let fx = Fixture::new();
+    system(&fx);
+    dkms_module(&fx, K1, "amdgpu.ko.zst", BUILD_LATE, true);
+    let installed = fx.write(
+        &format!("/lib/modules/{K1}/updates/dkms/amdgpu.ko.zst"),
+        "hand-built",
+    );
+    set_mtime(&installed, t(BUILD_LATE + 10));
+    let scan = fx.run(&["--format", "json", "scan", "--sections", "tree"]);
+    scan.expect_code(1);
+    let k1 = kernel(&scan.json()["dkms"]["packages"][0], K1).clone();
+    assert_eq!(k1["provenance"], "installed-not-built", "{k1}");
+    assert!(k1["verdict"]
+        .as_str()
+        .unwrap()
+        .contains("rebuild and reinstall"));
+    let text = fx.run(&["scan", "--sections", "tree"]).stdout();
+    assert!(text.contains("not the one dkms built"), "{text}");
+    let plan = plan_json(&fx);
+    let cmds = commands(&plan).join("\n");
+    assert!(cmds.contains("dkms remove -m amdgpu"), "{cmds}");
+    assert!(
+        cmds.contains(&format!("dkms install -m amdgpu -v {VERSION} -k {K1}")),
+        "{cmds}"
+    );
+}
