@@ -16,6 +16,7 @@ mod recovery;
 mod restore;
 mod restore_crash;
 mod restore_pty;
+mod rocm_real;
 mod rules;
 mod scan;
 mod versions;
