@@ -419,16 +419,28 @@ pub fn restore(cli: &Cli, args: &RestoreArgs, out: &mut dyn Write) -> anyhow::Re
     } else {
         Vec::new()
     };
+    // Files the person chose to skip were never handed to apply: they stay changed.
+    let skipped = plan
+        .item_count()
+        .saturating_sub(result.applied.len() + result.not_applied.len());
     match cli.format {
         Format::Json => {
             let mut j = plan.to_json(&root, false);
             let flat: Vec<String> = recovery.iter().flat_map(|(_, l)| l.clone()).collect();
-            j.result = Some(result_json(&result, &flat));
+            let mut r = result_json(&result, &flat);
+            r["skipped"] = skipped.into();
+            j.result = Some(r);
             out.write_all(serde_json::to_string_pretty(&j)?.as_bytes())?;
             out.write_all(b"\n")?;
         }
         Format::Text | Format::Markdown | Format::Prometheus => {
             out.write_all(result_text(&result, "restored").as_bytes())?;
+            if skipped > 0 {
+                writeln!(
+                    out,
+                    "skipped {skipped} file(s): they stay as they are (run kfd-audit restore again to restore them)"
+                )?;
+            }
             out.write_all(recovery_text(&recovery).as_bytes())?;
         }
     }
@@ -442,7 +454,7 @@ pub fn restore(cli: &Cli, args: &RestoreArgs, out: &mut dyn Write) -> anyhow::Re
         );
         return Ok(Outcome::Failed);
     }
-    let left = result.not_applied.len() + plan.no_source_count() + plan.refused_count();
+    let left = result.not_applied.len() + skipped + plan.no_source_count() + plan.refused_count();
     Ok(if left > 0 {
         Outcome::Found
     } else {

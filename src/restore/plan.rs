@@ -375,8 +375,13 @@ pub fn advice(tp: &TreePlan) -> Vec<String> {
     }
     let mut a = Vec::new();
     if let Some(pkg) = &tp.dpkg_package {
+        // Least invasive first: the archive back in apt's cache changes no file, and
+        // kfd-audit then restores only the changed ones, journaled and undoable.
         a.push(format!(
-            "reinstall the package: apt-get install --reinstall {pkg} (dpkg overwrites every changed file of it; copy any you want to keep first)"
+            "fetch the package archive again, which changes no file: apt-get install --download-only --reinstall {pkg}; then run kfd-audit restore again"
+        ));
+        a.push(format!(
+            "or reinstall the package: apt-get install --reinstall {pkg} (dpkg overwrites every changed file of it; copy any you want to keep first)"
         ));
     }
     a.push(format!(

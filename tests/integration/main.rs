@@ -5,6 +5,7 @@ mod beyond;
 mod content;
 mod corpus;
 mod dkms_real;
+mod exit_rule;
 mod fixture;
 mod hashing;
 mod hostile;
