@@ -59,16 +59,27 @@ fn check_writable(root: &Root, system_paths: &[PathBuf]) -> anyhow::Result<()> {
     let mut commands = BTreeSet::new();
     let mut first = None;
     for p in &paths {
-        let w = mounts::writability(root, p);
-        if let Some(cmd) = w.remount_command() {
-            commands.insert(cmd);
+        if let mounts::Writability::ReadOnly { mount_point } = mounts::writability(root, p) {
+            // Under --root the audited system is mounted at R on this host: its "/" is
+            // R here, and remounting the host's own / (a live USB's) would not help.
+            let target = if root.is_host_root() {
+                mount_point
+            } else {
+                root.path(&mount_point)
+            };
+            commands.insert(format!("mount -o remount,rw {}", target.display()));
             first.get_or_insert_with(|| p.clone());
         }
     }
     if let Some(p) = first {
+        let shown = if root.is_host_root() {
+            p
+        } else {
+            root.path(&p)
+        };
         anyhow::bail!(
             "{} is on a read-only filesystem; nothing was changed. Make it writable with: {} (or see the plan with --dry-run)",
-            term::path(&p),
+            term::path(&shown),
             commands.into_iter().collect::<Vec<_>>().join(" && ")
         );
     }
