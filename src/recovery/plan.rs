@@ -89,6 +89,10 @@ pub struct RecoveryPlan {
     pub notes: Vec<String>,
     /// What to do when the machine does not boot.
     pub fallback: Vec<String>,
+    /// Tools the plan's commands need that the system lacks (`dkms`): `plan --run`
+    /// refuses before it changes anything (a bind mount included).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub missing_tools: Vec<String>,
 }
 
 impl RecoveryPlan {
@@ -333,8 +337,10 @@ pub fn build(
         .find(|t| dkms::find_tool(root, t).is_some());
     let trees: Vec<TreePlan> = scans.iter().map(|s| tree_plan(root, s, state)).collect();
     let active: Vec<&TreePlan> = trees.iter().filter(|t| t.needs_recovery).collect();
+    let mut missing_tools = Vec::new();
     if !active.is_empty() {
         if dkms::find_tool(root, "dkms").is_none() {
+            missing_tools.push("dkms".to_string());
             notes.push(
                 "dkms is not installed in this system (no dkms in /usr/sbin, /sbin, /usr/bin, /bin): install it first \
                  (Debian/Ubuntu: apt install dkms; Fedora: dnf install dkms), or the dkms steps fail"
@@ -365,6 +371,7 @@ pub fn build(
         steps: b.steps,
         notes,
         fallback: fallback_text(root),
+        missing_tools,
     }
 }
 

@@ -754,7 +754,7 @@ fn run_stops_at_a_silent_dkms_error() {
     assert!(out.contains(&format!("FAILED: step 5 (chroot {r} dkms build -m amdgpu -v {VERSION} -k {K1}): dkms printed an error but exited 0: Error! Bad conf\n")), "{out}");
     assert!(
         out.contains(&format!(
-            "read /var/lib/dkms/amdgpu/{VERSION}/build/make.log"
+            "read {r}/var/lib/dkms/amdgpu/{VERSION}/build/make.log"
         )),
         "{out}"
     );
@@ -1034,4 +1034,39 @@ fn hand_replaced_module_with_clean_sources_is_found_and_planned() {
         cmds.contains(&format!("dkms install -m amdgpu -v {VERSION} -k {K1}")),
         "{cmds}"
     );
+}
+
+/// Issue 15, item 8: plan --run under --root when the mounted system has no dkms:
+/// refused before anything runs (no bind mount), naming the system under the root.
+#[test]
+fn run_without_dkms_in_the_root_is_refused_before_any_mount() {
+    let fx = Fixture::new();
+    fx.amdgpu_tree();
+    age_tree(&fx);
+    headers(&fx, K1);
+    running(&fx, KRUN);
+    dkms_module(&fx, K1, "amdgpu.ko.zst", BUILD_LATE, true);
+    fx.write(
+        &format!("/lib/modules/{K1}/updates/dkms/amdgpu.ko.zst"),
+        "by hand",
+    );
+    let before = std::fs::read_dir(fx.root()).unwrap().count();
+    let run = fx.run(&["plan", "--run", "--yes"]);
+    run.expect_code(2);
+    let r = fx.root().display().to_string();
+    assert!(
+        run.stderr()
+            .contains(&format!("dkms is not installed in the system under {r}")),
+        "{}",
+        run.stderr()
+    );
+    assert!(!run.stdout().contains("==> [1/"), "{}", run.stdout());
+    assert!(
+        !run.stderr().contains("/var/lib/dkms/amdgpu"),
+        "{}",
+        run.stderr()
+    );
+    // Nothing was mounted or created under the root.
+    assert!(!fx.path("/proc/self").exists() || before > 0);
+    assert_eq!(before, std::fs::read_dir(fx.root()).unwrap().count());
 }
