@@ -1070,3 +1070,28 @@ fn run_without_dkms_in_the_root_is_refused_before_any_mount() {
     assert!(!fx.path("/proc/self").exists() || before > 0);
     assert_eq!(before, std::fs::read_dir(fx.root()).unwrap().count());
 }
+
+/// Issue 15 (confusing): the fallback for a tree that is not amdgpu names its own
+/// module, not amdgpu.
+#[test]
+fn fallback_names_the_trees_own_module() {
+    let fx = Fixture::new();
+    let conf = "PACKAGE_NAME=\"kfdtoy\"\nPACKAGE_VERSION=\"1.0\"\nBUILT_MODULE_NAME[0]=\"kfdtoy\"\nDEST_MODULE_LOCATION[0]=\"/updates/dkms\"\n";
+    let src = "int kfdtoy;\n";
+    fx.write("/usr/src/kfdtoy-1.0/dkms.conf", conf);
+    fx.write("/usr/src/kfdtoy-1.0/kfdtoy.c", "int kfdtoy = 1;\n");
+    fx.write(
+        "/var/lib/dpkg/info/kfdtoy-dkms.md5sums",
+        format!(
+            "{}  usr/src/kfdtoy-1.0/dkms.conf\n{}  usr/src/kfdtoy-1.0/kfdtoy.c\n",
+            crate::fixture::md5_hex(conf.as_bytes()),
+            crate::fixture::md5_hex(src.as_bytes())
+        ),
+    );
+    let plan = fx
+        .run(&["--format", "json", "plan", "--tree", "/usr/src/kfdtoy-1.0"])
+        .json();
+    let fallback = plan["fallback"].to_string();
+    assert!(fallback.contains("modprobe.blacklist=kfdtoy"), "{fallback}");
+    assert!(!fallback.contains("amdgpu"), "{fallback}");
+}
