@@ -169,7 +169,18 @@ fn result_json(r: &ApplyResult, recovery: &[String]) -> serde_json::Value {
     serde_json::to_value(j).expect("result serializes")
 }
 
-fn result_text(r: &ApplyResult, verb: &str) -> String {
+/// How to call kfd-audit again on the same system: a follow-up command without the
+/// `--root` that was used would act on another system (and `undo <id>` would find no
+/// such run there).
+fn again(root: &Root) -> String {
+    if root.is_host_root() {
+        "kfd-audit".to_string()
+    } else {
+        format!("kfd-audit --root {}", term::path(root.dir()))
+    }
+}
+
+fn result_text(root: &Root, r: &ApplyResult, verb: &str) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let _ = writeln!(
@@ -203,8 +214,9 @@ fn result_text(r: &ApplyResult, verb: &str) -> String {
     if let (Some(id), Some(j)) = (&r.run, &r.journal) {
         let _ = writeln!(
             out,
-            "journal: {}; to put the previous versions back: kfd-audit undo {id}",
-            text(j)
+            "journal: {}; to put the previous versions back: {} undo {id}",
+            text(j),
+            again(root)
         );
     }
     out
@@ -445,11 +457,12 @@ pub fn restore(cli: &Cli, args: &RestoreArgs, out: &mut dyn Write) -> anyhow::Re
             out.write_all(b"\n")?;
         }
         Format::Text | Format::Markdown | Format::Prometheus => {
-            out.write_all(result_text(&result, "restored").as_bytes())?;
+            out.write_all(result_text(&root, &result, "restored").as_bytes())?;
             if skipped > 0 {
                 writeln!(
                     out,
-                    "skipped {skipped} file(s): they stay as they are (run kfd-audit restore again to restore them)"
+                    "skipped {skipped} file(s): they stay as they are (run {} restore again to restore them)",
+                    again(&root)
                 )?;
             }
             out.write_all(recovery_text(&recovery).as_bytes())?;
@@ -641,7 +654,7 @@ pub fn undo(cli: &Cli, args: &UndoArgs, out: &mut dyn Write) -> anyhow::Result<O
             out.write_all(serde_json::to_string_pretty(&j)?.as_bytes())?;
             out.write_all(b"\n")?;
         }
-        _ => out.write_all(result_text(&result, "put back").as_bytes())?,
+        _ => out.write_all(result_text(&root, &result, "put back").as_bytes())?,
     }
     if let Some(err) = &result.stopped {
         eprintln!(

@@ -70,3 +70,25 @@ fn restore_and_undo() {
         yes.stdout()
     );
 }
+
+/// Issue 15 (confusing): the printed undo command carries the --root that was used,
+/// so running it exactly as printed finds the run.
+#[test]
+fn printed_undo_command_runs_as_printed() {
+    let s = Scenario::new(1);
+    let out = s.run(&["restore", "--yes"]).stdout();
+    let line = out
+        .lines()
+        .find_map(|l| l.split("to put the previous versions back: ").nth(1))
+        .unwrap_or_else(|| panic!("{out}"));
+    let argv: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(argv[0], "kfd-audit");
+    assert_eq!(argv[1], "--root", "{line}");
+    let run = crate::fixture::Run::of({
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_kfd-audit"));
+        c.args(&argv[1..]);
+        c
+    });
+    assert_eq!(run.code(), 0, "{line}: {}", run.stderr());
+    s.assert_files(&[false]);
+}
