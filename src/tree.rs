@@ -292,8 +292,33 @@ pub fn discover(root: &Root) -> Result<Vec<Tree>> {
 }
 
 /// Loads a tree named on the command line, which must be a directory.
+///
+/// Under `--root R` the path is a system path of the audited system: `/usr/src/X` is
+/// read as `R/usr/src/X`, never the host's `/usr/src/X` (which may be clean while the
+/// audited copy is not). A path already inside `R` (`R/usr/src/X`, a relative path
+/// from inside it) is taken as it is, since it can only mean that tree.
 pub(crate) fn from_arg(root: &Root, path: &Path) -> Result<Tree> {
-    let host = std::path::absolute(path).map_err(|e| Error::io(path, e))?;
+    let host = if root.is_host_root() {
+        std::path::absolute(path).map_err(|e| Error::io(path, e))?
+    } else {
+        let given = std::path::absolute(path).map_err(|e| Error::io(path, e))?;
+        let under_root = root.path(path);
+        if path.is_absolute() && std::fs::symlink_metadata(&under_root).is_ok() {
+            under_root
+        } else if given.starts_with(root.dir()) {
+            given
+        } else if path.is_absolute() {
+            under_root
+        } else {
+            return Err(Error::Refused {
+                path: path.to_path_buf(),
+                message: format!(
+                    "with --root, --tree takes a path of the audited system such as /usr/src/amdgpu-6.8.5 (read as {}/usr/src/amdgpu-6.8.5)",
+                    root.dir().display()
+                ),
+            });
+        }
+    };
     let meta = std::fs::symlink_metadata(&host).map_err(|e| Error::io(&host, e))?;
     if !meta.is_dir() {
         return Err(Error::Refused {

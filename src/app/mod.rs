@@ -162,7 +162,8 @@ pub(crate) struct DiffArgs {
 
 #[derive(Debug, Args, Clone, Default)]
 pub(crate) struct TreeArgs {
-    /// Audit this DKMS source tree instead of every <root>/usr/src/amdgpu-* (repeatable)
+    /// Audit this DKMS source tree instead of every <root>/usr/src/amdgpu-* (repeatable).
+    /// With --root R, PATH is a path of the audited system: /usr/src/X is read as R/usr/src/X
     #[arg(long = "tree", value_name = "PATH")]
     pub trees: Vec<PathBuf>,
 

@@ -59,16 +59,27 @@ fn check_writable(root: &Root, system_paths: &[PathBuf]) -> anyhow::Result<()> {
     let mut commands = BTreeSet::new();
     let mut first = None;
     for p in &paths {
-        let w = mounts::writability(root, p);
-        if let Some(cmd) = w.remount_command() {
-            commands.insert(cmd);
+        if let mounts::Writability::ReadOnly { mount_point } = mounts::writability(root, p) {
+            // Under --root the audited system is mounted at R on this host: its "/" is
+            // R here, and remounting the host's own / (a live USB's) would not help.
+            let target = if root.is_host_root() {
+                mount_point
+            } else {
+                root.path(&mount_point)
+            };
+            commands.insert(format!("mount -o remount,rw {}", target.display()));
             first.get_or_insert_with(|| p.clone());
         }
     }
     if let Some(p) = first {
+        let shown = if root.is_host_root() {
+            p
+        } else {
+            root.path(&p)
+        };
         anyhow::bail!(
             "{} is on a read-only filesystem; nothing was changed. Make it writable with: {} (or see the plan with --dry-run)",
-            term::path(&p),
+            term::path(&shown),
             commands.into_iter().collect::<Vec<_>>().join(" && ")
         );
     }
@@ -158,7 +169,18 @@ fn result_json(r: &ApplyResult, recovery: &[String]) -> serde_json::Value {
     serde_json::to_value(j).expect("result serializes")
 }
 
-fn result_text(r: &ApplyResult, verb: &str) -> String {
+/// How to call kfd-audit again on the same system: a follow-up command without the
+/// `--root` that was used would act on another system (and `undo <id>` would find no
+/// such run there).
+fn again(root: &Root) -> String {
+    if root.is_host_root() {
+        "kfd-audit".to_string()
+    } else {
+        format!("kfd-audit --root {}", term::path(root.dir()))
+    }
+}
+
+fn result_text(root: &Root, r: &ApplyResult, verb: &str) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let _ = writeln!(
@@ -192,8 +214,9 @@ fn result_text(r: &ApplyResult, verb: &str) -> String {
     if let (Some(id), Some(j)) = (&r.run, &r.journal) {
         let _ = writeln!(
             out,
-            "journal: {}; to put the previous versions back: kfd-audit undo {id}",
-            text(j)
+            "journal: {}; to put the previous versions back: {} undo {id}",
+            text(j),
+            again(root)
         );
     }
     out
@@ -423,16 +446,29 @@ pub(crate) fn restore(
     } else {
         Vec::new()
     };
+    // Files the person chose to skip were never handed to apply: they stay changed.
+    let skipped = plan
+        .item_count()
+        .saturating_sub(result.applied.len() + result.not_applied.len());
     match cli.format {
         Format::Json => {
             let mut j = plan.to_json(&root, false);
             let flat: Vec<String> = recovery.iter().flat_map(|(_, l)| l.clone()).collect();
-            j.result = Some(result_json(&result, &flat));
+            let mut r = result_json(&result, &flat);
+            r["skipped"] = skipped.into();
+            j.result = Some(r);
             out.write_all(serde_json::to_string_pretty(&j)?.as_bytes())?;
             out.write_all(b"\n")?;
         }
         Format::Text | Format::Markdown | Format::Prometheus => {
-            out.write_all(result_text(&result, "restored").as_bytes())?;
+            out.write_all(result_text(&root, &result, "restored").as_bytes())?;
+            if skipped > 0 {
+                writeln!(
+                    out,
+                    "skipped {skipped} file(s): they stay as they are (run {} restore again to restore them)",
+                    again(&root)
+                )?;
+            }
             out.write_all(recovery_text(&recovery).as_bytes())?;
         }
     }
@@ -446,7 +482,7 @@ pub(crate) fn restore(
         );
         return Ok(Outcome::Failed);
     }
-    let left = result.not_applied.len() + plan.no_source_count() + plan.refused_count();
+    let left = result.not_applied.len() + skipped + plan.no_source_count() + plan.refused_count();
     Ok(if left > 0 {
         Outcome::Found
     } else {
@@ -622,7 +658,7 @@ pub(crate) fn undo(cli: &Cli, args: &UndoArgs, out: &mut dyn Write) -> anyhow::R
             out.write_all(serde_json::to_string_pretty(&j)?.as_bytes())?;
             out.write_all(b"\n")?;
         }
-        _ => out.write_all(result_text(&result, "put back").as_bytes())?,
+        _ => out.write_all(result_text(&root, &result, "put back").as_bytes())?,
     }
     if let Some(err) = &result.stopped {
         eprintln!(

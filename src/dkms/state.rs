@@ -263,6 +263,9 @@ pub(crate) enum Provenance {
     NotBuilt,
     /// No reference says which files changed.
     Unknown,
+    /// The installed module is not the one dkms built (replaced or changed by hand):
+    /// what the kernel loads came from no source kfd-audit can check.
+    InstalledNotBuilt,
 }
 
 impl Provenance {
@@ -270,7 +273,9 @@ impl Provenance {
     pub(crate) fn rebuild_due(self) -> bool {
         matches!(
             self,
-            Provenance::BuiltFromChangedSources | Provenance::SourcesChangedSinceBuild
+            Provenance::BuiltFromChangedSources
+                | Provenance::SourcesChangedSinceBuild
+                | Provenance::InstalledNotBuilt
         )
     }
 }
@@ -914,6 +919,29 @@ fn finish_kernel(
     let (provenance, verdict) = judge_provenance(ks, changes);
     ks.provenance = provenance;
     ks.verdict = verdict;
+    // A hand-replaced module is judged by its own time above; when that time says
+    // nothing is wrong, the replacement itself still is: clean sources say nothing
+    // about a .ko that dkms did not build from them.
+    let diff_remark = ks.status.as_ref().is_some_and(|s| {
+        s.remarks.iter().any(|r| {
+            r.to_ascii_lowercase()
+                .contains("diff between built and installed")
+        })
+    });
+    if (ks.installed_matches_built == Some(false) || diff_remark) && !ks.provenance.rebuild_due() {
+        let installed = ks
+            .installed
+            .iter()
+            .map(|m| m.path.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        ks.provenance = Provenance::InstalledNotBuilt;
+        ks.verdict = format!(
+            "the installed module ({installed}) is not the one dkms built: it was replaced or changed by hand, \
+             so what the kernel loads is not known to come from these sources; rebuild and reinstall it \
+             (kfd-audit plan: dkms remove, build, install)"
+        );
+    }
 }
 
 /// Reads one tree's DKMS package state; `status` is parsed `dkms status` output

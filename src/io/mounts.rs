@@ -82,17 +82,7 @@ pub(crate) enum Writability {
     },
 }
 
-impl Writability {
-    /// The command that makes the path writable, if it is not.
-    pub(crate) fn remount_command(&self) -> Option<String> {
-        match self {
-            Writability::Writable => None,
-            Writability::ReadOnly { mount_point } => {
-                Some(format!("mount -o remount,rw {}", mount_point.display()))
-            }
-        }
-    }
-}
+impl Writability {}
 
 /// Whether a system path under the root can be written, from the mount table under
 /// the root when there is one, else from statvfs on the host path.
@@ -185,8 +175,10 @@ mod tests {
         let root = Root::open(dir.path()).unwrap();
         let w = writability(&root, Path::new("/var/lib/kfd-audit"));
         assert_eq!(
-            w.remount_command().as_deref(),
-            Some("mount -o remount,rw /")
+            w,
+            Writability::ReadOnly {
+                mount_point: "/".into()
+            }
         );
         assert_eq!(
             writability(&root, Path::new("/usr/src/amdgpu-1")),

@@ -89,6 +89,10 @@ pub(crate) struct RecoveryPlan {
     pub notes: Vec<String>,
     /// What to do when the machine does not boot.
     pub fallback: Vec<String>,
+    /// Tools the plan's commands need that the system lacks (`dkms`): `plan --run`
+    /// refuses before it changes anything (a bind mount included).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub missing_tools: Vec<String>,
 }
 
 impl RecoveryPlan {
@@ -260,21 +264,40 @@ fn initrd_exists(root: &Root, kernel: &str) -> bool {
 }
 
 /// The fallback for a machine that does not boot after the rebuild (or before it).
-fn fallback_text(root: &Root) -> Vec<String> {
+fn fallback_text(root: &Root, modules: &[String]) -> Vec<String> {
+    // What to keep from loading is what the audited trees build: amdgpu for AMD's
+    // driver (and then the screen falls back to a basic framebuffer), the tree's own
+    // modules otherwise; modprobe.blacklist takes a comma-separated list.
+    let amdgpu = modules.is_empty() || modules.iter().any(|m| m == "amdgpu");
+    let list = if amdgpu {
+        "amdgpu".to_string()
+    } else {
+        modules.join(",")
+    };
+    let effect = if amdgpu {
+        "amdgpu is not loaded: the screen runs on a basic framebuffer, without GPU acceleration."
+            .to_string()
+    } else {
+        format!("{list} is not loaded.")
+    };
     let mut v = vec![
-        "At the boot menu (GRUB: hold Shift or press Esc while the machine starts), select the entry and press 'e'. \
-         At the end of the line that starts with 'linux', add: modprobe.blacklist=amdgpu — then boot with Ctrl-X or F10. \
-         amdgpu is not loaded: the screen runs on a basic framebuffer, without GPU acceleration."
-            .to_string(),
-        "Or pick 'Advanced options' → '(recovery mode)' → 'root' for a root shell (add modprobe.blacklist=amdgpu there too if it hangs)."
-            .to_string(),
+        format!(
+            "At the boot menu (GRUB: hold Shift or press Esc while the machine starts), select the entry and press 'e'. \
+             At the end of the line that starts with 'linux', add: modprobe.blacklist={list} — then boot with Ctrl-X or F10. \
+             {effect}"
+        ),
+        format!(
+            "Or pick 'Advanced options' → '(recovery mode)' → 'root' for a root shell (add modprobe.blacklist={list} there too if it hangs)."
+        ),
         "In that shell: mount -o remount,rw / ; kfd-audit scan ; kfd-audit restore ; kfd-audit plan --run ; reboot."
             .to_string(),
-        "Removing it after: a line edited with 'e' lasts for that one boot, there is nothing to remove. If you added \
-         modprobe.blacklist=amdgpu to GRUB_CMDLINE_LINUX_DEFAULT in /etc/default/grub, delete it and run update-grub \
-         (Fedora/RHEL: grub2-mkconfig -o /boot/grub2/grub.cfg); if you wrote 'blacklist amdgpu' into /etc/modprobe.d/, \
-         delete that line and update the initramfs. After the next boot, 'cat /proc/cmdline' must not show it."
-            .to_string(),
+        format!(
+            "Removing it after: a line edited with 'e' lasts for that one boot, there is nothing to remove. If you added \
+             modprobe.blacklist={list} to GRUB_CMDLINE_LINUX_DEFAULT in /etc/default/grub, delete it and run update-grub \
+             (Fedora/RHEL: grub2-mkconfig -o /boot/grub2/grub.cfg); if you wrote 'blacklist {first}' into /etc/modprobe.d/, \
+             delete that line and update the initramfs. After the next boot, 'cat /proc/cmdline' must not show it.",
+            first = list.split(',').next().unwrap_or("amdgpu")
+        ),
     ];
     if root.is_host_root() {
         v.push(
@@ -289,6 +312,23 @@ fn fallback_text(root: &Root) -> Vec<String> {
         ));
     }
     v
+}
+
+/// The modules the trees that need recovery build (all trees when none does).
+fn fallback_modules(trees: &[TreePlan]) -> Vec<String> {
+    let active: Vec<&TreePlan> = trees.iter().filter(|t| t.needs_recovery).collect();
+    let chosen: Vec<&TreePlan> = if active.is_empty() {
+        trees.iter().collect()
+    } else {
+        active
+    };
+    let mut out: Vec<String> = chosen
+        .iter()
+        .flat_map(|t| t.dkms.modules.iter().cloned())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// The plan for scanned trees, DKMS state included: what `restore` prints at its end.
@@ -333,8 +373,10 @@ pub(crate) fn build(
         .find(|t| dkms::find_tool(root, t).is_some());
     let trees: Vec<TreePlan> = scans.iter().map(|s| tree_plan(root, s, state)).collect();
     let active: Vec<&TreePlan> = trees.iter().filter(|t| t.needs_recovery).collect();
+    let mut missing_tools = Vec::new();
     if !active.is_empty() {
         if dkms::find_tool(root, "dkms").is_none() {
+            missing_tools.push("dkms".to_string());
             notes.push(
                 "dkms is not installed in this system (no dkms in /usr/sbin, /sbin, /usr/bin, /bin): install it first \
                  (Debian/Ubuntu: apt install dkms; Fedora: dnf install dkms; RHEL/Rocky/Alma: dnf install epel-release, then dnf install dkms; \
@@ -356,6 +398,7 @@ pub(crate) fn build(
         // options section, so that plan and scan never disagree about a blacklist.
         notes.extend(crate::system::modopts::blacklist_notes(root));
     }
+    let fallback = fallback_text(root, &fallback_modules(&trees));
     RecoveryPlan {
         version: 1,
         root: root.dir().display().to_string(),
@@ -365,7 +408,8 @@ pub(crate) fn build(
         trees,
         steps: b.steps,
         notes,
-        fallback: fallback_text(root),
+        fallback,
+        missing_tools,
     }
 }
 

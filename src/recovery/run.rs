@@ -71,6 +71,9 @@ pub(crate) fn classify_step_outcome(
 fn advice(plan: &RecoveryPlan, st: &RecoveryStep) -> Vec<String> {
     let name = st.package.as_deref().unwrap_or("amdgpu");
     let ver = st.version.as_deref().unwrap_or("<version>");
+    // The commands run in `chroot R`: the person reads the advice on this host, where
+    // the system's /var/lib/dkms is R/var/lib/dkms (the host's own is not the one).
+    let at = plan.chroot.as_deref().unwrap_or("").trim_end_matches('/');
     let mut v = match st.kind {
         StepKind::Remount => vec![
             "the filesystem could not be made writable: look at 'dmesg | tail' for filesystem errors; \
@@ -85,12 +88,12 @@ fn advice(plan: &RecoveryPlan, st: &RecoveryStep) -> Vec<String> {
             "check that the directory exists under the mounted system and that you are root".to_string(),
         ],
         StepKind::DkmsRemove => vec![format!(
-            "dkms could not remove {name}/{ver}: read its message above and look at /var/lib/dkms/{name}/{ver}; \
-             if that directory is damaged, move it away (mv /var/lib/dkms/{name}/{ver} /root/) and run the plan again"
+            "dkms could not remove {name}/{ver}: read its message above and look at {at}/var/lib/dkms/{name}/{ver}; \
+             if that directory is damaged, move it away (mv {at}/var/lib/dkms/{name}/{ver} {at}/root/) and run the plan again"
         )],
         StepKind::DkmsBuild => vec![
             format!(
-                "the build failed: read /var/lib/dkms/{name}/{ver}/build/make.log (the end says why)"
+                "the build failed: read {at}/var/lib/dkms/{name}/{ver}/build/make.log (the end says why)"
             ),
             format!(
                 "check that the headers of {} are installed (/lib/modules/{}/build) and that the sources are clean (kfd-audit scan)",
@@ -240,6 +243,14 @@ pub(crate) fn run_steps(
         out.flush()?;
         let result = run_streaming(&st.argv, out, err);
         let outcome = match result {
+            // chroot says 127 when the command is not in the chrooted system.
+            Ok((Some(127), _, _)) if st.argv.first().is_some_and(|a| a == "chroot") => {
+                StepOutcome::Failed(format!(
+                    "{} is not installed in the system under {} (chroot exit 127)",
+                    st.argv.get(2).map(String::as_str).unwrap_or("the command"),
+                    st.argv.get(1).map(String::as_str).unwrap_or("the root")
+                ))
+            }
             Ok((rc, so, se)) => classify_step_outcome(st.kind, rc, &so, &se),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => StepOutcome::Failed(format!(
                 "{} is not installed (not found in PATH)",
@@ -313,6 +324,21 @@ pub(crate) fn run_command(
             r.command
         );
     }
+    // Bind mounts and remounts come before the first dkms step: without dkms they
+    // would be done for nothing, and the failure would come as chroot's bare 127.
+    if let Some(tool) = plan.missing_tools.first() {
+        let (place, install) = match &plan.chroot {
+            Some(r) => (
+                format!("the system under {r}"),
+                format!("install it into that system (for Debian/Ubuntu: mount --bind /dev {r}/dev etc., then chroot {r} apt-get install {tool}), or"),
+            ),
+            None => ("this system".to_string(), format!("install it (Debian/Ubuntu: apt install {tool}; Fedora: dnf install {tool}), or")),
+        };
+        anyhow::bail!(
+            "{tool} is not installed in {place}, and the plan's {tool} steps need it: {install} run the printed commands by hand \
+             where {tool} is, then 'kfd-audit plan --run' again. Nothing was run"
+        );
+    }
     if !yes {
         if !tty {
             anyhow::bail!(
@@ -374,6 +400,7 @@ mod tests {
             steps: b.steps,
             notes: Vec::new(),
             fallback: vec!["boot with modprobe.blacklist=amdgpu".into()],
+            missing_tools: Vec::new(),
         }
     }
 

@@ -382,8 +382,13 @@ pub(crate) fn advice(tp: &TreePlan) -> Vec<String> {
     }
     let mut a = Vec::new();
     if let Some(pkg) = &tp.dpkg_package {
+        // Least invasive first: the archive back in apt's cache changes no file, and
+        // kfd-audit then restores only the changed ones, journaled and undoable.
         a.push(format!(
-            "reinstall the package: apt-get install --reinstall {pkg} (dpkg overwrites every changed file of it; copy any you want to keep first)"
+            "fetch the package archive again, which changes no file: apt-get install --download-only --reinstall {pkg}; then run kfd-audit restore again"
+        ));
+        a.push(format!(
+            "or reinstall the package: apt-get install --reinstall {pkg} (dpkg overwrites every changed file of it; copy any you want to keep first)"
         ));
     }
     if let [fetch, reinstall] = tp.rpm_advice.as_slice() {

@@ -10,6 +10,7 @@
 //! undoes it, for people (`fix`) and for the restore planner (`action`). kfd-audit
 //! never edits these files during a scan.
 
+pub(crate) mod ldconfig;
 pub mod live;
 pub mod modopts;
 pub mod rocm;
@@ -68,6 +69,13 @@ pub(crate) enum Action {
     },
     /// The running driver is not the clean one: restore the source, rebuild, reboot.
     RestoreDriver { then: Vec<String> },
+    /// Move `file` out of `dir`, a directory the dynamic loader reads (never delete it:
+    /// a SONAME link may point at it), then run `then` in order.
+    MoveAside {
+        file: String,
+        dir: String,
+        then: Vec<String>,
+    },
     /// Nothing to edit: the setting goes away with a normal reboot.
     Reboot,
     /// Nothing to do (informational findings).

@@ -25,6 +25,7 @@ use crate::pkgdb::dpkg;
 use crate::reference::{Expected, LoadOptions, ReferenceKind, Skipped};
 use crate::scan::backups;
 use crate::scan::BackupVerdict;
+use crate::system::ldconfig;
 use crate::system::live::Topology;
 use crate::system::{
     self, Action, PackageSummary, RocmSection, SectionStatus, SystemBackup, SystemFinding,
@@ -622,10 +623,238 @@ impl<'a> PackageReport<'a> {
         }
     }
 
+    /// Phase 5b: every packaged symbolic link by where it points now, and every SONAME
+    /// link in a loader directory by the file ldconfig would point it at (what the
+    /// loader then loads is judged as the live library). Backups judged here are taken
+    /// out of `backups_of`, so they are reported once.
+    fn report_links(
+        &mut self,
+        root: &Root,
+        files: &PackageFiles,
+        backups_of: &mut BTreeMap<String, Vec<SystemBackup>>,
+        loader: &mut Loader,
+    ) {
+        let expected = &files.expected;
+        let by_md5: HashMap<&Digest, &str> =
+            expected.iter().map(|(p, d)| (d, p.as_str())).collect();
+        let name = self.pkg.name.clone();
+        for p in files.list.iter().filter(|p| !expected.contains_key(*p)) {
+            let Ok(meta) = std::fs::symlink_metadata(root.path(p)) else {
+                continue;
+            };
+            if !meta.file_type().is_symlink() {
+                continue;
+            }
+            let (dir, link_name) = p.rsplit_once('/').unwrap_or(("", p));
+            let raw = std::fs::read_link(root.path(p))
+                .map(|t| t.display().to_string())
+                .unwrap_or_default();
+            let target = root
+                .resolve_in_root(p)
+                .ok()
+                .and_then(|h| root.system_path(&h))
+                .map(|t| t.display().to_string());
+            let is_lib = link_name.contains(".so");
+            let choice = if is_lib && loader.reads(dir) {
+                loader.choice(root, dir, link_name)
+            } else {
+                None
+            };
+            let Some(target) = target else {
+                self.summary.modified += 1;
+                let fix = match &choice {
+                    Some(c) => format!(
+                        "Run ldconfig (it points {p} at {dir}/{c}), or reinstall the package: {}.",
+                        self.command
+                    ),
+                    None => format!(
+                        "Reinstall the package: {} (dpkg restores the link).",
+                        self.command
+                    ),
+                };
+                self.push(
+                    p,
+                    ("ROCM-LINK-002", if is_lib { Severity::High } else { Severity::Medium }, "packaged link points at nothing"),
+                    format!(
+                        "{name} installs {p} as a symbolic link; it now points at {raw}, which does not exist, so \
+                         whatever opens {link_name} fails (for a library: ROCm does not load)."
+                    ),
+                    fix,
+                    Vec::new(),
+                );
+                continue;
+            };
+            let mut current = None;
+            if !expected.contains_key(&target) {
+                current = Some(target.clone());
+                let digest = md5_files(root, &[target.as_str()])
+                    .pop()
+                    .and_then(|r| r.ok());
+                let copy_of = digest.as_ref().and_then(|d| by_md5.get(d).copied());
+                let backups = take_backup(backups_of, &target);
+                let (t_dir, t_name) = target.rsplit_once('/').unwrap_or(("", &target));
+                // ldconfig keeps pointing the link at a candidate of the same directory
+                // that wins its order: relinking by hand would be undone by the next run.
+                let kept_by_ldconfig = choice.as_deref() == Some(t_name) && t_dir == dir;
+                let (mut fix, action) = if kept_by_ldconfig
+                    || (loader.reads(t_dir) && ldconfig::is_candidate_name(t_name) && t_dir == dir)
+                {
+                    move_aside(&target, t_dir)
+                } else {
+                    (
+                        format!("Reinstall the package: {} (dpkg points the link back; ldconfig runs after it).", self.command),
+                        self.action.clone(),
+                    )
+                };
+                let (rule, severity, title, why) = match copy_of {
+                    Some(orig) => (
+                        "ROCM-LINK-003",
+                        Severity::Medium,
+                        "packaged link points at a copy outside the package",
+                        format!(
+                            "{name} installs {p} as a symbolic link into the package; it now points at {target}, a copy of \
+                             the packaged {orig} that dpkg does not know: the library loaded is clean today, but deleting \
+                             {target} breaks {link_name}, and changing it changes what every ROCm program loads."
+                        ),
+                    ),
+                    None => (
+                        "ROCM-LINK-001",
+                        Severity::High,
+                        "packaged link points at a library that is not the package's",
+                        format!(
+                            "{name} installs {p} as a symbolic link into the package; it now points at {target}, whose md5 \
+                             {} is no file of {name}: every program that loads {link_name} runs that file (the usual way to \
+                             swap in a patched runtime is ln -sfn).",
+                            digest.map(|d| d.to_string()).unwrap_or_else(|| "(unreadable)".into())
+                        ),
+                    ),
+                };
+                if copy_of.is_none() {
+                    fix.push_str(&clean_backup_hint(&backups));
+                }
+                self.summary.modified += 1;
+                self.findings.push(SystemFinding {
+                    finding: Finding {
+                        rule: rule.into(),
+                        severity,
+                        title: title.into(),
+                        line: 0,
+                        text: p.clone(),
+                        why,
+                        fix,
+                    },
+                    source: p.clone(),
+                    package: Some(name.clone()),
+                    backups,
+                    action,
+                });
+            }
+            // What ldconfig would make the live library, when it is not what the link
+            // points at now.
+            let Some(c) = choice else { continue };
+            let chosen = format!("{dir}/{c}");
+            let now = current.as_deref().unwrap_or(&target);
+            if chosen == now || expected.contains_key(&chosen) {
+                continue;
+            }
+            let digest = md5_files(root, &[chosen.as_str()])
+                .pop()
+                .and_then(|r| r.ok());
+            let copy_of = digest.as_ref().and_then(|d| by_md5.get(d).copied());
+            let backups = take_backup(backups_of, &chosen);
+            let (fix, action) = move_aside(&chosen, dir);
+            let lead = format!(
+                "ldconfig, which every package install runs (apt-get install --reinstall included), points {p} at the \
+                 file of {dir} with SONAME {link_name} whose name sorts last: {chosen}, not {now}."
+            );
+            let (rule, severity, title, why) = match copy_of {
+                Some(orig) => (
+                    "ROCM-LDCONFIG-002",
+                    Severity::Medium,
+                    "ldconfig would make a copy the live ROCm library",
+                    format!(
+                        "{lead} It is a copy of the packaged {orig} today, but once the link points at it, deleting it \
+                         leaves {p} dangling (ROCm no longer loads), and changing it changes the live library."
+                    ),
+                ),
+                None => (
+                    "ROCM-LDCONFIG-001",
+                    Severity::High,
+                    "ldconfig would load a library that is not the package's",
+                    format!(
+                        "{lead} Its md5 {} is no file of {name}: after the next package install every ROCm program \
+                         loads it, a patched runtime included.",
+                        digest.map(|d| d.to_string()).unwrap_or_else(|| "(unreadable)".into())
+                    ),
+                ),
+            };
+            self.summary.modified += 1;
+            self.findings.push(SystemFinding {
+                finding: Finding {
+                    rule: rule.into(),
+                    severity,
+                    title: title.into(),
+                    line: 0,
+                    text: chosen.clone(),
+                    why,
+                    fix,
+                },
+                source: p.clone(),
+                package: Some(name.clone()),
+                backups,
+                action,
+            });
+        }
+    }
+
     /// Phase 6: backups left beside files that are fine.
-    fn report_leftover_backups(&mut self, backups_of: BTreeMap<String, Vec<SystemBackup>>) {
+    fn report_leftover_backups(
+        &mut self,
+        backups_of: BTreeMap<String, Vec<SystemBackup>>,
+        loader: &Loader,
+    ) {
         for (of, backups) in backups_of {
             for b in backups {
+                // In a directory the loader reads, a library-named backup is one ldconfig
+                // run away from being the live library, and deleting it once a SONAME
+                // link points at it breaks ROCm: it is moved out, never deleted.
+                let (dir, name) = b.path.rsplit_once('/').unwrap_or(("", &b.path));
+                let in_loader_dir = loader.reads(dir) && ldconfig::is_candidate_name(name);
+                if in_loader_dir {
+                    let (severity, what) = match b.verdict {
+                        BackupVerdict::Unverified | BackupVerdict::Unsafe => (
+                            Severity::Medium,
+                            format!("its md5 matches no file of {}: another build, such as a patched runtime", self.pkg.name),
+                        ),
+                        BackupVerdict::VerifiedClean | BackupVerdict::SameAsCurrent => (
+                            Severity::Low,
+                            format!("it is identical to the packaged {}", b.matches.as_deref().unwrap_or(&of)),
+                        ),
+                    };
+                    let (fix, action) = move_aside(&b.path, dir);
+                    self.findings.push(SystemFinding {
+                        finding: Finding {
+                            rule: "ROCM-BACKUP-003".into(),
+                            severity,
+                            title: "a backup of a ROCm library lies in a library directory".into(),
+                            line: 0,
+                            text: b.path.clone(),
+                            why: format!(
+                                "{} lies in {dir}, which the dynamic loader reads; {what}. ldconfig (run by every package \
+                                 install) considers every lib*.so* file there and points a SONAME link at the one whose \
+                                 name sorts last: this one does not win today, but a file added or renamed beside it can \
+                                 change that, and a SONAME link that points at it dangles once it is deleted.",
+                                b.path
+                            ),
+                            fix,
+                        },
+                        source: b.path.clone(),
+                        package: Some(self.pkg.name.clone()),
+                        backups: vec![b],
+                        action,
+                    });
+                    continue;
+                }
                 let (rule, severity, title, why) = match b.verdict {
                     BackupVerdict::Unverified | BackupVerdict::Unsafe => (
                         "ROCM-BACKUP-001",
@@ -681,6 +910,63 @@ impl<'a> PackageReport<'a> {
     }
 }
 
+/// The backup at `path` taken out of `backups_of` (to be reported with a finding about it).
+fn take_backup(
+    backups_of: &mut BTreeMap<String, Vec<SystemBackup>>,
+    path: &str,
+) -> Vec<SystemBackup> {
+    let mut out = Vec::new();
+    for list in backups_of.values_mut() {
+        if let Some(i) = list.iter().position(|b| b.path == path) {
+            out.push(list.remove(i));
+        }
+    }
+    out
+}
+
+/// The fix for a file in a loader directory: moved out, never deleted, then ldconfig.
+fn move_aside(file: &str, dir: &str) -> (String, Action) {
+    (
+        format!(
+            "Move {file} out of {dir}, to a directory the loader does not read (for example: mv {file} /root/), \
+             then run ldconfig; do not just delete it (a SONAME link may point at it)."
+        ),
+        Action::MoveAside {
+            file: file.to_string(),
+            dir: dir.to_string(),
+            then: vec!["ldconfig".to_string()],
+        },
+    )
+}
+
+/// The loader's view of the audited system: which directories it reads, and, per
+/// directory read once, the file ldconfig gives each SONAME.
+pub(crate) struct Loader {
+    configured: BTreeSet<String>,
+    choices: HashMap<String, BTreeMap<String, String>>,
+}
+
+impl Loader {
+    fn new(root: &Root) -> Loader {
+        Loader {
+            configured: ldconfig::configured_dirs(root),
+            choices: HashMap::new(),
+        }
+    }
+
+    fn reads(&self, dir: &str) -> bool {
+        ldconfig::is_loader_dir(dir, &self.configured)
+    }
+
+    fn choice(&mut self, root: &Root, dir: &str, soname: &str) -> Option<String> {
+        self.choices
+            .entry(dir.to_string())
+            .or_insert_with(|| ldconfig::choices(root, dir))
+            .get(soname)
+            .cloned()
+    }
+}
+
 /// The fix's pointer to a verified-clean backup, when there is one.
 fn clean_backup_hint(backups: &[SystemBackup]) -> String {
     backups
@@ -700,6 +986,7 @@ fn check_package(
     root: &Root,
     pkg: &Package,
     opts: &RocmOptions,
+    loader: &mut Loader,
     notes: &mut Vec<String>,
 ) -> Result<PackageCheck> {
     let files = read_package_files(root, pkg, opts, notes)?;
@@ -708,7 +995,8 @@ fn check_package(
     let mut report = PackageReport::new(pkg, files.expected.len());
     report.report_files(root, &states, &files.expected, &mut backups_of, notes);
     report.report_replaced_links(root, &files, &mut backups_of);
-    report.report_leftover_backups(backups_of);
+    report.report_links(root, &files, &mut backups_of, loader);
+    report.report_leftover_backups(backups_of, loader);
     Ok(report.finish())
 }
 
@@ -1104,8 +1392,9 @@ pub(crate) fn scan(
     let mut findings = Vec::new();
     let mut packages = Vec::new();
     let matching = matching_packages(root, &opts.patterns);
+    let mut loader = Loader::new(root);
     for pkg in &matching {
-        let check = check_package(root, pkg, opts, &mut notes)?;
+        let check = check_package(root, pkg, opts, &mut loader, &mut notes)?;
         packages.push(check.summary);
         findings.extend(check.findings);
     }

@@ -754,7 +754,7 @@ fn run_stops_at_a_silent_dkms_error() {
     assert!(out.contains(&format!("FAILED: step 5 (chroot {r} dkms build -m amdgpu -v {VERSION} -k {K1}): dkms printed an error but exited 0: Error! Bad conf\n")), "{out}");
     assert!(
         out.contains(&format!(
-            "read /var/lib/dkms/amdgpu/{VERSION}/build/make.log"
+            "read {r}/var/lib/dkms/amdgpu/{VERSION}/build/make.log"
         )),
         "{out}"
     );
@@ -1003,4 +1003,95 @@ fn plan_no_rules_runs_no_rule() {
     assert_eq!(kernel(&scan["dkms"]["packages"][0], K2)["verdict"], verdict);
     // The same steps: the rules change the words, not what has to be done.
     assert_eq!(commands(&plan), commands(&plan_json(&fx)));
+}
+
+/// Issue 15, item 3: clean sources and a .ko copied in by hand after dkms built it.
+/// The scan must not say clean, and the plan must rebuild and reinstall.
+#[test]
+fn hand_replaced_module_with_clean_sources_is_found_and_planned() {
+    let fx = Fixture::new();
+    system(&fx);
+    dkms_module(&fx, K1, "amdgpu.ko.zst", BUILD_LATE, true);
+    let installed = fx.write(
+        &format!("/lib/modules/{K1}/updates/dkms/amdgpu.ko.zst"),
+        "hand-built",
+    );
+    set_mtime(&installed, t(BUILD_LATE + 10));
+    let scan = fx.run(&["--format", "json", "scan", "--sections", "tree"]);
+    scan.expect_code(1);
+    let k1 = kernel(&scan.json()["dkms"]["packages"][0], K1).clone();
+    assert_eq!(k1["provenance"], "installed-not-built", "{k1}");
+    assert!(k1["verdict"]
+        .as_str()
+        .unwrap()
+        .contains("rebuild and reinstall"));
+    let text = fx.run(&["scan", "--sections", "tree"]).stdout();
+    assert!(text.contains("not the one dkms built"), "{text}");
+    let plan = plan_json(&fx);
+    let cmds = commands(&plan).join("\n");
+    assert!(cmds.contains("dkms remove -m amdgpu"), "{cmds}");
+    assert!(
+        cmds.contains(&format!("dkms install -m amdgpu -v {VERSION} -k {K1}")),
+        "{cmds}"
+    );
+}
+
+/// Issue 15, item 8: plan --run under --root when the mounted system has no dkms:
+/// refused before anything runs (no bind mount), naming the system under the root.
+#[test]
+fn run_without_dkms_in_the_root_is_refused_before_any_mount() {
+    let fx = Fixture::new();
+    fx.amdgpu_tree();
+    age_tree(&fx);
+    headers(&fx, K1);
+    running(&fx, KRUN);
+    dkms_module(&fx, K1, "amdgpu.ko.zst", BUILD_LATE, true);
+    fx.write(
+        &format!("/lib/modules/{K1}/updates/dkms/amdgpu.ko.zst"),
+        "by hand",
+    );
+    let before = std::fs::read_dir(fx.root()).unwrap().count();
+    let run = fx.run(&["plan", "--run", "--yes"]);
+    run.expect_code(2);
+    let r = fx.root().display().to_string();
+    assert!(
+        run.stderr()
+            .contains(&format!("dkms is not installed in the system under {r}")),
+        "{}",
+        run.stderr()
+    );
+    assert!(!run.stdout().contains("==> [1/"), "{}", run.stdout());
+    assert!(
+        !run.stderr().contains("/var/lib/dkms/amdgpu"),
+        "{}",
+        run.stderr()
+    );
+    // Nothing was mounted or created under the root.
+    assert!(!fx.path("/proc/self").exists() || before > 0);
+    assert_eq!(before, std::fs::read_dir(fx.root()).unwrap().count());
+}
+
+/// Issue 15 (confusing): the fallback for a tree that is not amdgpu names its own
+/// module, not amdgpu.
+#[test]
+fn fallback_names_the_trees_own_module() {
+    let fx = Fixture::new();
+    let conf = "PACKAGE_NAME=\"kfdtoy\"\nPACKAGE_VERSION=\"1.0\"\nBUILT_MODULE_NAME[0]=\"kfdtoy\"\nDEST_MODULE_LOCATION[0]=\"/updates/dkms\"\n";
+    let src = "int kfdtoy;\n";
+    fx.write("/usr/src/kfdtoy-1.0/dkms.conf", conf);
+    fx.write("/usr/src/kfdtoy-1.0/kfdtoy.c", "int kfdtoy = 1;\n");
+    fx.write(
+        "/var/lib/dpkg/info/kfdtoy-dkms.md5sums",
+        format!(
+            "{}  usr/src/kfdtoy-1.0/dkms.conf\n{}  usr/src/kfdtoy-1.0/kfdtoy.c\n",
+            crate::fixture::md5_hex(conf.as_bytes()),
+            crate::fixture::md5_hex(src.as_bytes())
+        ),
+    );
+    let plan = fx
+        .run(&["--format", "json", "plan", "--tree", "/usr/src/kfdtoy-1.0"])
+        .json();
+    let fallback = plan["fallback"].to_string();
+    assert!(fallback.contains("modprobe.blacklist=kfdtoy"), "{fallback}");
+    assert!(!fallback.contains("amdgpu"), "{fallback}");
 }

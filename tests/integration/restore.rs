@@ -350,8 +350,12 @@ fn read_only_root_refuses_and_names_the_remount() {
     let run = s.run(&["restore", "--yes"]);
     run.expect_code(2);
     assert!(run.stderr().contains("read-only"), "{}", run.stderr());
+    // Issue 15, item 7: under --root the audited system's / is the root directory
+    // on this host, never the host's own / (a live USB's).
+    let r = s.fx.root().display().to_string();
     assert!(
-        run.stderr().contains("mount -o remount,rw /"),
+        run.stderr()
+            .contains(&format!("Make it writable with: mount -o remount,rw {r} (")),
         "{}",
         run.stderr()
     );
@@ -374,7 +378,8 @@ fn read_only_root_refuses_and_names_the_remount() {
     let run = s.run(&["restore", "--yes"]);
     run.expect_code(2);
     assert!(
-        run.stderr().contains("mount -o remount,rw /var"),
+        run.stderr()
+            .contains(&format!("mount -o remount,rw {r}/var")),
         "{}",
         run.stderr()
     );

@@ -68,8 +68,11 @@ fn accept_one_skip_one_accept_all_remaining() {
     p.exp_string("Restore 3 file(s) now (1 skipped)?").unwrap();
     keys(&mut p, "y");
     p.exp_string("restored 3 of 3 file(s)").unwrap();
+    p.exp_string("skipped 1 file(s): they stay as they are")
+        .unwrap();
     p.exp_string("dkms remove -m amdgpu").unwrap();
-    assert_eq!(exit_code(&mut p), 0);
+    // Issue 15, item 5: a skipped file stays changed, so the exit code is 1.
+    assert_eq!(exit_code(&mut p), 1);
     s.assert_files(&[true, false, true, true]);
     // The journal knows exactly these three.
     let journal = &s.journals()[0];

@@ -275,3 +275,32 @@ fn tree_outside_usr_src_with_tree_flag() {
     let run = fx.run(&["scan", "--tree", fx.path("nope").to_str().unwrap()]);
     run.expect_code(2);
 }
+
+/// Issue 15, item 6: under --root R, --tree /usr/src/X is R/usr/src/X, never the
+/// host's; the report names the system path it read.
+#[test]
+fn tree_argument_is_a_path_of_the_audited_system() {
+    let fx = Fixture::new();
+    fx.amdgpu_tree();
+    fx.write(&format!("{TREE}/amd/amdkfd/kfd_crat.c"), "// tampered\n");
+    let system = format!("/{TREE}");
+    let run = fx.run(&["--format", "json", "scan", "--tree", &system]);
+    run.expect_code(1);
+    let j = run.json();
+    assert_eq!(j["trees"][0]["path"], system.as_str(), "{j:#}");
+    assert_eq!(j["summary"]["modified"], 1);
+    // The same tree named by its host path inside the root is the same tree.
+    let host = fx.path(&system);
+    let run = fx.run(&["--format", "json", "scan", "--tree", host.to_str().unwrap()]);
+    run.expect_code(1);
+    assert_eq!(run.json()["trees"][0]["path"], system.as_str());
+    // A system path that the audited system lacks is named under the root.
+    let run = fx.run(&["scan", "--tree", "/usr/src/amdgpu-0.0"]);
+    run.expect_code(2);
+    assert!(
+        run.stderr()
+            .contains(fx.path("/usr/src/amdgpu-0.0").to_str().unwrap()),
+        "{}",
+        run.stderr()
+    );
+}
