@@ -244,10 +244,11 @@ fn compile(cx: &Ctx, r: RuleSpec) -> Result<Rule, Error> {
         None => None,
         Some("gfx-target-table") => Some(Check::GfxTargetTable),
         Some("table") => Some(Check::Table),
+        Some("gate") => Some(Check::Gate),
         Some(other) => {
             return cx.err(
                 r.check.as_ref().unwrap().span(),
-                format!("rule {id}: unknown check `{other}` (gfx-target-table, table)"),
+                format!("rule {id}: unknown check `{other}` (gfx-target-table, table, gate)"),
             )
         }
     };
