@@ -33,6 +33,25 @@ static CHECKER: LazyLock<Regex> = LazyLock::new(|| {
         .expect("checker regex")
 });
 
+/// What a file must contain for [`neutralised`] to find anything: a constant in a
+/// condition, `#if 0` or an `#ifdef` of a never-defined name, or a success return among
+/// the first lines of a function body. Checked on the code view (comments blanked)
+/// before the file is parsed.
+pub(crate) fn trigger() -> &'static Regex {
+    static T: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(concat!(
+            r"\(\s*(0|false|!1|!true)\s*\)?\s*&&|\|\|\s*\(?\s*(1|true|!0)\s*\)",
+            r"|\(\s*(1|true|!0)\s*\)?\s*\|\||&&\s*\(?\s*(0|false)\s*\)",
+            r"|\bif\s*\(\s*\(?\s*(0|1|false|true|!0|!1)\s*\)?\s*\)",
+            r"|#\s*if\s+0\b|#\s*if(def|\s+defined)\s*\(?\s*(NEVER|DISABLED?|NOT_?DEFINED|NOTYET|notyet|XXX|UNUSED|REMOVED|SKIP_|NO_CHECK)",
+            r"|(?i:check(_\w*|s|er|ed)?|valid\w*|verify\w*|support\w*|allow\w*|permi\w*|capab\w*|sanity\w*|\bis_\w*|_is_\w*|\bcan_\w*|_can_\w*|compat\w*|_ok)",
+            r"\s*\([^{};]*\)\s*\n\{[ \t]*\n([^\n{}]*\n){0,12}?\s*return\s+\(?(0|true)\)?\s*;",
+        ))
+        .expect("gate trigger")
+    });
+    &T
+}
+
 /// Whether a statement is a refusal ([`BAIL`]).
 pub(crate) fn is_bail(text: &str) -> bool {
     BAIL.is_match(text)

@@ -387,7 +387,13 @@ fn compile(cx: &Ctx, r: RuleSpec) -> Result<Rule, Error> {
             })
         })
         .transpose()?;
-    let quick = pattern.as_ref().and_then(super::required_literals);
+    // A gate check in place runs on refusals, which every file has: its quick filter is
+    // what makes a neutralised one possible at all, so most files are never parsed.
+    let quick = if check == Some(Check::Gate) && scope != Scope::Removed {
+        Some(super::gates::trigger().clone())
+    } else {
+        pattern.as_ref().and_then(super::required_literals)
+    };
     Ok(Rule {
         id,
         quick,

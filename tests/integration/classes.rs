@@ -179,6 +179,7 @@ const CHARDEV: &str = "amd/amdkfd/kfd_chardev.c";
 const GPUVM: &str = "amd/amdgpu/amdgpu_amdkfd_gpuvm.c";
 const GMC10: &str = "amd/amdgpu/gmc_v10_0.c";
 const VM: &str = "amd/amdgpu/amdgpu_vm.c";
+const AMDKFD: &str = "amd/amdgpu/amdgpu_amdkfd.c";
 
 /// The PCIe-atomics refusal of kgd2kfd_device_init: Polaris/Navi in a slot (or a
 /// passthrough VM) without atomics is skipped by amdkfd.
@@ -354,6 +355,68 @@ fn constants_shadowed() {
             VM,
             "#include \"amdgpu.h\"\n",
             "#include \"amdgpu.h\"\n#define AMDGPU_VM_DBG_NAME \"vm\"\n",
+        ),
+    ]);
+}
+
+#[test]
+fn capabilities_a_device_does_not_have() {
+    run(&[
+        bad(
+            "PCIe atomics helper answers yes (Polaris behind a bridge without atomics)",
+            AMDKFD,
+            "\treturn adev->have_atomics_support;\n",
+            "\treturn true;\n",
+            "return true;",
+            Modes::Both,
+        ),
+        bad(
+            "large-BAR helper answers yes before looking (Navi1x without resizable BAR)",
+            CHARDEV,
+            "bool kfd_dev_is_large_bar(struct kfd_node *dev)\n{\n",
+            "bool kfd_dev_is_large_bar(struct kfd_node *dev)\n{\n\treturn true;\n",
+            "\treturn true;\n\tif (dev->kfd->adev->debug_largebar)",
+            Modes::Both,
+        ),
+        fine(
+            "the atomics helper logs its answer",
+            AMDKFD,
+            "\treturn adev->have_atomics_support;\n",
+            "\tdev_dbg(adev->dev, \"atomics %d\\n\", adev->have_atomics_support);\n\treturn adev->have_atomics_support;\n",
+        ),
+        fine(
+            "the large-BAR helper refuses one more case",
+            CHARDEV,
+            "bool kfd_dev_is_large_bar(struct kfd_node *dev)\n{\n",
+            "bool kfd_dev_is_large_bar(struct kfd_node *dev)\n{\n\tif (!dev->kfd)\n\t\treturn false;\n",
+        ),
+    ]);
+}
+
+#[test]
+fn memory_types_and_coherence() {
+    run(&[
+        bad(
+            "every GPU mapping forced snooped in gmc_v10_0",
+            GMC10,
+            "\t*flags &= ~AMDGPU_PTE_NOALLOC;\n",
+            "\t*flags |= AMDGPU_PTE_SNOOPED;\n\t*flags &= ~AMDGPU_PTE_NOALLOC;\n",
+            "*flags |= AMDGPU_PTE_SNOOPED;\n\t*flags &= ~AMDGPU_PTE_NOALLOC",
+            Modes::Both,
+        ),
+        bad(
+            "every GPU mapping forced uncached in gmc_v10_0",
+            GMC10,
+            "\tif (bo && bo->flags & (AMDGPU_GEM_CREATE_COHERENT |\n",
+            "\t*flags = AMDGPU_PTE_MTYPE_NV10(*flags, MTYPE_UC);\n\tif (bo && bo->flags & (AMDGPU_GEM_CREATE_COHERENT |\n",
+            "*flags = AMDGPU_PTE_MTYPE_NV10(*flags, MTYPE_UC);\n\tif (bo",
+            Modes::Both,
+        ),
+        fine(
+            "the PRT branch given braces and a comment",
+            GMC10,
+            "\t\t*flags &= ~AMDGPU_PTE_VALID;\n\t}\n",
+            "\t\t*flags &= ~AMDGPU_PTE_VALID; /* PRT pages are never valid */\n\t}\n",
         ),
     ]);
 }

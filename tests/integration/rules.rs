@@ -64,6 +64,9 @@ fn rules_list_shows_the_builtin_set() {
         "KFD-MARK-",
         "AMDGPU-GMC-",
         "AMDGPU-PARAM-",
+        "SAFE-GATE-",
+        "SAFE-CONST-",
+        "AMDGPU-LIMIT-",
     ] {
         assert!(
             rules
