@@ -189,6 +189,8 @@ pub(crate) struct CFile {
 }
 
 impl CFile {
+    /// A C file from its text (the unit tests' way in; the engine builds views once).
+    #[cfg(test)]
     pub(crate) fn parse(raw: &str) -> CFile {
         CFile::from_views(Views::of_c(raw))
     }
@@ -215,11 +217,6 @@ impl CFile {
             stmts,
             line_stmt,
         }
-    }
-
-    /// A file that is not C: every non-empty line is a statement without context.
-    pub(crate) fn plain(raw: &str) -> CFile {
-        CFile::plain_from_views(Views::of_plain(raw))
     }
 
     /// A file that is not C, from views made by [`Views::of_plain`].

@@ -298,6 +298,82 @@ fn overlaps(ranges: &[(usize, usize)], a: usize, b: usize) -> bool {
     ranges.get(i).is_some_and(|r| r.0 <= b)
 }
 
+const COMMENT_NOTE: &str = "Only in a comment: it compiles to nothing, so it is a note about the file, not a change in what the driver does.";
+
+/// Whether columns `a..b` of a line are inside a comment: blank in the code view
+/// (comments and string contents are blanked there) and not inside a string literal
+/// (whose quotes the code view keeps).
+fn only_comment(p: &Parsed, line: usize, a: usize, b: usize) -> bool {
+    let code = p.line_text(&p.views.code, line);
+    let Some(span) = code.get(a.min(code.len())..b.min(code.len())) else {
+        return false;
+    };
+    if !span.bytes().all(|c| c.is_ascii_whitespace()) {
+        return false;
+    }
+    let before = code.get(..a.min(code.len())).unwrap_or("");
+    before.matches('"').count() % 2 == 0
+}
+
+/// The tokens of C source with comments dropped: identifiers and numbers, string and
+/// character literals whole, every other character on its own, and the end of each
+/// preprocessor line (which ends a directive). Two files with the same tokens compile
+/// to the same code; only comments, whitespace or line breaks differ between them.
+pub(crate) fn c_tokens(src: &str) -> Vec<&str> {
+    let b = src.as_bytes();
+    let mut out = Vec::new();
+    let (mut i, mut line_start, mut preproc) = (0, true, false);
+    while i < b.len() {
+        let c = b[i];
+        if c == b'\n' {
+            if preproc && !(i > 0 && b[i - 1] == b'\\') {
+                out.push("\n");
+                preproc = false;
+            }
+            line_start = true;
+            i += 1;
+        } else if c.is_ascii_whitespace() || (c == b'\\' && b.get(i + 1) == Some(&b'\n')) {
+            i += 1;
+        } else if c == b'/' && b.get(i + 1) == Some(&b'*') {
+            let end = src[i + 2..].find("*/").map_or(b.len(), |e| i + 2 + e + 2);
+            i = end;
+        } else if c == b'/' && b.get(i + 1) == Some(&b'/') {
+            while i < b.len() && b[i] != b'\n' {
+                i += 1;
+            }
+        } else {
+            if line_start && c == b'#' {
+                preproc = true;
+            }
+            line_start = false;
+            let s = i;
+            if c == b'"' || c == b'\'' {
+                i += 1;
+                while i < b.len() && b[i] != c && b[i] != b'\n' {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+                i = (i + 1).min(b.len());
+            } else if c.is_ascii_alphanumeric() || c == b'_' {
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'.')
+                {
+                    i += 1;
+                }
+            } else {
+                i += 1;
+                while i < b.len() && !src.is_char_boundary(i) {
+                    i += 1;
+                }
+            }
+            i = i.min(b.len());
+            while !src.is_char_boundary(i) {
+                i += 1;
+            }
+            out.push(&src[s..i]);
+        }
+    }
+    out
+}
+
 /// Every hit of a `match` rule in a parsed file.
 pub(crate) fn match_hits(rule: &Rule, p: &Parsed) -> Vec<Hit> {
     let Some(re) = &rule.pattern else {
@@ -314,7 +390,13 @@ pub(crate) fn match_hits(rule: &Rule, p: &Parsed) -> Vec<Hit> {
                 return out;
             }
             for (si, stmt) in p.file().stmts.iter().enumerate() {
-                if !overlaps(&ranges, stmt.line, stmt.last_line) || stmt.ctx.dead {
+                if !overlaps(&ranges, stmt.line, stmt.last_line) {
+                    continue;
+                }
+                // Code compiled out never matches, except for the check that asks
+                // whether a refusal was compiled out.
+                let gate_here = rule.check == Some(Check::Gate) && rule.scope != Scope::Removed;
+                if stmt.ctx.dead && !gate_here {
                     continue;
                 }
                 if !in_function(rule, stmt) || !under(rule, stmt) || guarded(rule, stmt) {
@@ -339,6 +421,19 @@ pub(crate) fn match_hits(rule: &Rule, p: &Parsed) -> Vec<Hit> {
                             checks::gfx_target(rule, stmt, &caps, p.defines())
                         }
                         Some(Check::Table) => checks::table(rule, stmt, &caps, p.defines()),
+                        Some(Check::Gate) if gate_here => {
+                            let seen = super::gates::neutralised(&p.file().stmts, si);
+                            checks::Verdict {
+                                fire: seen.is_some(),
+                                detail: seen,
+                                severity: None,
+                            }
+                        }
+                        Some(Check::Gate) => checks::Verdict {
+                            fire: super::gates::is_bail(&stmt.text),
+                            detail: None,
+                            severity: None,
+                        },
                         None => checks::Verdict {
                             fire: true,
                             detail: None,
@@ -381,6 +476,9 @@ pub(crate) fn match_hits(rule: &Rule, p: &Parsed) -> Vec<Hit> {
                     if seen.contains(&at) {
                         continue;
                     }
+                    let col = m.start() - text[..m.start()].rfind('\n').map_or(0, |i| i + 1);
+                    let len = text[m.start()..].find('\n').unwrap_or(m.len()).min(m.len());
+                    let comment = p.is_c && only_comment(p, at, col, col + len);
                     if let Some(ctx) = p.file().ctx_of_line(at) {
                         if ctx.dead {
                             continue;
@@ -397,12 +495,20 @@ pub(crate) fn match_hits(rule: &Rule, p: &Parsed) -> Vec<Hit> {
                         continue;
                     }
                     seen.insert(at);
+                    // Words in a comment compile to nothing: whatever they say, they
+                    // are a note about the file, never an alarm on their own. The same
+                    // words in a string literal are printed by the driver and stay.
+                    let (detail, severity) = if comment {
+                        (Some(COMMENT_NOTE.to_string()), Some(Severity::Info))
+                    } else {
+                        (None, None)
+                    };
                     out.push(Hit {
                         line: at,
                         stmt: None,
                         key: squash(p.line_text(view, at)),
-                        detail: None,
-                        severity: None,
+                        detail,
+                        severity,
                     });
                 }
             }
@@ -691,6 +797,20 @@ pub(crate) fn evaluate(
         evaluate_rule(rule, &new, old.as_ref(), diff.as_ref(), &mut out, &mut cap);
         cap.finish(&mut out, rule);
     }
+    // A change of comments and whitespace only compiles to the same code: nothing it
+    // brought in is more than a note, whatever the comments say.
+    if new.is_c && !out.is_empty() {
+        if let Some(clean) = clean {
+            if c_tokens(clean) == c_tokens(current) {
+                for f in &mut out {
+                    if f.severity > Severity::Info {
+                        f.severity = Severity::Info;
+                        f.why = format!("The change alters only comments or whitespace: the code compiles the same. {}", f.why);
+                    }
+                }
+            }
+        }
+    }
     out.sort_by(|a, b| {
         a.line
             .cmp(&b.line)
@@ -805,6 +925,23 @@ fn evaluate_rule(
                 }
                 let a = match_hits(rule, new);
                 for h in surplus(b, &a, &d.deleted_old) {
+                    if h.stmt
+                        .is_some_and(|si| super::gates::renamed(o.file(), new.file(), si))
+                    {
+                        continue;
+                    }
+                    if rule.check == Some(Check::Gate) {
+                        // The gate check judges the loss itself, against the new file.
+                        let Some(si) = h.stmt else { continue };
+                        let Some((why, sev)) = super::gates::lost(o.file(), new.file(), si) else {
+                            continue;
+                        };
+                        let at = d.old_to_new.get(h.line).copied().unwrap_or(0).max(1);
+                        cap.push(out, at, || {
+                            finding(rule, at, o.raw_line(h.line), Some(why), sev)
+                        });
+                        continue;
+                    }
                     let mapped = d.old_to_new.get(h.line).copied().unwrap_or(0);
                     // Put under `#if 0` counts as deleted: the line is there, dead.
                     let only = d.only_deleted_old.get(h.line).copied().unwrap_or(false)

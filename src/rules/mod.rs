@@ -18,6 +18,7 @@
 pub(crate) mod cfile;
 pub(crate) mod checks;
 pub(crate) mod engine;
+mod gates;
 mod spec;
 
 use crate::error::{Error, Result};
@@ -82,6 +83,10 @@ pub enum On {
 pub(crate) enum Check {
     GfxTargetTable,
     Table,
+    /// A safety gate made harmless ([`gates`]): on `added` rules, in place (constant
+    /// condition, compiled out, early success); on `removed` rules, against the clean
+    /// file (refusal taken out, threshold moved, gate deleted).
+    Gate,
 }
 
 /// A snippet a rule must (or must not) fire on.

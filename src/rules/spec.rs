@@ -244,10 +244,11 @@ fn compile(cx: &Ctx, r: RuleSpec) -> Result<Rule, Error> {
         None => None,
         Some("gfx-target-table") => Some(Check::GfxTargetTable),
         Some("table") => Some(Check::Table),
+        Some("gate") => Some(Check::Gate),
         Some(other) => {
             return cx.err(
                 r.check.as_ref().unwrap().span(),
-                format!("rule {id}: unknown check `{other}` (gfx-target-table, table)"),
+                format!("rule {id}: unknown check `{other}` (gfx-target-table, table, gate)"),
             )
         }
     };
@@ -386,7 +387,13 @@ fn compile(cx: &Ctx, r: RuleSpec) -> Result<Rule, Error> {
             })
         })
         .transpose()?;
-    let quick = pattern.as_ref().and_then(super::required_literals);
+    // A gate check in place runs on refusals, which every file has: its quick filter is
+    // what makes a neutralised one possible at all, so most files are never parsed.
+    let quick = if check == Some(Check::Gate) && scope != Scope::Removed {
+        Some(super::gates::trigger().clone())
+    } else {
+        pattern.as_ref().and_then(super::required_literals)
+    };
     Ok(Rule {
         id,
         quick,

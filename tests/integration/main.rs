@@ -2,6 +2,7 @@
 //! the real `kfd-audit` binary against a temporary fake system root.
 
 mod beyond;
+mod classes;
 mod content;
 mod corpus;
 mod dkms_real;
