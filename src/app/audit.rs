@@ -107,9 +107,12 @@ pub(crate) fn run(root: &Root, opts: &AuditOptions) -> anyhow::Result<Audit> {
     let display = crate::progress::Display::start(counters.clone(), !opts.progress);
     let (rules, scans) = std::thread::scope(|s| {
         // Commands that need no rule leave them out, and a broken `--rules` directory
-        // does not stop them.
-        let rules = s.spawn(|| {
-            if opts.run_rules || opts.system {
+        // does not stop them. Beyond the tree only the options section runs rules (on
+        // `<module-options>`): `scan --no-rules --sections tree` compiles none.
+        let options_section =
+            opts.system && (opts.sections.is_empty() || opts.sections.contains(&Section::Options));
+        let rules = s.spawn(move || {
+            if opts.run_rules || options_section {
                 crate::app::rules::load(&opts.rule_dirs)
             } else {
                 Ok(RuleSet::default())
