@@ -444,10 +444,25 @@ impl<'a> PackageReport<'a> {
     fn push(
         &mut self,
         path: &str,
+        rule: (&str, Severity, &str),
+        why: String,
+        fix: String,
+        backups: Vec<SystemBackup>,
+    ) {
+        let action = self.action.clone();
+        self.push_with_action(path, rule, why, fix, backups, action);
+    }
+
+    /// A finding about a file of the package (or a copy beside it) with its own way
+    /// out (moving a file aside, deleting a leftover) instead of the reinstall.
+    fn push_with_action(
+        &mut self,
+        path: &str,
         (rule, severity, title): (&str, Severity, &str),
         why: String,
         fix: String,
         backups: Vec<SystemBackup>,
+        action: Action,
     ) {
         self.findings.push(SystemFinding {
             finding: Finding {
@@ -462,7 +477,7 @@ impl<'a> PackageReport<'a> {
             source: path.to_string(),
             package: Some(self.pkg.name.clone()),
             backups,
-            action: self.action.clone(),
+            action,
         });
     }
 
@@ -733,21 +748,7 @@ impl<'a> PackageReport<'a> {
                     fix.push_str(&clean_backup_hint(&backups));
                 }
                 self.summary.modified += 1;
-                self.findings.push(SystemFinding {
-                    finding: Finding {
-                        rule: rule.into(),
-                        severity,
-                        title: title.into(),
-                        line: 0,
-                        text: p.clone(),
-                        why,
-                        fix,
-                    },
-                    source: p.clone(),
-                    package: Some(name.clone()),
-                    backups,
-                    action,
-                });
+                self.push_with_action(p, (rule, severity, title), why, fix, backups, action);
             }
             // What ldconfig would make the live library, when it is not what the link
             // points at now.
@@ -832,27 +833,20 @@ impl<'a> PackageReport<'a> {
                         ),
                     };
                     let (fix, action) = move_aside(&b.path, dir);
-                    self.findings.push(SystemFinding {
-                        finding: Finding {
-                            rule: "ROCM-BACKUP-003".into(),
-                            severity,
-                            title: "a backup of a ROCm library lies in a library directory".into(),
-                            line: 0,
-                            text: b.path.clone(),
-                            why: format!(
+                    self.push_with_action(
+                        &b.path.clone(),
+                        ("ROCM-BACKUP-003", severity, "a backup of a ROCm library lies in a library directory"),
+                        format!(
                                 "{} lies in {dir}, which the dynamic loader reads; {what}. ldconfig (run by every package \
                                  install) considers every lib*.so* file there and points a SONAME link at the one whose \
                                  name sorts last: this one does not win today, but a file added or renamed beside it can \
                                  change that, and a SONAME link that points at it dangles once it is deleted.",
                                 b.path
                             ),
-                            fix,
-                        },
-                        source: b.path.clone(),
-                        package: Some(self.pkg.name.clone()),
-                        backups: vec![b],
+                        fix,
+                        vec![b],
                         action,
-                    });
+                    );
                     continue;
                 }
                 let (rule, severity, title, why) = match b.verdict {
@@ -878,21 +872,14 @@ impl<'a> PackageReport<'a> {
                         ),
                     ),
                 };
-                self.findings.push(SystemFinding {
-                    finding: Finding {
-                        rule: rule.into(),
-                        severity,
-                        title: title.into(),
-                        line: 0,
-                        text: b.path.clone(),
-                        why,
-                        fix: format!("Delete {} once you no longer need it.", b.path),
-                    },
-                    source: b.path.clone(),
-                    package: Some(self.pkg.name.clone()),
-                    backups: vec![b],
-                    action: Action::None,
-                });
+                self.push_with_action(
+                    &b.path.clone(),
+                    (rule, severity, title),
+                    why,
+                    format!("Delete {} once you no longer need it.", b.path),
+                    vec![b],
+                    Action::None,
+                );
             }
         }
     }
