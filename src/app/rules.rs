@@ -137,16 +137,7 @@ fn check(cli: &Cli, files: &[PathBuf], out: &mut dyn Write) -> anyhow::Result<Ou
             }
         }
         let failures = set.run_examples();
-        for f in &failures {
-            writeln!(
-                out,
-                "{}:{}: {}",
-                term::path(&f.origin),
-                f.line,
-                term::escape(&f.message)
-            )?;
-        }
-        errors += failures.len();
+        errors += write_failures(out, &failures)?;
         writeln!(
             out,
             "{} rules, {} examples: {}",
@@ -165,16 +156,7 @@ fn check(cli: &Cli, files: &[PathBuf], out: &mut dyn Write) -> anyhow::Result<Ou
     for path in &targets {
         match check_one(&mut set, path) {
             Ok((rules, examples, failures)) => {
-                for f in &failures {
-                    writeln!(
-                        out,
-                        "{}:{}: {}",
-                        term::path(&f.origin),
-                        f.line,
-                        term::escape(&f.message)
-                    )?;
-                }
-                errors += failures.len();
+                errors += write_failures(out, &failures)?;
                 if failures.is_empty() {
                     writeln!(
                         out,
@@ -199,6 +181,23 @@ fn check(cli: &Cli, files: &[PathBuf], out: &mut dyn Write) -> anyhow::Result<Ou
     } else {
         Ok(Outcome::Clean)
     }
+}
+
+/// One `file:line: message` line per failed example, as compilers print; the count.
+fn write_failures(
+    out: &mut dyn Write,
+    failures: &[crate::rules::ExampleFailure],
+) -> std::io::Result<usize> {
+    for f in failures {
+        writeln!(
+            out,
+            "{}:{}: {}",
+            term::path(&f.origin),
+            f.line,
+            term::escape(&f.message)
+        )?;
+    }
+    Ok(failures.len())
 }
 
 fn check_one(
