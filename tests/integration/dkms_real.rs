@@ -5,12 +5,63 @@
 //! The module is never loaded. Needs root, dkms, kmod and a linux-headers package;
 //! skipped otherwise unless KFD_REQUIRE_DKMS=1 (set by `.ci/run` when root).
 //!
-//! Everything is removed afterwards, even when an assertion fails (see `Cleanup`).
+//! A second test takes a real Debian `-dkms` package (its `.deb` downloaded by `.ci/run`
+//! into `KFD_DKMS_DEBS`) through the same round trip: installed with dpkg (its postinst
+//! builds it with the real dkms), tampered and rebuilt, restored from the `.deb` in apt's
+//! cache, rebuilt by `plan --run`, and purged afterwards.
+//!
+//! Everything is removed afterwards, even when an assertion fails (see `Cleanup` and
+//! `PackageCleanup`). Both tests change the one real dkms state, so they take turns.
 
 use crate::fixture::Run;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
+
+/// The real /usr/src, /var/lib/dkms and /lib/modules are one state for both tests.
+static REAL_DKMS: Mutex<()> = Mutex::new(());
+
+/// dkms 3 creates a module-signing key on its first build; a test that made it removes it.
+const MOK_FILES: [&str; 2] = ["/var/lib/dkms/mok.key", "/var/lib/dkms/mok.pub"];
+
+fn existing(paths: &[&str]) -> Vec<PathBuf> {
+    paths
+        .iter()
+        .map(PathBuf::from)
+        .filter(|p| p.exists())
+        .collect()
+}
+
+/// The entries of `/lib/modules/<kernel>`: depmod, run by dkms, writes `modules.*` there.
+fn modules_dir_entries(kernel: &str) -> Vec<PathBuf> {
+    std::fs::read_dir(format!("/lib/modules/{kernel}"))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect()
+}
+
+/// Removes the depmod indexes a test made for a kernel that had none before.
+fn remove_new_depmod_files(kernel: &str, before: &[PathBuf]) {
+    for p in modules_dir_entries(kernel) {
+        let depmod_file = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("modules."));
+        if depmod_file && !before.contains(&p) {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+}
+
+fn remove_new_mok_files(before: &[PathBuf]) {
+    for p in MOK_FILES.iter().map(PathBuf::from) {
+        if !before.contains(&p) {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+}
 
 const VER: &str = "1.0";
 const MARKER: &str = "MODULE_INFO(kfdaudit, \"PATCHED\");\n";
@@ -77,6 +128,9 @@ struct Cleanup {
     state_dir_existed: bool,
     /// Journal and quarantine entries that were there before: only newer ones are ours.
     state_before: Vec<PathBuf>,
+    mok_before: Vec<PathBuf>,
+    kernel: String,
+    modules_dir_before: Vec<PathBuf>,
 }
 
 /// Entries of kfd-audit's journal and quarantine directories on this machine.
@@ -104,14 +158,23 @@ impl Cleanup {
         let _ = std::fs::remove_dir_all(&self.src);
         let _ = std::fs::remove_dir_all(format!("/var/lib/dkms/{}", self.name));
         let _ = std::fs::remove_dir_all(format!("/var/lib/kfd-audit/baseline/{}-{VER}", self.name));
-        if !self.state_dir_existed {
-            let _ = std::fs::remove_dir_all("/var/lib/kfd-audit");
-        } else {
-            // The restore in this test journaled and quarantined under the real state dir.
-            for p in state_entries() {
-                if !self.state_before.contains(&p) {
-                    let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
-                }
+        remove_new_state(self.state_dir_existed, &self.state_before);
+        remove_new_mok_files(&self.mok_before);
+        let _ = std::fs::remove_dir(format!("/lib/modules/{}/updates/dkms", self.kernel));
+        let _ = std::fs::remove_dir(format!("/lib/modules/{}/updates", self.kernel));
+        remove_new_depmod_files(&self.kernel, &self.modules_dir_before);
+    }
+}
+
+/// kfd-audit's journal and quarantine entries a test made, or its whole state dir if
+/// the test created it.
+fn remove_new_state(state_dir_existed: bool, state_before: &[PathBuf]) {
+    if !state_dir_existed {
+        let _ = std::fs::remove_dir_all("/var/lib/kfd-audit");
+    } else {
+        for p in state_entries() {
+            if !state_before.contains(&p) {
+                let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
             }
         }
     }
@@ -168,6 +231,7 @@ fn plan_run_rebuilds_the_clean_module_with_the_real_dkms() {
     let Some(kver) = headers_kernel() else {
         return skip_or_fail("no linux-headers-amd64 with headers in /lib/modules/<kernel>/build");
     };
+    let _turn = REAL_DKMS.lock().unwrap_or_else(|e| e.into_inner());
     let name = format!("kfdaudittoy{}", std::process::id());
     let src = PathBuf::from(format!("/usr/src/{name}-{VER}"));
     let tree = src.to_str().unwrap().to_string();
@@ -176,6 +240,9 @@ fn plan_run_rebuilds_the_clean_module_with_the_real_dkms() {
         src: src.clone(),
         state_dir_existed: Path::new("/var/lib/kfd-audit").exists(),
         state_before: state_entries(),
+        mok_before: existing(&MOK_FILES),
+        kernel: kver.clone(),
+        modules_dir_before: modules_dir_entries(&kver),
     };
     guard.run();
 
@@ -349,4 +416,287 @@ fn plan_run_rebuilds_the_clean_module_with_the_real_dkms() {
     assert!(!Path::new(&format!("/var/lib/dkms/{name}")).exists());
     assert!(!ko.exists(), "{} left behind", ko.display());
     assert!(sh(&["dkms", "status", "-m", &name]).trim().is_empty());
+}
+
+/// What a `-dkms` .deb carries: its package name and the DKMS module its dkms.conf names.
+struct DkmsDeb {
+    deb: PathBuf,
+    package: String,
+    /// `/usr/src/<module>-<version>`, as the .deb lays it out.
+    src: PathBuf,
+    module: String,
+    version: String,
+    built_module: String,
+}
+
+fn dkms_conf_value(conf: &str, key: &str) -> Option<String> {
+    conf.lines()
+        .filter_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
+        .map(|v| v.trim().trim_matches('"').to_string())
+        .next()
+}
+
+/// The first `-dkms` .deb in `KFD_DKMS_DEBS`, read with dpkg-deb.
+fn dkms_deb() -> Option<DkmsDeb> {
+    let dir = std::env::var_os("KFD_DKMS_DEBS")?;
+    let deb = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.contains("-dkms_") && n.ends_with(".deb"))
+        })
+        .min()?;
+    let d = deb.to_str()?;
+    let package = sh(&["dpkg-deb", "-f", d, "Package"]).trim().to_string();
+    let listing = sh(&["dpkg-deb", "-c", d]);
+    let conf_member = listing
+        .lines()
+        .filter_map(|l| l.split_whitespace().last())
+        .find(|m| m.starts_with("./usr/src/") && m.ends_with("/dkms.conf"))?
+        .trim_start_matches('.')
+        .to_string();
+    let src = PathBuf::from(conf_member.trim_end_matches("/dkms.conf"));
+    let out = Command::new("sh")
+        .args([
+            "-c",
+            &format!("dpkg-deb --fsys-tarfile '{d}' | tar -xOf - '.{conf_member}'"),
+        ])
+        .output()
+        .ok()?;
+    let conf = String::from_utf8_lossy(&out.stdout).into_owned();
+    let module = dkms_conf_value(&conf, "PACKAGE_NAME")?;
+    let version = dkms_conf_value(&conf, "PACKAGE_VERSION")?;
+    // Debian's dkms.conf files often say BUILT_MODULE_NAME[0]="$PACKAGE_NAME".
+    let built_module = dkms_conf_value(&conf, "BUILT_MODULE_NAME[0]")
+        .map(|m| {
+            m.replace("${PACKAGE_NAME}", &module)
+                .replace("$PACKAGE_NAME", &module)
+        })
+        .unwrap_or(module.clone());
+    Some(DkmsDeb {
+        deb,
+        package,
+        src,
+        module,
+        version,
+        built_module,
+    })
+}
+
+fn dpkg_installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+/// Purges the package this test installed and everything it left, whatever happened.
+struct PackageCleanup {
+    pkg: DkmsDeb,
+    kernel: String,
+    /// The .deb copied into apt's cache by the test (None: it was there already).
+    cached_copy: Option<PathBuf>,
+    state_dir_existed: bool,
+    state_before: Vec<PathBuf>,
+    mok_before: Vec<PathBuf>,
+    modules_dir_before: Vec<PathBuf>,
+}
+
+impl PackageCleanup {
+    fn run(&self) {
+        let quiet = |argv: &[&str]| {
+            let _ = Command::new(argv[0])
+                .args(&argv[1..])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        };
+        // The package's prerm runs `dkms remove --all`; the rest is for a half-done state.
+        quiet(&["dpkg", "--purge", &self.pkg.package]);
+        if Path::new(&format!("/var/lib/dkms/{}", self.pkg.module)).exists() {
+            let (m, v) = (&self.pkg.module, &self.pkg.version);
+            quiet(&["dkms", "remove", "-m", m, "-v", v, "--all"]);
+        }
+        let _ = std::fs::remove_dir_all(&self.pkg.src);
+        let _ = std::fs::remove_dir_all(format!("/var/lib/dkms/{}", self.pkg.module));
+        let dir = format!("/lib/modules/{}/updates/dkms", self.kernel);
+        for ext in ["", ".xz", ".zst", ".gz"] {
+            let ko = Path::new(&dir).join(format!("{}.ko{ext}", self.pkg.built_module));
+            if std::fs::remove_file(&ko).is_ok() {
+                quiet(&["depmod", "-a", &self.kernel]);
+            }
+        }
+        // dkms leaves the directories it made for the module; only empty ones go.
+        let _ = std::fs::remove_dir(&dir);
+        let _ = std::fs::remove_dir(format!("/lib/modules/{}/updates", self.kernel));
+        if let Some(copy) = &self.cached_copy {
+            let _ = std::fs::remove_file(copy);
+        }
+        remove_new_state(self.state_dir_existed, &self.state_before);
+        remove_new_mok_files(&self.mok_before);
+        remove_new_depmod_files(&self.kernel, &self.modules_dir_before);
+    }
+}
+
+impl Drop for PackageCleanup {
+    fn drop(&mut self) {
+        self.run();
+    }
+}
+
+fn md5_of(path: &Path) -> String {
+    crate::fixture::md5_hex(&std::fs::read(path).unwrap())
+}
+
+#[test]
+fn a_real_debian_dkms_package_is_restored_from_its_deb_and_rebuilt() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return skip_or_fail("not root");
+    }
+    for tool in ["dkms", "modinfo", "dpkg", "dpkg-deb", "make"] {
+        if !on_path(tool) {
+            return skip_or_fail(&format!("{tool} is not installed"));
+        }
+    }
+    let Some(kver) = headers_kernel() else {
+        return skip_or_fail("no linux-headers-amd64 with headers in /lib/modules/<kernel>/build");
+    };
+    let Some(pkg) = dkms_deb() else {
+        return skip_or_fail("no -dkms .deb in KFD_DKMS_DEBS (.ci/run downloads one)");
+    };
+    if dpkg_installed(&pkg.package) || pkg.src.exists() {
+        // Never touch a package this test did not install.
+        return skip_or_fail(&format!("{} is already installed here", pkg.package));
+    }
+    let _turn = REAL_DKMS.lock().unwrap_or_else(|e| e.into_inner());
+    let cache = Path::new("/var/cache/apt/archives").join(pkg.deb.file_name().unwrap());
+    let cached_copy = (!cache.exists()).then(|| cache.clone());
+    let guard = PackageCleanup {
+        pkg,
+        kernel: kver.clone(),
+        cached_copy,
+        state_dir_existed: Path::new("/var/lib/kfd-audit").exists(),
+        state_before: state_entries(),
+        mok_before: existing(&MOK_FILES),
+        modules_dir_before: modules_dir_entries(&kver),
+    };
+    let pkg = &guard.pkg;
+    let tree = pkg.src.to_str().unwrap().to_string();
+    let module = pkg.built_module.as_str();
+
+    // Installed as apt would: dpkg unpacks, the postinst registers and builds with dkms.
+    // The .deb also sits in apt's cache, where kfd-audit finds clean content.
+    if guard.cached_copy.is_some() {
+        std::fs::copy(&pkg.deb, &cache).unwrap();
+    }
+    sh(&["dpkg", "-i", pkg.deb.to_str().unwrap()]);
+    if !Path::new(&format!("/lib/modules/{kver}/updates/dkms")).is_dir() {
+        // A postinst that did not build for this kernel: build as its README says.
+        sh(&[
+            "dkms",
+            "install",
+            "-m",
+            &pkg.module,
+            "-v",
+            &pkg.version,
+            "-k",
+            &kver,
+        ]);
+    }
+    let scan = kfd(&["--format", "json", "scan", "--tree", &tree]);
+    scan.expect_code(0);
+    let j = scan.json();
+    assert_eq!(j["summary"]["modified"], 0, "{j}");
+    assert_eq!(
+        kernel_of(&j, &kver)["provenance"],
+        "built-from-clean-sources"
+    );
+
+    // The tamper, rebuilt and installed the way people do it.
+    let victim = std::fs::read_dir(&pkg.src)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "c"))
+        .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .expect("a .c file in the package's tree");
+    let clean_md5 = md5_of(&victim);
+    let mut patched = std::fs::read(&victim).unwrap();
+    patched.extend_from_slice(MARKER.as_bytes());
+    std::fs::write(&victim, &patched).unwrap();
+    sh(&[
+        "dkms",
+        "remove",
+        "-m",
+        &pkg.module,
+        "-v",
+        &pkg.version,
+        "--all",
+    ]);
+    sh(&[
+        "dkms",
+        "install",
+        "-m",
+        &pkg.module,
+        "-v",
+        &pkg.version,
+        "-k",
+        &kver,
+    ]);
+    assert_eq!(marker(&kver, module), "PATCHED");
+
+    let scan = kfd(&["--format", "json", "scan", "--tree", &tree]);
+    scan.expect_code(1);
+    let j = scan.json();
+    assert_eq!(j["summary"]["modified"], 1, "{j}");
+    assert_eq!(
+        kernel_of(&j, &kver)["provenance"],
+        "built-from-changed-sources"
+    );
+    let text = kfd(&["scan", "--tree", &tree]).stdout();
+    assert!(
+        text.contains(&format!("dpkg archive {}", cache.display())),
+        "the clean copy comes from the cached .deb:\n{text}"
+    );
+
+    // Restored from the .deb, verified against dpkg's md5sums.
+    let restored = kfd(&["restore", "--yes", "--tree", &tree]);
+    restored.expect_code(0);
+    assert!(
+        restored
+            .stdout()
+            .contains(&format!("from dpkg archive {}", cache.display())),
+        "{}",
+        restored.stdout()
+    );
+    assert_eq!(md5_of(&victim), clean_md5);
+
+    // The printed plan, run: the module installed afterwards is built from the clean source.
+    let run = kfd(&["plan", "--tree", &tree, "--run", "--yes"]);
+    run.expect_code(0);
+    assert!(
+        run.stdout().contains("All 3 commands succeeded."),
+        "{}",
+        run.stdout()
+    );
+    assert_eq!(marker(&kver, module), "");
+    let ko = installed_ko(&kver, module);
+    let vermagic = sh(&["modinfo", "-F", "vermagic", ko.to_str().unwrap()]);
+    assert_eq!(vermagic.split_whitespace().next(), Some(kver.as_str()));
+    let scan = kfd(&["--format", "json", "scan", "--tree", &tree]);
+    scan.expect_code(0);
+    assert_eq!(
+        kernel_of(&scan.json(), &kver)["provenance"],
+        "built-from-clean-sources"
+    );
+
+    // And the system is as it was: the package purged with its module and dkms state.
+    guard.run();
+    assert!(!dpkg_installed(&guard.pkg.package));
+    assert!(!guard.pkg.src.exists());
+    assert!(!ko.exists(), "{} left behind", ko.display());
+    assert!(!Path::new(&format!("/var/lib/dkms/{}", guard.pkg.module)).exists());
 }
