@@ -319,7 +319,13 @@ pub(crate) fn from_arg(root: &Root, path: &Path) -> Result<Tree> {
             });
         }
     };
-    let meta = std::fs::symlink_metadata(&host).map_err(|e| Error::io(&host, e))?;
+    let meta = std::fs::symlink_metadata(&host).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::Refused {
+            path: host.clone(),
+            message: "no such directory; --tree takes a DKMS source directory such as /usr/src/amdgpu-6.8.5 (without --tree, kfd-audit finds every /usr/src/amdgpu-* itself)".into(),
+        },
+        _ => Error::io(&host, e),
+    })?;
     if !meta.is_dir() {
         return Err(Error::Refused {
             path: host,

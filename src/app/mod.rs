@@ -310,10 +310,28 @@ pub fn main() -> ExitCode {
             {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("kfd-audit: error: {}", term::escape(&format!("{err:#}")));
+            eprintln!("kfd-audit: error: {}", term::escape(&one_line(&err)));
             Outcome::Failed.into()
         }
     }
+}
+
+/// The error and its causes on one line. Our typed errors already print their source
+/// (`path: No such file or directory`), so a cause whose text is already there is not
+/// repeated (anyhow's `{:#}` would print it twice).
+fn one_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 #[cfg(test)]

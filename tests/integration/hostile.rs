@@ -1153,3 +1153,32 @@ fn a_users_dotfiles_and_system_files_cannot_hang_or_flood_a_root_scan() {
         "{all}"
     );
 }
+
+#[test]
+fn a_missing_tree_gives_one_line_naming_it_and_what_to_do() {
+    let fx = Fixture::new();
+    fx.amdgpu_tree();
+    let run = fx.run(&["scan", "--tree", "/usr/src/amdgpu-0.0.0"]);
+    run.expect_code(2);
+    let err = run.stderr();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("/usr/src/amdgpu-0.0.0: no such directory"),
+        "{err}"
+    );
+    assert!(err.contains("without --tree"), "{err}");
+    // The cause is said once, not once per layer of the error.
+    assert_eq!(err.matches("No such file").count(), 0, "{err}");
+}
+
+#[test]
+fn an_io_error_names_its_cause_once() {
+    let fx = Fixture::new();
+    fx.amdgpu_tree();
+    let run = fx.run(&["--rules", "/nonexistent-rules-dir", "scan"]);
+    run.expect_code(2);
+    let err = run.stderr();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("/nonexistent-rules-dir"), "{err}");
+    assert_eq!(err.matches("(os error 2)").count(), 1, "{err}");
+}
