@@ -55,7 +55,7 @@ impl DbFormat {
         }
     }
 
-    fn file(self) -> &'static str {
+    pub(crate) fn file(self) -> &'static str {
         match self {
             DbFormat::Sqlite => "rpmdb.sqlite",
             DbFormat::BerkeleyDb => "Packages",

@@ -3,8 +3,10 @@
 //! `.backup`) and ran with `HSA_OVERRIDE_GFX_VERSION=10.3.0` on a gfx1010 card.
 //!
 //! Files: every package whose name matches one of the patterns (`--rocm-packages`) and
-//! that dpkg lists in `/var/lib/dpkg/info/<pkg>.md5sums` is verified like a driver tree:
-//! each listed file hashed against its md5 (conffiles are not in md5sums and are left
+//! that dpkg lists in `/var/lib/dpkg/info/<pkg>.md5sums`, or that the rpm database
+//! records (`/opt/rocm*` from AMD's RPMs on RHEL, SLES and Fedora), is verified like a
+//! driver tree: each listed file hashed against the digest its database recorded
+//! (dpkg's md5, rpm's SHA-256; configuration files are the admin's and are left
 //! alone), and backups beside the files (`.backup`, `.orig`, ... — the suffixes of
 //! [`crate::content::BACKUP_SUFFIXES`]) judged by hash, never by name.
 //!
@@ -19,9 +21,10 @@ use crate::content::is_backup_suffix;
 use crate::error::Result;
 use crate::finding::{Finding, Severity};
 use crate::gpu_table;
-use crate::io::hash::Digest;
+use crate::io::hash::{self, Algorithm, Digest};
 use crate::io::root::Root;
 use crate::pkgdb::dpkg;
+use crate::pkgdb::rpm::{self, RpmPackage};
 use crate::reference::{Expected, LoadOptions, ReferenceKind, Skipped};
 use crate::scan::backups;
 use crate::scan::BackupVerdict;
@@ -111,16 +114,47 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
     PackagePatterns::new(&[pattern.to_string()]).matches(name)
 }
 
-/// An installed package with dpkg md5sums: `stem` names its files in
-/// /var/lib/dpkg/info (`libhsa-runtime64-1:amd64`), `name` is the package.
+/// Where an installed package's files and their digests are recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Package {
-    pub stem: String,
-    pub name: String,
+pub(crate) enum PackageDb {
+    /// dpkg: `stem` names its files in /var/lib/dpkg/info (`libhsa-runtime64-1:amd64`).
+    Dpkg { stem: String },
+    /// The rpm database, as read for this package.
+    Rpm(Box<RpmPackage>),
 }
 
-/// Installed packages matching the patterns, sorted by name.
-pub(crate) fn matching_packages(root: &Root, patterns: &[String]) -> Vec<Package> {
+/// An installed package; `name` is the package's name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Package {
+    pub name: String,
+    pub db: PackageDb,
+}
+
+impl Package {
+    /// The package manager that installed it, as the texts name it.
+    fn manager(&self) -> &'static str {
+        match self.db {
+            PackageDb::Dpkg { .. } => "dpkg",
+            PackageDb::Rpm(_) => "rpm",
+        }
+    }
+
+    /// Who recorded the package's digests, as the texts name it.
+    fn records(&self) -> String {
+        match self.db {
+            PackageDb::Dpkg { .. } => format!("dpkg's md5sums for {} list", self.name),
+            PackageDb::Rpm(_) => format!("the rpm database's entry for {} lists", self.name),
+        }
+    }
+}
+
+/// Installed packages matching the patterns, from dpkg and from the rpm database,
+/// sorted by name. An rpm database that cannot be read is said in `notes`.
+pub(crate) fn matching_packages(
+    root: &Root,
+    patterns: &[String],
+    notes: &mut Vec<String>,
+) -> Vec<Package> {
     let patterns = PackagePatterns::new(patterns);
     let mut out: Vec<Package> = system::list_dir(root, dpkg::INFO_DIR, ".md5sums")
         .into_iter()
@@ -128,9 +162,25 @@ pub(crate) fn matching_packages(root: &Root, patterns: &[String]) -> Vec<Package
             let file = p.rsplit('/').next()?.to_string();
             let stem = file.strip_suffix(".md5sums")?.to_string();
             let name = stem.split(':').next().unwrap_or(&stem).to_string();
-            patterns.matches(&name).then_some(Package { stem, name })
+            patterns.matches(&name).then_some(Package {
+                name,
+                db: PackageDb::Dpkg { stem },
+            })
         })
         .collect();
+    match rpm::load(root) {
+        Ok(Some(db)) => out.extend(
+            db.packages
+                .into_iter()
+                .filter(|p| patterns.matches(&p.name))
+                .map(|p| Package {
+                    name: p.name.clone(),
+                    db: PackageDb::Rpm(Box::new(p)),
+                }),
+        ),
+        Ok(None) => {}
+        Err(e) => notes.push(format!("ROCm packages installed with rpm not read: {e}")),
+    }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     out
 }
@@ -153,6 +203,9 @@ const NO_SIZE_LIMIT: u64 = u64::MAX;
 /// ([`crate::io::md5_lanes`]): many files per core at once, the largest started first,
 /// each opened without following a link at its last component and read once.
 fn md5_files(root: &Root, paths: &[&str]) -> Vec<std::io::Result<Digest>> {
+    if paths.is_empty() {
+        return Vec::new();
+    }
     let sizes: Vec<u64> = paths
         .par_iter()
         .map(|p| std::fs::symlink_metadata(root.path(p)).map_or(0, |m| m.len()))
@@ -175,6 +228,23 @@ fn md5_files(root: &Root, paths: &[&str]) -> Vec<std::io::Result<Digest>> {
         .into_iter()
         // The engine reports every stream it is given; this only keeps the types whole.
         .map(|r| r.unwrap_or_else(|| Err(std::io::Error::other("not hashed"))))
+        .collect()
+}
+
+/// Digests of files under the root in the algorithm their package's database uses:
+/// MD5 (dpkg) on the multi-buffer engine of [`md5_files`], others (rpm's SHA-256) one
+/// file per core, each opened without following a link at its last component.
+fn digest_files(root: &Root, paths: &[&str], algorithm: Algorithm) -> Vec<std::io::Result<Digest>> {
+    if algorithm == Algorithm::Md5 {
+        return md5_files(root, paths);
+    }
+    paths
+        .par_iter()
+        .map(|p| {
+            let file = crate::io::read::open_nofollow(&root.path(p))?;
+            let (mut digests, _) = hash::digest_reader(file, &[algorithm])?;
+            Ok(digests.remove(0))
+        })
         .collect()
 }
 
@@ -216,12 +286,16 @@ fn read_lines(root: &Root, system_path: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn reinstall(name: &str) -> (String, Action) {
-    let command = format!("apt-get install --reinstall {name}");
+/// The command that puts every file of the package back, with its package manager.
+fn reinstall(root: &Root, pkg: &Package) -> (String, Action) {
+    let command = match &pkg.db {
+        PackageDb::Dpkg { .. } => format!("apt-get install --reinstall {}", pkg.name),
+        PackageDb::Rpm(r) => rpm::reinstall_command(root, r),
+    };
     (
         command.clone(),
         Action::ReinstallPackage {
-            package: name.to_string(),
+            package: pkg.name.clone(),
             command,
         },
     )
@@ -272,14 +346,18 @@ fn find_backups(root: &Root, listed: &BTreeSet<String>) -> Vec<(String, String)>
     out
 }
 
-/// What dpkg says a package installs: the expected md5 of each file (conffiles left
-/// out: they are the admin's to edit), and the other paths of its `.list` (links and
-/// directories have no md5).
+/// What the package database says a package installs: the expected digest of each
+/// file (configuration files left out: they are the admin's to edit), and the other
+/// paths it lists (links and directories have no digest).
 struct PackageFiles {
-    /// System path -> the md5 dpkg recorded.
+    /// System path -> the digest its database recorded.
     expected: BTreeMap<String, Digest>,
-    /// The `.list` entries that are not conffiles.
+    /// The listed paths that are not configuration files.
     list: Vec<String>,
+    /// The algorithm of `expected` (dpkg: MD5; rpm: the header's, SHA-256 today).
+    algorithm: Algorithm,
+    /// What the database records as it is recorded there, for the report.
+    reference: ReferenceKind,
 }
 
 impl PackageFiles {
@@ -291,17 +369,65 @@ impl PackageFiles {
     }
 }
 
-/// Phase 1: reads the package's md5sums, conffiles and file list.
+/// Phase 1: reads what the package's database lists.
 fn read_package_files(
     root: &Root,
     pkg: &Package,
     opts: &RocmOptions,
     notes: &mut Vec<String>,
 ) -> Result<PackageFiles> {
+    match &pkg.db {
+        PackageDb::Dpkg { stem } => read_dpkg_files(root, stem, opts, notes),
+        PackageDb::Rpm(r) => Ok(rpm_files(r, notes)),
+    }
+}
+
+/// The rpm database's files of a package: regular files with their digest, the rest
+/// (links, directories) listed; `%config` files and ghosts (never shipped) left out.
+fn rpm_files(pkg: &RpmPackage, notes: &mut Vec<String>) -> PackageFiles {
+    let mut expected = BTreeMap::new();
+    let mut list = Vec::new();
+    for f in pkg.files.iter().filter(|f| !f.is_config() && !f.is_ghost()) {
+        let path = format!("/{}", f.path.display());
+        match &f.digest {
+            Some(d) if f.is_regular() => {
+                expected.insert(path.clone(), d.clone());
+            }
+            _ => {}
+        }
+        list.push(path);
+    }
+    if let Some(algo) = pkg.unsupported_algo {
+        notes.push(format!(
+            "{}: the rpm database records its file digests with algorithm {algo} (SHA-1, SHA-384 or SHA-512), \
+             which kfd-audit does not compute: its files are not verified here; rpm -V {} checks them",
+            pkg.nevra(),
+            pkg.name
+        ));
+    }
+    let algorithm = expected
+        .values()
+        .next()
+        .map_or(Algorithm::Sha256, Digest::algorithm);
+    PackageFiles {
+        expected,
+        list,
+        algorithm,
+        reference: ReferenceKind::Rpmdb,
+    }
+}
+
+/// dpkg's md5sums, conffiles and file list of a package.
+fn read_dpkg_files(
+    root: &Root,
+    stem: &str,
+    opts: &RocmOptions,
+    notes: &mut Vec<String>,
+) -> Result<PackageFiles> {
     let mut skipped: Vec<Skipped> = Vec::new();
     let sums = dpkg::load_package(
         root,
-        &pkg.stem,
+        stem,
         LoadOptions {
             lenient: opts.lenient,
         },
@@ -316,7 +442,7 @@ fn read_package_files(
         ));
     }
     let info = dpkg::INFO_DIR;
-    let conffiles: HashSet<String> = read_lines(root, &format!("{info}/{}.conffiles", pkg.stem))
+    let conffiles: HashSet<String> = read_lines(root, &format!("{info}/{stem}.conffiles"))
         .into_iter()
         .collect();
     let expected = sums
@@ -324,11 +450,16 @@ fn read_package_files(
         .map(|l| (format!("/{}", l.path.display()), l.digest))
         .filter(|(p, _)| !conffiles.contains(p))
         .collect();
-    let list = read_lines(root, &format!("{info}/{}.list", pkg.stem))
+    let list = read_lines(root, &format!("{info}/{stem}.list"))
         .into_iter()
         .filter(|p| !conffiles.contains(p))
         .collect();
-    Ok(PackageFiles { expected, list })
+    Ok(PackageFiles {
+        expected,
+        list,
+        algorithm: Algorithm::Md5,
+        reference: ReferenceKind::DpkgMd5sums,
+    })
 }
 
 /// Phase 2: each file with an md5 against it, in the order of `files.expected`.
@@ -342,7 +473,7 @@ fn verify_files(root: &Root, files: &PackageFiles) -> Vec<(String, FileState)> {
         .filter(|&i| states[i].1.is_none())
         .collect();
     let paths: Vec<&str> = to_hash.iter().map(|&i| states[i].0.as_str()).collect();
-    let digests = md5_files(root, &paths);
+    let digests = digest_files(root, &paths, files.algorithm);
     for (&i, digest) in to_hash.iter().zip(digests) {
         let expected = &files.expected[&states[i].0];
         states[i].1 = Some(match digest {
@@ -366,7 +497,7 @@ fn verify_files(root: &Root, files: &PackageFiles) -> Vec<(String, FileState)> {
 fn judge_backups(root: &Root, files: &PackageFiles) -> BTreeMap<String, Vec<SystemBackup>> {
     let found = find_backups(root, &files.listed());
     let paths: Vec<&str> = found.iter().map(|(b, _)| b.as_str()).collect();
-    let digests = md5_files(root, &paths);
+    let digests = digest_files(root, &paths, files.algorithm);
     let by_md5: HashMap<&Digest, &str> = files
         .expected
         .iter()
@@ -381,7 +512,7 @@ fn judge_backups(root: &Root, files: &PackageFiles) -> BTreeMap<String, Vec<Syst
                 .and_then(|d| Some((by_md5.get(&d)?.to_string(), d)));
             let expected = clean.as_ref().map(|(_, d)| Expected {
                 digest: d.clone(),
-                kind: ReferenceKind::DpkgMd5sums,
+                kind: files.reference,
             });
             // Paths under the root, as the tree scan's are under the tree.
             let relative = |p: &str| Path::new(p.trim_start_matches('/')).to_path_buf();
@@ -423,8 +554,8 @@ struct PackageReport<'a> {
 }
 
 impl<'a> PackageReport<'a> {
-    fn new(pkg: &'a Package, files: usize) -> PackageReport<'a> {
-        let (command, action) = reinstall(&pkg.name);
+    fn new(root: &Root, pkg: &'a Package, files: usize) -> PackageReport<'a> {
+        let (command, action) = reinstall(root, pkg);
         PackageReport {
             pkg,
             command,
@@ -492,6 +623,8 @@ impl<'a> PackageReport<'a> {
         notes: &mut Vec<String>,
     ) {
         let name = self.pkg.name.clone();
+        let records = self.pkg.records();
+        let manager = self.pkg.manager();
         let command = self.command.clone();
         for (path, state) in states {
             let backups = backups_of.remove(path).unwrap_or_default();
@@ -505,10 +638,11 @@ impl<'a> PackageReport<'a> {
                     let exp = &expected[path];
                     let code = is_code(path, &root.path(path));
                     let why = format!(
-                        "dpkg's md5sums for {name} list {path} with md5 {exp}; the file is {actual} now: it was replaced \
+                        "{records} {path} with {algo} {exp}; the file is {actual} now: it was replaced \
                          after the package was installed. {what} A ROCm runtime rebuilt to accept a GPU it does not \
                          support, or to claim capabilities the GPU lacks, takes the same risk as a patched driver, one \
                          level up (the incident copied a rebuilt libhsa-runtime64.so.1 over /opt/rocm/lib/).",
+                        algo = algorithm_name(exp),
                         what = if code {
                             "It is code that every ROCm program loads or runs."
                         } else {
@@ -540,10 +674,13 @@ impl<'a> PackageReport<'a> {
                         path,
                         ("ROCM-FILE-002", Severity::Medium, "ROCm file is missing"),
                         format!(
-                            "dpkg's md5sums for {name} list {path}, and it is not there: the package is incomplete, \
+                            "{records} {path}, and it is not there: the package is incomplete, \
                              and whatever needs the file fails or falls back to another copy."
                         ),
-                        format!("Reinstall the package: {command}.{}", clean_backup_hint(&backups)),
+                        format!(
+                            "Reinstall the package: {command}.{}",
+                            clean_backup_hint(&backups)
+                        ),
                         backups,
                     );
                 }
@@ -561,7 +698,7 @@ impl<'a> PackageReport<'a> {
                              load whatever that points to instead of the packaged file."
                         ),
                         format!(
-                            "Remove the link and reinstall the package: {command} (dpkg puts the file back).{}",
+                            "Remove the link and reinstall the package: {command} ({manager} puts the file back).{}",
                             clean_backup_hint(&backups)
                         ),
                         backups,
@@ -605,7 +742,7 @@ impl<'a> PackageReport<'a> {
             })
             .collect();
         let paths: Vec<&str> = replaced.iter().map(|(p, _)| *p).collect();
-        let digests = md5_files(root, &paths);
+        let digests = digest_files(root, &paths, files.algorithm);
         for ((p, versioned), digest) in replaced.into_iter().zip(digests) {
             if digest.ok().as_ref() == expected.get(versioned) {
                 // A plain copy of the packaged library: harmless, but not what dpkg installed.
@@ -620,8 +757,9 @@ impl<'a> PackageReport<'a> {
                 self.pkg.name
             );
             let fix = format!(
-                "Reinstall the package: {} (dpkg restores the link).{}",
+                "Reinstall the package: {} ({} restores the link).{}",
                 self.command,
+                self.pkg.manager(),
                 clean_backup_hint(&backups)
             );
             self.push(
@@ -653,6 +791,7 @@ impl<'a> PackageReport<'a> {
         let by_md5: HashMap<&Digest, &str> =
             expected.iter().map(|(p, d)| (d, p.as_str())).collect();
         let name = self.pkg.name.clone();
+        let manager = self.pkg.manager();
         for p in files.list.iter().filter(|p| !expected.contains_key(*p)) {
             let Ok(meta) = std::fs::symlink_metadata(root.path(p)) else {
                 continue;
@@ -683,8 +822,9 @@ impl<'a> PackageReport<'a> {
                         self.command
                     ),
                     None => format!(
-                        "Reinstall the package: {} (dpkg restores the link).",
-                        self.command
+                        "Reinstall the package: {} ({} restores the link).",
+                        self.command,
+                        self.pkg.manager()
                     ),
                 };
                 self.push(
@@ -702,7 +842,7 @@ impl<'a> PackageReport<'a> {
             let mut current = None;
             if !expected.contains_key(&target) {
                 current = Some(target.clone());
-                let digest = md5_files(root, &[target.as_str()])
+                let digest = digest_files(root, &[target.as_str()], files.algorithm)
                     .pop()
                     .and_then(|r| r.ok());
                 let copy_of = digest.as_ref().and_then(|d| by_md5.get(d).copied());
@@ -717,7 +857,11 @@ impl<'a> PackageReport<'a> {
                     move_aside(&target, t_dir)
                 } else {
                     (
-                        format!("Reinstall the package: {} (dpkg points the link back; ldconfig runs after it).", self.command),
+                        format!(
+                            "Reinstall the package: {} ({} points the link back; ldconfig runs after it).",
+                            self.command,
+                            self.pkg.manager()
+                        ),
                         self.action.clone(),
                     )
                 };
@@ -728,7 +872,7 @@ impl<'a> PackageReport<'a> {
                         "packaged link points at a copy outside the package",
                         format!(
                             "{name} installs {p} as a symbolic link into the package; it now points at {target}, a copy of \
-                             the packaged {orig} that dpkg does not know: the library loaded is clean today, but deleting \
+                             the packaged {orig} that {manager} does not know: the library loaded is clean today, but deleting \
                              {target} breaks {link_name}, and changing it changes what every ROCm program loads."
                         ),
                     ),
@@ -737,9 +881,10 @@ impl<'a> PackageReport<'a> {
                         Severity::High,
                         "packaged link points at a library that is not the package's",
                         format!(
-                            "{name} installs {p} as a symbolic link into the package; it now points at {target}, whose md5 \
+                            "{name} installs {p} as a symbolic link into the package; it now points at {target}, whose {} \
                              {} is no file of {name}: every program that loads {link_name} runs that file (the usual way to \
                              swap in a patched runtime is ln -sfn).",
+                            algorithm_label(files.algorithm),
                             digest.map(|d| d.to_string()).unwrap_or_else(|| "(unreadable)".into())
                         ),
                     ),
@@ -758,14 +903,14 @@ impl<'a> PackageReport<'a> {
             if chosen == now || expected.contains_key(&chosen) {
                 continue;
             }
-            let digest = md5_files(root, &[chosen.as_str()])
+            let digest = digest_files(root, &[chosen.as_str()], files.algorithm)
                 .pop()
                 .and_then(|r| r.ok());
             let copy_of = digest.as_ref().and_then(|d| by_md5.get(d).copied());
             let backups = take_backup(backups_of, &chosen);
             let (fix, action) = move_aside(&chosen, dir);
             let lead = format!(
-                "ldconfig, which every package install runs (apt-get install --reinstall included), points {p} at the \
+                "ldconfig, which every package install runs (a reinstall included), points {p} at the \
                  file of {dir} with SONAME {link_name} whose name sorts last: {chosen}, not {now}."
             );
             let (rule, severity, title, why) = match copy_of {
@@ -783,8 +928,9 @@ impl<'a> PackageReport<'a> {
                     Severity::High,
                     "ldconfig would load a library that is not the package's",
                     format!(
-                        "{lead} Its md5 {} is no file of {name}: after the next package install every ROCm program \
+                        "{lead} Its {} {} is no file of {name}: after the next package install every ROCm program \
                          loads it, a patched runtime included.",
+                        algorithm_label(files.algorithm),
                         digest.map(|d| d.to_string()).unwrap_or_else(|| "(unreadable)".into())
                     ),
                 ),
@@ -825,7 +971,7 @@ impl<'a> PackageReport<'a> {
                     let (severity, what) = match b.verdict {
                         BackupVerdict::Unverified | BackupVerdict::Unsafe => (
                             Severity::Medium,
-                            format!("its md5 matches no file of {}: another build, such as a patched runtime", self.pkg.name),
+                            format!("its digest matches no file of {}: another build, such as a patched runtime", self.pkg.name),
                         ),
                         BackupVerdict::VerifiedClean | BackupVerdict::SameAsCurrent => (
                             Severity::Low,
@@ -855,7 +1001,7 @@ impl<'a> PackageReport<'a> {
                         Severity::Low,
                         "a different build of a ROCm file lies beside it",
                         format!(
-                            "{} is not the packaged {of} (its md5 matches no file of {}): a copy of another build, \
+                            "{} is not the packaged {of} (its digest matches no file of {}): a copy of another build, \
                              such as a patched runtime. Nothing loads it under this name, but it is one 'cp' away \
                              from being live again.",
                             b.path, self.pkg.name
@@ -895,6 +1041,18 @@ impl<'a> PackageReport<'a> {
             findings: self.findings,
         }
     }
+}
+
+/// The digest's algorithm as the texts name it.
+fn algorithm_label(algorithm: Algorithm) -> &'static str {
+    match algorithm {
+        Algorithm::Md5 => "md5",
+        Algorithm::Sha256 => "sha256",
+    }
+}
+
+fn algorithm_name(digest: &Digest) -> &'static str {
+    algorithm_label(digest.algorithm())
 }
 
 /// The backup at `path` taken out of `backups_of` (to be reported with a finding about it).
@@ -961,7 +1119,7 @@ fn clean_backup_hint(backups: &[SystemBackup]) -> String {
         .find(|b| b.verdict == BackupVerdict::VerifiedClean)
         .map(|b| {
             format!(
-                " {} is a verified-clean copy (its md5 is the packaged one), but reinstalling puts back every file of the package.",
+                " {} is a verified-clean copy (its digest is the packaged one), but reinstalling puts back every file of the package.",
                 b.path
             )
         })
@@ -979,7 +1137,7 @@ fn check_package(
     let files = read_package_files(root, pkg, opts, notes)?;
     let states = verify_files(root, &files);
     let mut backups_of = judge_backups(root, &files);
-    let mut report = PackageReport::new(pkg, files.expected.len());
+    let mut report = PackageReport::new(root, pkg, files.expected.len());
     report.report_files(root, &states, &files.expected, &mut backups_of, notes);
     report.report_replaced_links(root, &files, &mut backups_of);
     report.report_links(root, &files, &mut backups_of, loader);
@@ -1378,34 +1536,24 @@ pub(crate) fn scan(
     let mut notes = Vec::new();
     let mut findings = Vec::new();
     let mut packages = Vec::new();
-    let matching = matching_packages(root, &opts.patterns);
+    let matching = matching_packages(root, &opts.patterns, &mut notes);
     let mut loader = Loader::new(root);
     for pkg in &matching {
         let check = check_package(root, pkg, opts, &mut loader, &mut notes)?;
         packages.push(check.summary);
         findings.extend(check.findings);
     }
-    // ROCm installed with rpm is named, not yet verified file by file here (issue 18
-    // covers the driver tree); rpm -V does verify it, so the note gives that command.
-    if let Ok(Some(db)) = crate::pkgdb::rpm::load(root) {
-        let patterns = PackagePatterns::new(&opts.patterns);
-        let names: Vec<String> = db
-            .packages
-            .iter()
-            .filter(|p| patterns.matches(&p.name))
-            .map(|p| p.name.clone())
-            .collect();
-        if !names.is_empty() {
-            notes.push(format!(
-                "ROCm packages installed with rpm ({}) are not verified by this section yet: rpm -V {} checks their files",
-                db.describe(),
-                names.join(" ")
-            ));
-        }
-    }
     if matching.is_empty() {
+        let rpmdb = rpm::locate(root)
+            .map(|l| {
+                format!(
+                    ", the rpm database {}",
+                    l.dir.join(l.format.file()).display()
+                )
+            })
+            .unwrap_or_default();
         notes.push(format!(
-            "no installed package matches {} (dpkg md5sums in {})",
+            "no installed package matches {} (dpkg md5sums in {}{rpmdb})",
             opts.patterns.join(", "),
             dpkg::INFO_DIR
         ));

@@ -548,30 +548,143 @@ fn plan_on_rhel_uses_dracut_extra_and_follows_weak_updates() {
     assert!(text.contains(&format!("dracut -f --kver {K2}")), "{text}");
 }
 
+/// A shared library whose ELF `DT_SONAME` is `soname` (what ldconfig reads), built
+/// with the C compiler dkms depends on; `build` tells two builds apart.
+fn elf_library(dir: &Path, soname: &str, build: u32) -> Vec<u8> {
+    let src = dir.join(format!("lib{build}.c"));
+    let out = dir.join(format!("lib{build}.so"));
+    std::fs::write(&src, format!("int kfd_audit_build = {build};\n")).unwrap();
+    let o = Command::new("cc")
+        .args(["-shared", "-fPIC", &format!("-Wl,-soname,{soname}"), "-o"])
+        .arg(&out)
+        .arg(&src)
+        .output()
+        .expect("run cc (installed with dkms)");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::read(out).unwrap()
+}
+
+fn rocm_json(fx: &Fixture) -> (i32, serde_json::Value) {
+    let r = fx.run(&["--format", "json", "scan", "--sections", "rocm"]);
+    assert_ne!(r.code(), 2, "{}", r.stderr());
+    (r.code(), r.json())
+}
+
+/// Every finding object (rule + fix) anywhere in a report.
+fn all_findings(v: &serde_json::Value) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    let mut stack = vec![v];
+    while let Some(v) = stack.pop() {
+        match v {
+            serde_json::Value::Object(m) => {
+                if m.contains_key("rule") && m.contains_key("fix") {
+                    out.push(v.clone());
+                }
+                stack.extend(m.values());
+            }
+            serde_json::Value::Array(a) => stack.extend(a.iter()),
+            _ => {}
+        }
+    }
+    out
+}
+
+fn finding(report: &serde_json::Value, rule: &str) -> serde_json::Value {
+    all_findings(report)
+        .into_iter()
+        .find(|f| f["rule"] == rule)
+        .unwrap_or_else(|| panic!("no {rule} in {report:#}"))
+}
+
+/// What `rpm -V` says of a package under the root: the paths it reports changed.
+fn rpm_verify(fx: &Fixture, package: &str) -> String {
+    String::from_utf8_lossy(&rpm_root(fx.root(), &["-V", "--nodeps", package]).stdout).into_owned()
+}
+
+const ROCM_LIB_DIR: &str = "opt/rocm-6.2.0/lib";
+
 #[test]
-fn rocm_runtime_from_rpm_is_named_with_its_rpm_verify() {
+fn rocm_runtime_from_rpm_is_verified_file_by_file_with_its_sha256() {
     if !have_rpm() {
         return;
     }
     let fx = Fixture::new();
     let out = tempfile::tempdir().unwrap();
-    let lib = "opt/rocm-6.2.0/lib/libhsa-runtime64.so.1.14.0";
+    let lib = format!("{ROCM_LIB_DIR}/libhsa-runtime64.so.1.14.0");
+    let link = format!("{ROCM_LIB_DIR}/libhsa-runtime64.so.1");
+    let clean = elf_library(out.path(), "libhsa-runtime64.so.1", 1);
+    let patched = elf_library(out.path(), "libhsa-runtime64.so.1", 2);
     let spec = Spec {
         name: "hsa-rocr",
         version: "1.14.0.60200",
         release: "66.el9",
-        files: vec![(lib.to_string(), b"\x7fELF runtime".to_vec())],
-        links: vec![(
-            "opt/rocm-6.2.0/lib/libhsa-runtime64.so.1".into(),
-            "libhsa-runtime64.so.1.14.0".into(),
-        )],
+        files: vec![
+            (lib.clone(), clean.clone()),
+            (
+                "opt/rocm-6.2.0/share/doc/hsa-rocr/README".into(),
+                b"ROCr runtime\n".to_vec(),
+            ),
+        ],
+        links: vec![(link.clone(), "libhsa-runtime64.so.1.14.0".into())],
         file_lines: vec!["/opt/rocm-6.2.0".into()],
         payload: None,
     };
     let rpm = rpmbuild(&spec, out.path());
     install(&fx, &[&rpm]);
-    assert!(fx.path(lib).is_file());
-    let run = fx.run(&["--format", "json", "scan", "--sections", "rocm"]);
-    let report = run.json().to_string();
-    assert!(report.contains("rpm -V hsa-rocr"), "{report}");
+    // AMD's RPMs make the loader read /opt/rocm*/lib this way.
+    fx.write("etc/ld.so.conf.d/rocm.conf", "/opt/rocm-6.2.0/lib\n");
+    let reinstall = "dnf reinstall hsa-rocr-1.14.0.60200-66.el9.noarch";
+
+    // Clean: both files verified against the rpm database, as rpm -V says.
+    let (code, report) = rocm_json(&fx);
+    assert_eq!(code, 0, "{report:#}");
+    let text = report.to_string();
+    assert!(!text.contains("not verified by this section"), "{text}");
+    assert!(all_findings(&report).is_empty(), "{report:#}");
+    assert_eq!(rpm_verify(&fx, "hsa-rocr"), "");
+
+    // A rebuilt runtime copied over the library: found by its SHA-256, as rpm -V finds it.
+    fx.write(&lib, &patched);
+    let (code, report) = rocm_json(&fx);
+    assert_eq!(code, 1);
+    let f = finding(&report, "ROCM-FILE-001");
+    assert_eq!(f["severity"], "high");
+    let why = f["why"].as_str().unwrap();
+    assert!(
+        why.contains("rpm database") && why.contains("sha256"),
+        "{why}"
+    );
+    assert!(f["fix"].as_str().unwrap().contains(reinstall), "{f:#}");
+    assert!(rpm_verify(&fx, "hsa-rocr").contains(&format!("/{lib}")));
+    fx.write(&lib, &clean);
+
+    // The SONAME link pointed (ln -sfn) at a patched copy outside the package.
+    fx.write("root/libhsa-patched.so", &patched);
+    std::fs::remove_file(fx.path(&link)).unwrap();
+    std::os::unix::fs::symlink("/root/libhsa-patched.so", fx.path(&link)).unwrap();
+    let (code, report) = rocm_json(&fx);
+    assert_eq!(code, 1);
+    let f = finding(&report, "ROCM-LINK-001");
+    assert_eq!(f["severity"], "high");
+    assert!(f["fix"].as_str().unwrap().contains(reinstall), "{f:#}");
+    std::fs::remove_file(fx.path(&link)).unwrap();
+    std::os::unix::fs::symlink("libhsa-runtime64.so.1.14.0", fx.path(&link)).unwrap();
+
+    // A patched backup in the library directory: ldconfig would make it the live library.
+    let backup = format!("/{lib}.backup");
+    fx.write(&backup, &patched);
+    let (code, report) = rocm_json(&fx);
+    assert_eq!(code, 1);
+    let f = finding(&report, "ROCM-LDCONFIG-001");
+    assert_eq!(f["severity"], "high");
+    let fix = f["fix"].as_str().unwrap();
+    assert!(fix.contains(&format!("Move {backup} out of")), "{fix}");
+
+    // A clean backup there is judged clean by its SHA-256, and moved, never deleted.
+    fx.write(&backup, &clean);
+    let (code, report) = rocm_json(&fx);
+    assert_eq!(code, 1);
+    let f = finding(&report, "ROCM-LDCONFIG-002");
+    assert!(f["fix"].as_str().unwrap().contains("ldconfig"), "{f:#}");
+    assert!(!report.to_string().contains("Delete"), "{report:#}");
 }
