@@ -217,6 +217,22 @@ fn marker(kernel: &str, name: &str) -> String {
         .to_string()
 }
 
+/// The module installed for `kernel` carries no patch marker, is built for that kernel,
+/// and kfd-audit says it was built from clean sources. Returns the module's path.
+fn assert_clean_module_installed(kernel: &str, module: &str, tree: &str) -> PathBuf {
+    assert_eq!(marker(kernel, module), "");
+    let ko = installed_ko(kernel, module);
+    let vermagic = sh(&["modinfo", "-F", "vermagic", ko.to_str().unwrap()]);
+    assert_eq!(vermagic.split_whitespace().next(), Some(kernel));
+    let scan = kfd(&["--format", "json", "scan", "--tree", tree]);
+    scan.expect_code(0);
+    assert_eq!(
+        kernel_of(&scan.json(), kernel)["provenance"],
+        "built-from-clean-sources"
+    );
+    ko
+}
+
 #[test]
 fn plan_run_rebuilds_the_clean_module_with_the_real_dkms() {
     // SAFETY: geteuid has no preconditions.
@@ -399,16 +415,7 @@ fn plan_run_rebuilds_the_clean_module_with_the_real_dkms() {
     assert!(out.contains("All 3 commands succeeded."), "{out}");
 
     // The module that ends up installed is built from the clean source.
-    assert_eq!(marker(&kver, &name), "");
-    let ko = installed_ko(&kver, &name);
-    let vermagic = sh(&["modinfo", "-F", "vermagic", ko.to_str().unwrap()]);
-    assert_eq!(vermagic.split_whitespace().next(), Some(kver.as_str()));
-    let scan = kfd(&["--format", "json", "scan", "--tree", &tree]);
-    scan.expect_code(0);
-    assert_eq!(
-        kernel_of(&scan.json(), &kver)["provenance"],
-        "built-from-clean-sources"
-    );
+    let ko = assert_clean_module_installed(&kver, &name, &tree);
 
     // And the system is as it was.
     guard.run();
@@ -682,16 +689,7 @@ fn a_real_debian_dkms_package_is_restored_from_its_deb_and_rebuilt() {
         "{}",
         run.stdout()
     );
-    assert_eq!(marker(&kver, module), "");
-    let ko = installed_ko(&kver, module);
-    let vermagic = sh(&["modinfo", "-F", "vermagic", ko.to_str().unwrap()]);
-    assert_eq!(vermagic.split_whitespace().next(), Some(kver.as_str()));
-    let scan = kfd(&["--format", "json", "scan", "--tree", &tree]);
-    scan.expect_code(0);
-    assert_eq!(
-        kernel_of(&scan.json(), &kver)["provenance"],
-        "built-from-clean-sources"
-    );
+    let ko = assert_clean_module_installed(&kver, module, &tree);
 
     // And the system is as it was: the package purged with its module and dkms state.
     guard.run();
