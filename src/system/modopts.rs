@@ -85,6 +85,31 @@ pub struct Setting {
     pub replaced_by: Option<(String, usize)>,
 }
 
+impl Setting {
+    /// A kernel command-line argument written in `file` at `line`, when it is one the
+    /// rules judge (an amdgpu/amdkfd parameter, a blacklist, `nomodeset`, ...).
+    fn kernel_arg(
+        arg: &str,
+        (file, line, line_text): (&str, usize, String),
+        origin: Origin,
+    ) -> Option<Setting> {
+        let (normalized, key) = classify_kernel_arg(arg)?;
+        Some(Setting {
+            normalized,
+            raw: arg.to_string(),
+            line_text,
+            file: file.to_string(),
+            line,
+            origin,
+            whole_line: false,
+            key,
+            grub_var: None,
+            overridden_by: None,
+            replaced_by: None,
+        })
+    }
+}
+
 // ---------------------------------------------------------------- tokenising
 
 /// Splits like the kernel's `next_arg()`: whitespace separates, double quotes group and
@@ -642,37 +667,22 @@ pub(crate) fn read_settings(root: &Root) -> Result<SettingsRead> {
     };
     let mut grub = Vec::new();
     for (var, arg, file, line) in &finals {
-        if let Some((normalized, key)) = classify_kernel_arg(arg) {
+        let at = (file.as_str(), *line, grub_line_text(file, *line));
+        if let Some(s) = Setting::kernel_arg(arg, at, Origin::Grub) {
             grub.push(Setting {
-                normalized,
-                raw: arg.clone(),
-                line_text: grub_line_text(file, *line),
-                file: file.clone(),
-                line: *line,
-                origin: Origin::Grub,
-                whole_line: false,
-                key,
                 grub_var: Some(var),
-                overridden_by: None,
-                replaced_by: None,
+                ..s
             });
         }
     }
     mark_overrides(&mut grub);
     for (var, arg, file, line, by) in dropped {
-        if let Some((normalized, key)) = classify_kernel_arg(&arg) {
+        let at = (file.as_str(), line, grub_line_text(&file, line));
+        if let Some(s) = Setting::kernel_arg(&arg, at, Origin::Grub) {
             grub.push(Setting {
-                normalized,
-                raw: arg.clone(),
-                line_text: grub_line_text(&file, line),
-                file,
-                line,
-                origin: Origin::Grub,
-                whole_line: false,
-                key,
                 grub_var: Some(var),
-                overridden_by: None,
                 replaced_by: Some(by),
+                ..s
             });
         }
     }
@@ -683,21 +693,8 @@ pub(crate) fn read_settings(root: &Root) -> Result<SettingsRead> {
         let mut kc = Vec::new();
         for (i, l) in text.lines().enumerate() {
             for (arg, _) in split_args(l) {
-                if let Some((normalized, key)) = classify_kernel_arg(&arg) {
-                    kc.push(Setting {
-                        normalized,
-                        raw: arg.clone(),
-                        line_text: arg.clone(),
-                        file: KERNEL_CMDLINE.into(),
-                        line: i + 1,
-                        origin: Origin::KernelCmdlineFile,
-                        whole_line: false,
-                        key,
-                        grub_var: None,
-                        overridden_by: None,
-                        replaced_by: None,
-                    });
-                }
+                let at = (KERNEL_CMDLINE, i + 1, arg.clone());
+                kc.extend(Setting::kernel_arg(&arg, at, Origin::KernelCmdlineFile));
             }
         }
         mark_overrides(&mut kc);
@@ -712,21 +709,8 @@ pub(crate) fn read_settings(root: &Root) -> Result<SettingsRead> {
             if arg == "--" {
                 break;
             }
-            if let Some((normalized, key)) = classify_kernel_arg(&arg) {
-                running.push(Setting {
-                    normalized,
-                    raw: arg.clone(),
-                    line_text: arg.clone(),
-                    file: PROC_CMDLINE.into(),
-                    line: 1,
-                    origin: Origin::RunningKernel,
-                    whole_line: false,
-                    key,
-                    grub_var: None,
-                    overridden_by: None,
-                    replaced_by: None,
-                });
-            }
+            let at = (PROC_CMDLINE, 1, arg.clone());
+            running.extend(Setting::kernel_arg(&arg, at, Origin::RunningKernel));
         }
         mark_overrides(&mut running);
         c.settings.extend(running);
