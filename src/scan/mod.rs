@@ -424,7 +424,10 @@ pub(crate) fn scan_with_references(
         .filter(|rel| in_scope(rel, scope))
         .count();
     let seen = expected.iter().filter(|x| x.is_some()).count();
-    let present: HashSet<&Path> = if seen != listed {
+    // Packaged links (RPM records them) are listed apart from the digests: a deleted
+    // one is missing as much as a deleted file is.
+    let links_listed = !refs.package_links.is_empty();
+    let present: HashSet<&Path> = if seen != listed || links_listed {
         entries.iter().map(|e| e.rel.as_path()).collect()
     } else {
         HashSet::new()
@@ -438,6 +441,17 @@ pub(crate) fn scan_with_references(
                 r.expected = Some(exp.digest.clone());
                 missing.push(r);
             }
+        }
+    }
+    for (rel, target) in &refs.package_links {
+        if in_scope(rel, scope) && !present.contains(rel.as_path()) {
+            let mut r = FileResult::new(rel.clone(), FileStatus::Missing);
+            r.reference = Some(crate::reference::ReferenceKind::Rpmdb);
+            r.detail = Some(format!(
+                "a symbolic link to {} in the package",
+                target.display()
+            ));
+            missing.push(r);
         }
     }
     drop(present);

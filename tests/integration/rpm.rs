@@ -688,3 +688,43 @@ fn rocm_runtime_from_rpm_is_verified_file_by_file_with_its_sha256() {
     assert!(f["fix"].as_str().unwrap().contains("ldconfig"), "{f:#}");
     assert!(!report.to_string().contains("Delete"), "{report:#}");
 }
+
+/// A packaged symbolic link deleted, or pointed elsewhere: rpm -V says "missing" or
+/// "L"; kfd-audit must not call the tree clean.
+#[test]
+fn a_deleted_or_retargeted_packaged_link_is_not_clean() {
+    let Some((fx, _out, _)) = rpm_system(None) else {
+        return;
+    };
+    let link = format!("{RPM_TREE}/amd/amdkfd/kfd_crat_link.c");
+    std::fs::remove_file(fx.path(&link)).unwrap();
+    let verify =
+        String::from_utf8_lossy(&rpm_root(fx.root(), &["-V", "amdgpu-dkms"]).stdout).into_owned();
+    assert!(
+        verify.contains("missing") && verify.contains("kfd_crat_link.c"),
+        "{verify}"
+    );
+    let run = fx.run(&["--format", "json", "scan", "--sections", "tree"]);
+    run.expect_code(1);
+    let f = crate::fixture::json_file(&run.json(), "amd/amdkfd/kfd_crat_link.c")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(f["status"], "missing", "{f}");
+    // No content to restore a link from: restore says so and names the reinstall.
+    let restore = fx.run(&["restore", "--yes"]);
+    assert_eq!(restore.code(), 1);
+    assert!(
+        restore.stdout().contains("reinstall"),
+        "{}",
+        restore.stdout()
+    );
+    assert!(!fx.path(&link).exists());
+
+    std::os::unix::fs::symlink("../amdgpu/amdgpu_drv.c", fx.path(&link)).unwrap();
+    let run = fx.run(&["--format", "json", "scan", "--sections", "tree"]);
+    run.expect_code(1);
+    let f = crate::fixture::json_file(&run.json(), "amd/amdkfd/kfd_crat_link.c")
+        .cloned()
+        .unwrap_or_default();
+    assert_ne!(f["status"], "ok", "{f}");
+}
