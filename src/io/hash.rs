@@ -1,21 +1,54 @@
-//! File digests. dpkg's md5sums judge with MD5, kfd-audit's own baseline with SHA-256.
+//! File digests. dpkg's md5sums judge with MD5, kfd-audit's own baseline with SHA-256,
+//! the RPM database with whatever its header names (SHA-256 on current rpm; MD5, SHA-1,
+//! SHA-384 or SHA-512 on packages built with other settings).
 //! Files are read in fixed-size chunks so memory stays flat whatever the file size.
 
 use md5::Md5;
-use sha2::{Digest as _, Sha256};
+use sha1::Sha1;
+use sha2::{Digest as _, Sha256, Sha384, Sha512};
 use std::fmt;
 use std::io::Read;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Algorithm {
     Md5,
+    Sha1,
     Sha256,
+    Sha384,
+    Sha512,
+}
+
+impl Algorithm {
+    /// The name the reports use (`md5`, `sha256`, as the tools that print them say).
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::Md5 => "md5",
+            Algorithm::Sha1 => "sha1",
+            Algorithm::Sha256 => "sha256",
+            Algorithm::Sha384 => "sha384",
+            Algorithm::Sha512 => "sha512",
+        }
+    }
+
+    /// The digest's length in bytes.
+    fn len(self) -> usize {
+        match self {
+            Algorithm::Md5 => 16,
+            Algorithm::Sha1 => 20,
+            Algorithm::Sha256 => 32,
+            Algorithm::Sha384 => 48,
+            Algorithm::Sha512 => 64,
+        }
+    }
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub enum Digest {
     Md5([u8; 16]),
     Sha256([u8; 32]),
+    /// The rarer ones, kept on the heap so that the common digests stay small
+    /// (a tree of a hundred thousand files holds one per file).
+    Other(Algorithm, Box<[u8]>),
 }
 
 impl Digest {
@@ -23,6 +56,7 @@ impl Digest {
         match self {
             Digest::Md5(_) => Algorithm::Md5,
             Digest::Sha256(_) => Algorithm::Sha256,
+            Digest::Other(a, _) => *a,
         }
     }
 
@@ -30,6 +64,7 @@ impl Digest {
         match self {
             Digest::Md5(b) => b,
             Digest::Sha256(b) => b,
+            Digest::Other(_, b) => b,
         }
     }
 
@@ -49,6 +84,11 @@ impl Digest {
                 let mut b = [0u8; 32];
                 hex::decode_to_slice(text, &mut b).ok()?;
                 Some(Digest::Sha256(b))
+            }
+            other => {
+                let mut b = vec![0u8; other.len()];
+                hex::decode_to_slice(text, &mut b).ok()?;
+                Some(Digest::Other(other, b.into_boxed_slice()))
             }
         }
     }
@@ -73,31 +113,44 @@ impl fmt::Display for Digest {
     }
 }
 
-/// An incremental hasher for either algorithm.
+/// An incremental hasher for any of the algorithms.
 pub(crate) enum Hasher {
     Md5(Md5),
+    Sha1(Sha1),
     Sha256(Sha256),
+    Sha384(Sha384),
+    Sha512(Sha512),
 }
 
 impl Hasher {
     pub(crate) fn new(algorithm: Algorithm) -> Hasher {
         match algorithm {
             Algorithm::Md5 => Hasher::Md5(Md5::new()),
+            Algorithm::Sha1 => Hasher::Sha1(Sha1::new()),
             Algorithm::Sha256 => Hasher::Sha256(Sha256::new()),
+            Algorithm::Sha384 => Hasher::Sha384(Sha384::new()),
+            Algorithm::Sha512 => Hasher::Sha512(Sha512::new()),
         }
     }
 
     pub(crate) fn update(&mut self, data: &[u8]) {
         match self {
             Hasher::Md5(h) => h.update(data),
+            Hasher::Sha1(h) => h.update(data),
             Hasher::Sha256(h) => h.update(data),
+            Hasher::Sha384(h) => h.update(data),
+            Hasher::Sha512(h) => h.update(data),
         }
     }
 
     pub(crate) fn finish(self) -> Digest {
+        let other = |a, bytes: &[u8]| Digest::Other(a, bytes.into());
         match self {
             Hasher::Md5(h) => Digest::Md5(h.finalize().into()),
+            Hasher::Sha1(h) => other(Algorithm::Sha1, &h.finalize()),
             Hasher::Sha256(h) => Digest::Sha256(h.finalize().into()),
+            Hasher::Sha384(h) => other(Algorithm::Sha384, &h.finalize()),
+            Hasher::Sha512(h) => other(Algorithm::Sha512, &h.finalize()),
         }
     }
 }
@@ -147,5 +200,22 @@ mod tests {
             Some(d[0].clone())
         );
         assert_eq!(Digest::from_hex(Algorithm::Md5, "zz"), None);
+        // The rarer algorithms rpm headers may name, with their published test vectors.
+        let (d, _) = digest_reader(
+            &b"abc"[..],
+            &[Algorithm::Sha1, Algorithm::Sha384, Algorithm::Sha512],
+        )
+        .unwrap();
+        assert_eq!(d[0].to_hex(), "a9993e364706816aba3e25717850c26c9cd0d89d");
+        assert!(d[1]
+            .to_hex()
+            .starts_with("cb00753f45a35e8bb5a03d699ac65007"));
+        assert!(d[2]
+            .to_hex()
+            .starts_with("ddaf35a193617abacc417349ae204131"));
+        assert_eq!(
+            Digest::from_hex(Algorithm::Sha1, &d[0].to_hex()),
+            Some(d[0].clone())
+        );
     }
 }

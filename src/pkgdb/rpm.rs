@@ -138,7 +138,8 @@ pub(crate) struct RpmPackage {
     pub(crate) arch: String,
     pub(crate) files: Vec<RpmFile>,
     /// The header's digest algorithm (`FILEDIGESTALGO`, PGP numbering) when it is one
-    /// kfd-audit does not compute (SHA-1, SHA-384, SHA-512): its files are unverified.
+    /// kfd-audit does not compute (none of MD5, SHA-1, SHA-256, SHA-384, SHA-512): its
+    /// files are unverified.
     pub(crate) unsupported_algo: Option<u32>,
 }
 
@@ -173,7 +174,10 @@ impl RpmPackage {
 fn algorithm(code: Option<u32>) -> std::result::Result<Algorithm, u32> {
     match code {
         None | Some(1) => Ok(Algorithm::Md5),
+        Some(2) => Ok(Algorithm::Sha1),
         Some(8) => Ok(Algorithm::Sha256),
+        Some(9) => Ok(Algorithm::Sha384),
+        Some(10) => Ok(Algorithm::Sha512),
         Some(other) => Err(other),
     }
 }

@@ -16,10 +16,7 @@ fn plural(n: usize, word: &str) -> String {
 }
 
 fn algo(d: &crate::io::hash::Digest) -> &'static str {
-    match d.algorithm() {
-        crate::io::hash::Algorithm::Md5 => "md5",
-        crate::io::hash::Algorithm::Sha256 => "sha256",
-    }
+    d.algorithm().as_str()
 }
 
 /// The one-line summary of a plan.

@@ -399,8 +399,8 @@ fn rpm_files(pkg: &RpmPackage, notes: &mut Vec<String>) -> PackageFiles {
     }
     if let Some(algo) = pkg.unsupported_algo {
         notes.push(format!(
-            "{}: the rpm database records its file digests with algorithm {algo} (SHA-1, SHA-384 or SHA-512), \
-             which kfd-audit does not compute: its files are not verified here; rpm -V {} checks them",
+            "{}: the rpm database records its file digests with algorithm {algo}, which kfd-audit \
+             does not compute: its files are not verified here; rpm -V {} checks them",
             pkg.nevra(),
             pkg.name
         ));
@@ -642,7 +642,7 @@ impl<'a> PackageReport<'a> {
                          after the package was installed. {what} A ROCm runtime rebuilt to accept a GPU it does not \
                          support, or to claim capabilities the GPU lacks, takes the same risk as a patched driver, one \
                          level up (the incident copied a rebuilt libhsa-runtime64.so.1 over /opt/rocm/lib/).",
-                        algo = algorithm_name(exp),
+                        algo = exp.algorithm().as_str(),
                         what = if code {
                             "It is code that every ROCm program loads or runs."
                         } else {
@@ -884,7 +884,7 @@ impl<'a> PackageReport<'a> {
                             "{name} installs {p} as a symbolic link into the package; it now points at {target}, whose {} \
                              {} is no file of {name}: every program that loads {link_name} runs that file (the usual way to \
                              swap in a patched runtime is ln -sfn).",
-                            algorithm_label(files.algorithm),
+                            files.algorithm.as_str(),
                             digest.map(|d| d.to_string()).unwrap_or_else(|| "(unreadable)".into())
                         ),
                     ),
@@ -930,7 +930,7 @@ impl<'a> PackageReport<'a> {
                     format!(
                         "{lead} Its {} {} is no file of {name}: after the next package install every ROCm program \
                          loads it, a patched runtime included.",
-                        algorithm_label(files.algorithm),
+                        files.algorithm.as_str(),
                         digest.map(|d| d.to_string()).unwrap_or_else(|| "(unreadable)".into())
                     ),
                 ),
@@ -1041,18 +1041,6 @@ impl<'a> PackageReport<'a> {
             findings: self.findings,
         }
     }
-}
-
-/// The digest's algorithm as the texts name it.
-fn algorithm_label(algorithm: Algorithm) -> &'static str {
-    match algorithm {
-        Algorithm::Md5 => "md5",
-        Algorithm::Sha256 => "sha256",
-    }
-}
-
-fn algorithm_name(digest: &Digest) -> &'static str {
-    algorithm_label(digest.algorithm())
 }
 
 /// The backup at `path` taken out of `backups_of` (to be reported with a finding about it).

@@ -40,6 +40,11 @@ pub struct Spec<'a> {
 
 /// Builds the package with rpmbuild and returns the `.rpm`.
 pub fn rpmbuild(spec: &Spec, out_dir: &Path) -> PathBuf {
+    rpmbuild_with(spec, out_dir, &[])
+}
+
+/// [`rpmbuild`] with further rpm macros defined (`_binary_filedigest_algorithm`, ...).
+pub fn rpmbuild_with(spec: &Spec, out_dir: &Path, defines: &[(&str, &str)]) -> PathBuf {
     let top = tempfile::tempdir().unwrap();
     let stage = top.path().join("stage");
     for (rel, data) in &spec.files {
@@ -74,6 +79,9 @@ pub fn rpmbuild(spec: &Spec, out_dir: &Path) -> PathBuf {
         .arg("_build_name_fmt %%{NAME}-%%{VERSION}-%%{RELEASE}.%%{ARCH}.rpm");
     if let Some(p) = spec.payload {
         cmd.arg("--define").arg(format!("_binary_payload {p}"));
+    }
+    for (name, value) in defines {
+        cmd.arg("--define").arg(format!("{name} {value}"));
     }
     let o = cmd
         .arg("-bb")
@@ -727,4 +735,58 @@ fn a_deleted_or_retargeted_packaged_link_is_not_clean() {
         .cloned()
         .unwrap_or_default();
     assert_ne!(f["status"], "ok", "{f}");
+}
+
+/// Packages built with another file digest algorithm than SHA-256 (rpm's
+/// `_binary_filedigest_algorithm`: 2 SHA-1, 9 SHA-384, 10 SHA-512, 1 MD5): verified in
+/// that algorithm, as rpm -V does, never left unverified.
+#[test]
+fn file_digests_in_every_algorithm_rpm_writes_are_verified() {
+    if !have_rpm() {
+        return;
+    }
+    for (code, name) in [
+        ("1", "md5"),
+        ("2", "sha1"),
+        ("9", "sha384"),
+        ("10", "sha512"),
+    ] {
+        let fx = Fixture::new();
+        let out = tempfile::tempdir().unwrap();
+        let rpm = rpmbuild_with(
+            &amdgpu_dkms_spec(None),
+            out.path(),
+            &[("_binary_filedigest_algorithm", code)],
+        );
+        install(&fx, &[&rpm]);
+        let run = fx.run(&[
+            "--format",
+            "json",
+            "scan",
+            "--all-files",
+            "--sections",
+            "tree",
+        ]);
+        run.expect_code(0);
+        let crat = crate::fixture::json_file(&run.json(), "amd/amdkfd/kfd_crat.c")
+            .cloned()
+            .unwrap();
+        assert_eq!(crat["status"], "ok", "{name}: {crat}");
+        assert_eq!(crat["reference"], "rpmdb", "{name}: {crat}");
+
+        fx.write(
+            &format!("{RPM_TREE}/amd/amdkfd/kfd_crat.c"),
+            crat_with_incident(),
+        );
+        let run = fx.run(&["--format", "json", "scan", "--sections", "tree"]);
+        run.expect_code(1);
+        let report = run.json();
+        assert_eq!(
+            audit_changed(&report),
+            rpm_verify_changed(fx.root(), "amdgpu-dkms"),
+            "{name}: kfd-audit and rpm -V disagree"
+        );
+        let crat = crate::fixture::json_file(&report, "amd/amdkfd/kfd_crat.c").unwrap();
+        assert_eq!(crat["status"], "modified", "{name}");
+    }
 }
