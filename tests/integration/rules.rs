@@ -78,7 +78,10 @@ fn rules_list_shows_the_builtin_set() {
     let text = fx.run(&["rules", "list"]).expect_code(0).stdout();
     assert!(text.contains("KFD-GFX-001        critical added"), "{text}");
     assert!(
-        text.ends_with(&format!("{} rules\n", rules.len())),
+        text.ends_with(&format!(
+            "{} rules; 'kfd-audit explain RULE-ID' prints one in full\n",
+            rules.len()
+        )),
         "{text}"
     );
 }
