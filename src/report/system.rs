@@ -8,6 +8,10 @@ use crate::system::{SectionStatus, Sections, SystemFinding};
 use crate::term::{self, paint, severity_style, BOLD, RED, YELLOW};
 use std::fmt::Write as _;
 
+/// Findings of a section shown one line each in the default report before the
+/// rest are counted.
+const SYSTEM_SHOWN: usize = 4;
+
 /// Each finding with where it is (`file:line`), its title, its backups, why and fix.
 fn render_findings(out: &mut String, findings: &[SystemFinding], color: bool) {
     for f in findings {
@@ -216,22 +220,64 @@ pub(crate) fn render_short(
         );
         let mut sorted: Vec<&SystemFinding> = findings.iter().collect();
         sorted.sort_by_key(|f| std::cmp::Reverse(f.finding.severity));
-        for f in sorted.iter().take(super::text::SYSTEM_SHOWN) {
+        for f in sorted.iter().take(SYSTEM_SHOWN) {
             let _ = writeln!(
                 out,
                 "{}",
-                super::text::placed_finding_line("  ", &f.finding, &location(f), color, width)
+                placed_finding_line("  ", &f.finding, &location(f), color, width)
             );
         }
-        if sorted.len() > super::text::SYSTEM_SHOWN {
+        if sorted.len() > SYSTEM_SHOWN {
             let _ = writeln!(
                 out,
                 "  +{} more (scan -v)",
-                term::plural(sorted.len() - super::text::SYSTEM_SHOWN, "finding")
+                term::plural(sorted.len() - SYSTEM_SHOWN, "finding")
             );
         }
     }
     out
+}
+
+/// A one-line finding beyond the tree: `SEVERITY RULE-ID title (where)`. The title
+/// comes first and is cut only when it alone is too long; the place follows when at
+/// least [`MIN_PLACE`] columns are left, cut from the left (its file name and line
+/// matter most). `-v` shows the whole place with the fix.
+pub(super) fn placed_finding_line(
+    indent: &str,
+    f: &crate::finding::Finding,
+    at: &str,
+    color: bool,
+    width: usize,
+) -> String {
+    const MIN_PLACE: usize = 16;
+    let sev = f.severity.as_str().to_uppercase();
+    let what = if f.title.is_empty() {
+        &f.text
+    } else {
+        &f.title
+    };
+    let what = term::escape(what);
+    let at = term::escape(at);
+    let head = format!("{indent}{sev} {} ", term::escape(&f.rule));
+    let room = width.saturating_sub(head.chars().count());
+    let what = term::fit(&what, room.max(8));
+    // " (" and ")" around the place.
+    let left = room.saturating_sub(what.chars().count() + 3);
+    let line = if left >= MIN_PLACE.min(at.chars().count()) && !at.is_empty() {
+        format!("{head}{what} ({})", term::fit_left(&at, left))
+    } else {
+        format!("{head}{what}")
+    };
+    paint_severity(&line, &sev, f.severity, color)
+}
+
+/// Colours the severity word of a line that was cut to fit before (escape sequences
+/// take no columns but would count as characters).
+pub(super) fn paint_severity(line: &str, sev: &str, severity: Severity, color: bool) -> String {
+    if !color {
+        return line.to_string();
+    }
+    line.replacen(sev, &paint(color, severity_style(severity), sev), 1)
 }
 
 /// Renders the sections beyond the tree as Markdown.

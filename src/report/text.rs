@@ -82,8 +82,6 @@ pub(crate) struct TextOptions {
 
 /// Findings in a file (or section) shown one line each before the rest are counted.
 const GROUPS_SHOWN: usize = 3;
-/// Findings of a section beyond the tree shown before the rest are counted.
-pub(super) const SYSTEM_SHOWN: usize = 4;
 /// Changed files without a finding or backup listed per tree before the rest are counted.
 const QUIET_FILES_SHOWN: usize = 8;
 /// Notes of a tree shown before the rest are counted.
@@ -321,54 +319,7 @@ fn tree_finding_line(
     let head = format!("{indent}{sev} {} line {}: ", term::escape(&f.rule), f.line);
     let room = width.saturating_sub(head.chars().count());
     let line = format!("{head}{}", term::fit(&term::escape(what), room.max(8)));
-    paint_severity(&line, &sev, f.severity, color)
-}
-
-/// A one-line finding beyond the tree: `SEVERITY RULE-ID title (where)`. The title
-/// comes first and is cut only when it alone is too long; the place follows when at
-/// least [`MIN_PLACE`] columns are left, cut from the left (its file name and line
-/// matter most). `-v` shows the whole place with the fix.
-pub(super) fn placed_finding_line(
-    indent: &str,
-    f: &crate::finding::Finding,
-    at: &str,
-    color: bool,
-    width: usize,
-) -> String {
-    const MIN_PLACE: usize = 16;
-    let sev = f.severity.as_str().to_uppercase();
-    let what = if f.title.is_empty() {
-        &f.text
-    } else {
-        &f.title
-    };
-    let what = term::escape(what);
-    let at = term::escape(at);
-    let head = format!("{indent}{sev} {} ", term::escape(&f.rule));
-    let room = width.saturating_sub(head.chars().count());
-    let what = term::fit(&what, room.max(8));
-    // " (" and ")" around the place.
-    let left = room.saturating_sub(what.chars().count() + 3);
-    let line = if left >= MIN_PLACE.min(at.chars().count()) && !at.is_empty() {
-        format!("{head}{what} ({})", term::fit_left(&at, left))
-    } else {
-        format!("{head}{what}")
-    };
-    paint_severity(&line, &sev, f.severity, color)
-}
-
-/// Colours the severity word of a line that was cut to fit before (escape sequences
-/// take no columns but would count as characters).
-fn paint_severity(
-    line: &str,
-    sev: &str,
-    severity: crate::finding::Severity,
-    color: bool,
-) -> String {
-    if !color {
-        return line.to_string();
-    }
-    line.replacen(sev, &paint(color, severity_style(severity), sev), 1)
+    super::system::paint_severity(&line, &sev, f.severity, color)
 }
 
 /// Findings close enough to share a hunk of a unified diff (changes at most two
@@ -526,18 +477,20 @@ fn short_file(out: &mut String, t: &TreeReport, f: &FileReport, o: &TextOptions)
     let clean = if f.clean.is_some() {
         ""
     } else if matches!(f.status, FileStatus::Modified | FileStatus::Missing) && t.content_checked {
-        "  (no clean copy: kfd-audit diff says how to get one)"
+        "  (no clean copy)"
     } else {
         ""
     };
     let status = f.status.as_str();
     let path = term::escape(&f.path);
     let room = o.width.saturating_sub(2 + status.len() + 1 + clean.len());
+    // Statuses padded to the longest common one ("modified") so that paths align.
+    let pad = " ".repeat(8usize.saturating_sub(status.len()));
     let _ = writeln!(
         out,
-        "  {} {}{}",
+        "  {}{pad} {}{}",
         paint(color, status_style(f.status), status),
-        term::fit_left(&path, room.max(16)),
+        term::fit_left(&path, room.saturating_sub(pad.len()).max(16)),
         clean
     );
     let groups = finding_groups(&f.findings);
@@ -604,7 +557,7 @@ fn short_build(out: &mut String, t: &TreeReport, b: &BuildAudit, o: &TextOptions
         let _ = writeln!(
             out,
             "{}",
-            placed_finding_line("  ", &f.finding, &at, o.color, o.width)
+            super::system::placed_finding_line("  ", &f.finding, &at, o.color, o.width)
         );
     }
     if findings.len() > GROUPS_SHOWN {
@@ -651,9 +604,7 @@ fn provenance_short(p: &crate::dkms::PackageState, k: &crate::dkms::KernelState)
         Provenance::SourcesChangedSinceBuild => {
             "built before the sources were restored; may hold the old code".into()
         }
-        Provenance::InstalledNotBuilt => {
-            "installed module replaced by hand, not built by dkms".into()
-        }
+        Provenance::InstalledNotBuilt => "installed module is not the one dkms built".into(),
         Provenance::BuiltBeforeChange => {
             format!("built before the change; the next build compiles the {what} code in")
         }
