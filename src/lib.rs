@@ -14,6 +14,7 @@ pub(crate) mod exit;
 pub(crate) mod finding;
 pub mod gpu_table;
 pub mod io;
+pub(crate) mod pager;
 pub mod pkgdb;
 pub(crate) mod progress;
 pub(crate) mod recovery;

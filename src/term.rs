@@ -128,6 +128,93 @@ pub fn path(p: &Path) -> String {
     escape(&text).into_owned()
 }
 
+/// Columns a screen report may use: `COLUMNS` when set (shells export it, and tests
+/// set it), else the terminal's width, else 80, the width of a Linux virtual console.
+pub(crate) fn columns() -> usize {
+    if let Some(n) = std::env::var("COLUMNS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|n| *n > 0)
+    {
+        return n;
+    }
+    terminal_size().map_or(80, |(cols, _)| cols)
+}
+
+/// Rows of the terminal on stdout (`LINES` when set, else the terminal's size, else
+/// 25, a Linux virtual console), for deciding whether output fits on one screen.
+pub(crate) fn rows() -> usize {
+    if let Some(n) = std::env::var("LINES")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|n| *n > 0)
+    {
+        return n;
+    }
+    terminal_size().map_or(25, |(_, rows)| rows)
+}
+
+/// (columns, rows) of the terminal on stdout, `None` when stdout is not one.
+fn terminal_size() -> Option<(usize, usize)> {
+    use std::os::fd::AsRawFd;
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: TIOCGWINSZ writes one winsize into the struct we own; a non-terminal
+    // fails with ENOTTY and leaves it untouched.
+    let rc = unsafe { libc::ioctl(std::io::stdout().as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };
+    (rc == 0 && ws.ws_col > 0 && ws.ws_row > 0).then_some((ws.ws_col as usize, ws.ws_row as usize))
+}
+
+/// `text` cut to `width` columns, ending in `...` when cut (ASCII: a console font may
+/// lack the ellipsis character). One column per character: the texts cut here are
+/// titles and paths, escaped before.
+pub(crate) fn fit(text: &str, width: usize) -> Cow<'_, str> {
+    if text.chars().count() <= width {
+        return Cow::Borrowed(text);
+    }
+    let keep = width.saturating_sub(3);
+    let mut out: String = text.chars().take(keep).collect();
+    out.truncate(out.trim_end().len());
+    out.push_str("...");
+    Cow::Owned(out)
+}
+
+/// `text` cut from the left to `width` columns (`...` first): for a path whose end
+/// (the file name and line) matters more than its start.
+pub(crate) fn fit_left(text: &str, width: usize) -> Cow<'_, str> {
+    let n = text.chars().count();
+    if n <= width {
+        return Cow::Borrowed(text);
+    }
+    let skip = n - width.saturating_sub(3);
+    Cow::Owned(format!(
+        "...{}",
+        text.chars().skip(skip).collect::<String>()
+    ))
+}
+
+/// `text` broken into lines of at most `width` columns at spaces (a word longer than
+/// the width stands on a line of its own), for sentences such as a fix or the next
+/// command on a narrow console; the lines after the first are indented by two.
+pub(crate) fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        let len = line.chars().count();
+        if len > 0 && len + 1 + word.chars().count() > width {
+            lines.push(std::mem::take(&mut line));
+            line.push_str("  ");
+        }
+        if !line.trim().is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    if !line.trim().is_empty() {
+        lines.push(line);
+    }
+    lines
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,5 +247,20 @@ mod tests {
         assert!(paint(true, RED, "x").contains("x\x1b["));
         assert_eq!(plural(1, "tree"), "1 tree");
         assert_eq!(plural(0, "tree"), "0 trees");
+    }
+
+    #[test]
+    fn fitting_to_a_width() {
+        assert_eq!(fit("short", 10), "short");
+        assert_eq!(fit("a longer title here", 10), "a longe...");
+        assert_eq!(fit("abc def ghi", 8), "abc d...");
+        assert_eq!(fit("abcd fghi", 8), "abcd...");
+        assert_eq!(fit_left("/sys/class/kfd/x:4", 10), "...kfd/x:4");
+        assert_eq!(fit_left("ok", 10), "ok");
+        assert_eq!(
+            wrap("next: kfd-audit restore then plan", 14),
+            ["next:", "  kfd-audit", "  restore then", "  plan"]
+        );
+        assert!(wrap("", 10).is_empty());
     }
 }

@@ -418,12 +418,14 @@ fn show(
         "\n$ kfd-audit --root {shown_root} {}\n",
         args.join(" ")
     )?;
+    // One pager for each step of a demo would stop it halfway: the demo prints.
     let mut argv = vec![
         "kfd-audit",
         "--root",
         &shown_root,
         "--color",
         color_word(cli.color),
+        "--no-pager",
     ];
     argv.extend_from_slice(args);
     let inner = crate::app::Cli::try_parse_from(argv)?;

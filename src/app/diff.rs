@@ -314,17 +314,19 @@ pub(crate) fn cmd(
             let color = term::use_color(cli.color.into());
             let several = targets.len() > 1;
             let mut last_tree = String::new();
+            // The whole patch first: on a terminal it goes through the pager.
+            let mut text: Vec<u8> = Vec::new();
             for e in &entries {
                 if several && e.tree != last_tree {
-                    writeln!(out, "# {}", e.tree)?;
+                    writeln!(text, "# {}", e.tree)?;
                     last_tree = e.tree.clone();
                 }
                 if let Some(d) = &e.diff {
-                    out.write_all(&d.render(&Render {
+                    text.extend_from_slice(&d.render(&Render {
                         color,
                         escape: color,
                         ..Render::plain()
-                    }))?;
+                    }));
                 }
                 if let Some(n) = &e.note {
                     // Notes go to stderr so that stdout stays a patch.
@@ -334,6 +336,7 @@ pub(crate) fn cmd(
             for p in &problems {
                 eprintln!("kfd-audit: note: {}", term::escape(p));
             }
+            crate::pager::page(&text, cli.pager_enabled(), out)?;
         }
     }
     Ok(if found {

@@ -5,6 +5,7 @@ pub(crate) mod audit;
 pub(crate) mod baseline;
 pub(crate) mod demo;
 pub(crate) mod diff;
+pub(crate) mod explain;
 pub(crate) mod plan;
 pub(crate) mod restore;
 pub(crate) mod rules;
@@ -53,6 +54,11 @@ pub struct Cli {
     /// Print more: also clean files and details
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub(crate) verbose: u8,
+
+    /// Never page long output (without it, on a terminal, $PAGER or less -FRX shows
+    /// diff, scan -v and explain when they do not fit on the screen)
+    #[arg(long, global = true)]
+    pub(crate) no_pager: bool,
 
     /// Add the rules in DIR/*.toml to the built-in ones (repeatable)
     #[arg(long = "rules", global = true, value_name = "DIR")]
@@ -143,6 +149,8 @@ pub(crate) enum Command {
     /// List the rules, or check rule files (syntax, regexes, ids, examples)
     #[command(subcommand)]
     Rules(crate::app::rules::RulesCommand),
+    /// Print a rule's full text: what it finds, why it matters, how to undo it, examples
+    Explain(crate::app::explain::ExplainArgs),
 }
 
 #[derive(Debug, Args)]
@@ -227,6 +235,14 @@ pub(crate) struct PlanArgs {
     pub no_rules: bool,
 }
 
+impl Cli {
+    /// Whether long output may go through a pager (`--no-pager` says no; the pager
+    /// itself also needs stdout to be a terminal).
+    pub(crate) fn pager_enabled(&self) -> bool {
+        !self.no_pager
+    }
+}
+
 /// Resolves the trees to work on: those named with --tree, else all discovered.
 pub(crate) fn select_trees(root: &Root, args: &TreeArgs) -> Result<Vec<Tree>, Error> {
     audit::discover(root, &args.trees)
@@ -283,6 +299,7 @@ pub(crate) fn run(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<Outcome> {
             Ok(Outcome::Clean)
         }
         Command::Rules(cmd) => crate::app::rules::run(cli, cmd, out),
+        Command::Explain(args) => crate::app::explain::cmd(cli, args, out),
     }
 }
 

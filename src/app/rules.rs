@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum RulesCommand {
-    /// List the rules in effect (built-in and --rules DIR)
+    /// List the rules in effect (built-in and --rules DIR); 'kfd-audit explain RULE-ID'
+    /// prints one in full
     List,
     /// Check rule files: TOML syntax, unknown keys, regexes, duplicate ids and each
     /// rule's examples. Without FILE, checks the rules in effect.
@@ -115,7 +116,11 @@ pub(crate) fn run(cli: &Cli, cmd: &RulesCommand, out: &mut dyn Write) -> anyhow:
                             )?;
                         }
                     }
-                    writeln!(out, "{} rules", rows.len())?;
+                    writeln!(
+                        out,
+                        "{} rules; 'kfd-audit explain RULE-ID' prints one in full",
+                        rows.len()
+                    )?;
                 }
             }
             Ok(Outcome::Clean)

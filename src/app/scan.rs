@@ -4,8 +4,9 @@ use crate::app::audit::{self, AuditOptions};
 use crate::app::{Cli, Format, ScanArgs};
 use crate::exit::Outcome;
 use crate::io::root::Root;
+use crate::recovery::shell_quote;
 use crate::reference::LoadOptions;
-use crate::report::{self, Report};
+use crate::report::{self, Report, TextOptions};
 use crate::scan::{self, ScanOptions};
 use crate::system::Section;
 use crate::term;
@@ -38,6 +39,16 @@ pub(crate) fn audit_options(cli: &Cli, args: &ScanArgs) -> AuditOptions {
     }
 }
 
+/// How to call kfd-audit again on the same system: a follow-up command without the
+/// `--root` that was used would act on another system.
+pub(crate) fn again(cli: &Cli) -> String {
+    if cli.root == std::path::Path::new("/") {
+        "kfd-audit".to_string()
+    } else {
+        format!("kfd-audit --root {}", shell_quote(&term::path(&cli.root)))
+    }
+}
+
 pub(crate) fn cmd_scan(cli: &Cli, args: &ScanArgs, out: &mut dyn Write) -> anyhow::Result<Outcome> {
     let root = Root::open(&cli.root)?;
     let audit = audit::run(&root, &audit_options(cli, args))?;
@@ -49,7 +60,14 @@ pub(crate) fn cmd_scan(cli: &Cli, args: &ScanArgs, out: &mut dyn Write) -> anyho
         }
         report.attach_build(audit.build.clone());
     }
-    report.trees_checked = audit.trees_checked;
+    report.set_trees_checked(audit.trees_checked);
+    report.again = again(cli);
+    report.tree_args = args
+        .trees
+        .trees
+        .iter()
+        .map(|t| format!(" --tree {}", shell_quote(&term::path(t))))
+        .collect();
     if let Some(system) = audit.system.clone() {
         report.add_system(system);
     }
@@ -62,13 +80,24 @@ pub(crate) fn cmd_scan(cli: &Cli, args: &ScanArgs, out: &mut dyn Write) -> anyho
                 .as_bytes(),
         )?,
         Format::Text => {
-            let text =
-                report::render_text(&report, term::use_color(cli.color.into()), cli.verbose > 0);
+            let text = report::render_text(
+                &report,
+                &TextOptions {
+                    color: term::use_color(cli.color.into()),
+                    verbose: cli.verbose > 0,
+                    width: term::columns(),
+                },
+            );
             if cli.quiet {
                 out.write_all(text.lines().next().unwrap_or_default().as_bytes())?;
                 out.write_all(b"\n")?;
             } else {
-                out.write_all(text.as_bytes())?;
+                // The full report (-v) and diffs are long: a pager on a terminal, as git does.
+                crate::pager::page(
+                    &text,
+                    (cli.verbose > 0 || args.diff) && cli.pager_enabled(),
+                    out,
+                )?;
             }
         }
     }

@@ -15,7 +15,7 @@ pub(crate) mod system;
 pub(crate) mod text;
 
 pub(crate) use markdown::render_markdown;
-pub(crate) use text::render_text;
+pub(crate) use text::{render_text, TextOptions};
 
 use crate::exit::Outcome;
 use crate::finding::{Finding, Severity};
@@ -53,6 +53,13 @@ pub(crate) struct Report {
     /// Whether the source trees were scanned (`--sections` without `tree`: no).
     #[serde(skip)]
     pub trees_checked: bool,
+    /// How to call kfd-audit again on the same system (`kfd-audit --root /mnt`), for
+    /// the commands the text report names.
+    #[serde(skip)]
+    pub again: String,
+    /// The `--tree` arguments of this scan (` --tree /usr/src/X`), carried by those commands.
+    #[serde(skip)]
+    pub tree_args: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -332,6 +339,8 @@ impl Report {
             rocm: None,
             sections: None,
             trees_checked: true,
+            again: "kfd-audit".to_string(),
+            tree_args: String::new(),
         }
     }
 
@@ -409,10 +418,69 @@ impl Report {
 
     pub(crate) fn outcome(&self) -> Outcome {
         let o = Report::outcome_of(&self.summary);
-        if self.dkms.as_ref().is_some_and(|d| d.rebuild_due()) {
+        if self.dkms.as_ref().is_some_and(|d| d.rebuild_due()) || self.nothing_verified() {
             o.worst(Outcome::Found)
         } else {
             o
+        }
+    }
+
+    /// Records whether the source trees were scanned (`--sections` without `tree`:
+    /// no), which decides whether "no tree found" counts as nothing verified.
+    pub(crate) fn set_trees_checked(&mut self, checked: bool) {
+        self.trees_checked = checked;
+        self.exit_code = self.outcome().code();
+    }
+
+    /// The source trees were to be checked, and no file could be compared with a
+    /// reference: no tree was found, or no reference lists any file. "Clean" would be
+    /// a claim nothing supports, so this is something found (exit 1) with its fix.
+    pub(crate) fn nothing_verified(&self) -> bool {
+        let s = &self.summary;
+        self.trees_checked && s.ok + s.modified + s.missing + s.added == 0
+    }
+
+    /// The answer in one word, and the reasons for it (see [`Verdict`]).
+    pub(crate) fn verdict(&self) -> Verdict {
+        let s = &self.summary;
+        let rebuild = self.dkms.as_ref().is_some_and(|d| d.rebuild_due());
+        if s.critical + s.high + s.medium + s.unsafe_backups > 0 {
+            Verdict::Unsafe
+        } else if s.modified + s.missing + s.added + s.symlinks + s.unreadable + s.low > 0 {
+            Verdict::Changed
+        } else if rebuild {
+            Verdict::RebuildDue
+        } else if self.nothing_verified() {
+            Verdict::NotVerified
+        } else {
+            Verdict::Clean
+        }
+    }
+}
+
+/// The scan's answer, in the words the text report leads with. "Unsafe" only when a
+/// rule found something unsafe (a finding of medium severity or above, or a backup
+/// that holds one); "changed" when files only differ (or findings are low).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    Clean,
+    Unsafe,
+    Changed,
+    /// Nothing else found, but a module was built from changed sources (or replaced
+    /// by hand): the sources may be clean, the module the kernel loads is not known to be.
+    RebuildDue,
+    /// No file could be compared with a reference (no tree, or no reference for it).
+    NotVerified,
+}
+
+impl Verdict {
+    pub(crate) fn word(self) -> &'static str {
+        match self {
+            Verdict::Clean => "clean",
+            Verdict::Unsafe => "UNSAFE",
+            Verdict::Changed => "CHANGED",
+            Verdict::RebuildDue => "REBUILD DUE",
+            Verdict::NotVerified => "NOT VERIFIED",
         }
     }
 }

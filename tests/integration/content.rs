@@ -91,7 +91,7 @@ fn patched_copy_is_same_as_current_and_never_a_restore_source() {
     assert_eq!(j["summary"]["backups"], 1);
     assert_eq!(j["trees"][0]["backups"], 1);
 
-    let text = fx.run(&["scan"]).expect_code(1).stdout();
+    let text = fx.run(&["scan", "-v"]).expect_code(1).stdout();
     assert!(text.contains(
         "      backup amd/amdkfd/kfd_crat.c.patched: same-as-current (a copy of the file as it is now, not a clean backup; never used to restore)\n      no clean copy: no baseline copy, package archive or verified backup has it (see 'kfd-audit diff')\n"
     ), "{text}");
@@ -158,7 +158,7 @@ fn verified_orig_restores_and_stale_bak_is_unverified() {
         })
     );
     assert_eq!(j["summary"]["backups"], 3);
-    let text = fx.run(&["scan"]).stdout();
+    let text = fx.run(&["scan", "-v"]).stdout();
     assert!(
         text.contains("      backup amd/amdkfd/kfd_crat.c.orig: verified-clean (matches dpkg-md5sums; usable to restore)\n"),
         "{text}"
@@ -559,7 +559,7 @@ fn missing_file_diff_and_colored_output() {
 fn scan_diff_shows_hunks_under_the_file() {
     let fx = patched_tree();
     cache_deb(&fx, "xz", &package_files());
-    let text = fx.run(&["scan", "--diff"]).expect_code(1).stdout();
+    let text = fx.run(&["scan", "--diff", "-v"]).expect_code(1).stdout();
     let expected = format!(
         "      clean copy: dpkg archive /var/cache/apt/archives/{DEB_NAME}\n\
          \x20        @@ -23,6 +23,8 @@\n\
@@ -624,7 +624,7 @@ fn module_backups_under_lib_modules() {
         ])
     );
     assert_eq!(j["summary"]["module_backups"], 3);
-    let text = fx.run(&["scan"]).stdout();
+    let text = fx.run(&["scan", "-v"]).stdout();
     assert!(text.contains(&format!(
         "module backups under /lib/modules\n  /{intree}.backup: verified-clean (copy of /{intree}; judged by dpkg-md5sums linux-image-6.1.0-56-amd64)\n"
     )), "{text}");

@@ -27,7 +27,15 @@ const LAYERS: &[&[&str]] = &[
     &["tree"],
     &["io"],
     &["diff"],
-    &["finding", "error", "exit", "term", "progress", "gpu_table"],
+    &[
+        "finding",
+        "error",
+        "exit",
+        "term",
+        "pager",
+        "progress",
+        "gpu_table",
+    ],
 ];
 
 fn src_dir() -> PathBuf {

@@ -94,7 +94,7 @@ fn harmless_override_is_reported_as_an_override_only() {
     assert_eq!(f[0]["severity"], "medium");
     assert_eq!(f[0]["line"], 2);
     assert_eq!(worst(&j), (0, 0));
-    let text = fx.run(&["scan"]).stdout();
+    let text = fx.run(&["scan", "-v"]).stdout();
     assert!(
         text.contains(&format!("what dkms will build for /{TREE}")),
         "{text}"
@@ -147,7 +147,7 @@ fn patch_named_by_dkms_conf_is_found_with_its_target() {
     assert_eq!(crit["line"], line as u64);
     // The tree files themselves still match the package (but dkms.conf).
     assert_eq!(j["summary"]["modified"], 1);
-    let text = fx.run(&["scan"]).stdout();
+    let text = fx.run(&["scan", "-v"]).stdout();
     assert!(
         text.contains(&format!(
             "CRITICAL KFD-MEM-001 /{TREE}/patches/rdna1-fine-grain.patch:{line} (in the patch to amd/amdkfd/kfd_crat.c)"

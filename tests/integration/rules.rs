@@ -78,7 +78,10 @@ fn rules_list_shows_the_builtin_set() {
     let text = fx.run(&["rules", "list"]).expect_code(0).stdout();
     assert!(text.contains("KFD-GFX-001        critical added"), "{text}");
     assert!(
-        text.ends_with(&format!("{} rules\n", rules.len())),
+        text.ends_with(&format!(
+            "{} rules; 'kfd-audit explain RULE-ID' prints one in full\n",
+            rules.len()
+        )),
         "{text}"
     );
 }
@@ -539,10 +542,10 @@ fn the_incident_block_is_critical() {
         let upstream = line_of(&t, "\t\t\t\tflags |= HSA_MEM_FLAGS_HOT_PLUGGABLE");
         assert!(!f.iter().any(|(_, _, l)| *l == upstream), "{f:?}");
     }
-    // Text output: the finding explains itself.
+    // Text output: the finding explains itself in the full report (-v).
     let fx = driver_tree();
     fx.write(&format!("{TREE}/{CRAT}"), &t);
-    let out = fx.run(&["scan"]).expect_code(1).stdout();
+    let out = fx.run(&["scan", "-v"]).expect_code(1).stdout();
     assert!(
         out.contains(&format!(
             "CRITICAL KFD-MEM-001 line {forced}: flags |= HSA_MEM_FLAGS_HOT_PLUGGABLE;"
