@@ -334,7 +334,7 @@ fn plan_run_rebuilds_the_clean_module_with_the_real_dkms() {
         k["verdict"],
         "built after the change: the changed code is probably live"
     );
-    let text = kfd(&["scan", "--tree", &tree]).stdout();
+    let text = kfd(&["-v", "scan", "--tree", &tree]).stdout();
     assert!(
         text.contains("built after the change: the changed code is probably live"),
         "{text}"
@@ -663,7 +663,7 @@ fn a_real_debian_dkms_package_is_restored_from_its_deb_and_rebuilt() {
         kernel_of(&j, &kver)["provenance"],
         "built-from-changed-sources"
     );
-    let text = kfd(&["scan", "--tree", &tree]).stdout();
+    let text = kfd(&["-v", "scan", "--tree", &tree]).stdout();
     assert!(
         text.contains(&format!("dpkg archive {}", cache.display())),
         "the clean copy comes from the cached .deb:\n{text}"
