@@ -101,7 +101,7 @@ printf 'machine: %s cores, %s, load average %s; %s runs each, alternating, %s ca
   "$(cut -d' ' -f1-3 /proc/loadavg)" "$RUNS" "$([ "$COLD" = 1 ] && echo cold || echo warm)" \
   "$([ "$QUICK" = 1 ] && echo ', quick scenes' || true)"
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR == 0) print "n/a"; else print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+median() { tr ' ' '\n' | awk NF | sort -g | awk '{a[NR]=$1} END {if (NR == 0) print "n/a"; else print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
 # scene TITLE NAME... : times CMDS[NAME] for each NAME, RUNS rounds in turn, and
 # prints the table; the first NAME is kfd-audit, whose wall time the ratios divide.
