@@ -125,7 +125,6 @@ pub(crate) fn run(root: &Root, opts: &AuditOptions) -> anyhow::Result<Audit> {
             .collect();
         (rules.join(), scans)
     });
-    drop(display);
     let rules = rules.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
     let mut audit = Audit {
         scans,
@@ -176,8 +175,13 @@ pub(crate) fn run(root: &Root, opts: &AuditOptions) -> anyhow::Result<Audit> {
                 } else {
                     opts.rocm_packages.clone()
                 },
+                max_file_size: opts.scan.max_file_size,
+                counters: Some(counters.clone()),
             },
         )?);
     }
+    // The progress line stays up while ROCm's package files are hashed too, and is
+    // erased before anything is reported.
+    drop(display);
     Ok(audit)
 }

@@ -359,7 +359,7 @@ impl DebArchive {
             package: package.to_string(),
             version: version.to_string(),
             prefix: tree.dpkg_prefix(),
-            md5: refs.dpkg_md5.clone(),
+            md5: refs.dpkg_md5_map(),
             problems: Mutex::new(Vec::new()),
         }
     }

@@ -92,17 +92,31 @@ pub(crate) fn load_package(
     opts: LoadOptions,
     skipped: &mut Vec<Skipped>,
 ) -> Result<Vec<Md5Line>> {
+    let mut out = Vec::new();
+    read_md5sums(root, package, opts, skipped, &mut |l| out.push(l))?;
+    Ok(out)
+}
+
+/// Parses a package's md5sums line by line, handing each line to `each` as soon as
+/// it is parsed, so that a caller keeping a part of the list never holds the whole
+/// of it (a package can list a hundred thousand files).
+fn read_md5sums(
+    root: &Root,
+    package: &str,
+    opts: LoadOptions,
+    skipped: &mut Vec<Skipped>,
+    each: &mut dyn FnMut(Md5Line),
+) -> Result<()> {
     let path = md5sums_path(root, package);
     let bytes = crate::io::read::read_reference(&path)?
         .ok_or_else(|| Error::io(&path, std::io::Error::from(std::io::ErrorKind::NotFound)))?;
-    let mut out = Vec::new();
     let mut skips = super::SkipList::new(&path);
     for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
         if line.is_empty() {
             continue;
         }
         match parse_line(line) {
-            Ok(l) => out.push(l),
+            Ok(l) => each(l),
             Err(message) if opts.lenient => skips.push(i + 1, message),
             Err(message) => {
                 return Err(Error::malformed(
@@ -116,10 +130,12 @@ pub(crate) fn load_package(
         }
     }
     skips.finish(skipped);
-    Ok(out)
+    Ok(())
 }
 
 /// The owner's md5sums entries that lie inside the tree, keyed by tree-relative path.
+/// Each line's root-relative path is dropped as soon as its tree-relative one is
+/// made: only the tree's part of the list is ever held.
 pub(crate) fn load_tree_md5sums(
     root: &Root,
     package: &str,
@@ -128,13 +144,16 @@ pub(crate) fn load_tree_md5sums(
     skipped: &mut Vec<Skipped>,
 ) -> Result<Vec<(PathBuf, Digest)>> {
     let prefix = tree.dpkg_prefix();
-    Ok(load_package(root, package, opts, skipped)?
-        .into_iter()
-        .filter_map(|l| {
-            let rel = l.path.strip_prefix(&prefix).ok()?.to_path_buf();
-            (!rel.as_os_str().is_empty()).then_some((rel, l.digest))
-        })
-        .collect())
+    let mut out = Vec::new();
+    read_md5sums(root, package, opts, skipped, &mut |l| {
+        if let Ok(rel) = l.path.strip_prefix(&prefix) {
+            if !rel.as_os_str().is_empty() {
+                out.push((rel.to_path_buf(), l.digest));
+            }
+        }
+    })?;
+    out.shrink_to_fit();
+    Ok(out)
 }
 
 #[cfg(test)]

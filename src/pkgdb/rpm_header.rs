@@ -223,7 +223,7 @@ mod tests {
     /// A header with one STRING and one INT32 array, built by hand.
     fn sample() -> Vec<u8> {
         let mut data = b"amdgpu-dkms\0".to_vec();
-        while data.len() % 4 != 0 {
+        while !data.len().is_multiple_of(4) {
             data.push(0);
         }
         let ints_at = data.len() as u32;

@@ -70,13 +70,15 @@ pub struct TreeReferences {
     pub kinds: Vec<ReferenceKind>,
     /// The dpkg package owning the tree, when dpkg knows it.
     pub dpkg_package: Option<String>,
-    /// dpkg's md5 for each file, kept even when the baseline judges the file, so that
-    /// content sources can be checked against the package too.
-    pub dpkg_md5: BTreeMap<PathBuf, Digest>,
+    /// dpkg's md5 of the files the baseline judges (kept so that content sources can
+    /// be checked against the package too). The others' is their entry in
+    /// [`Self::entries`]: one copy of a hundred thousand paths, not two. Read it
+    /// through [`Self::dpkg_md5_map`].
+    dpkg_md5_under_baseline: BTreeMap<PathBuf, Digest>,
     /// The RPM package owning the tree, when the RPM database knows it (and dpkg does not).
     pub(crate) rpm_package: Option<crate::pkgdb::rpm::RpmPackage>,
     /// The RPM database's digest for each file, kept beside the baseline's like
-    /// [`Self::dpkg_md5`], for checking package archive members.
+    /// dpkg's md5sums, for checking package archive members.
     pub(crate) rpm_digests: BTreeMap<PathBuf, Digest>,
     /// Symbolic links the owning package ships (RPM records their targets): path
     /// relative to the tree → target.
@@ -100,6 +102,22 @@ impl TreeReferences {
     pub(crate) fn get(&self, rel: &Path) -> Option<&Expected> {
         self.entries.get(rel)
     }
+
+    /// dpkg's md5 of every file of the tree it lists, as a map of its own.
+    pub(crate) fn dpkg_md5_map(&self) -> BTreeMap<PathBuf, Digest> {
+        let mut map: BTreeMap<PathBuf, Digest> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.kind == ReferenceKind::DpkgMd5sums)
+            .map(|(p, e)| (p.clone(), e.digest.clone()))
+            .collect();
+        map.extend(
+            self.dpkg_md5_under_baseline
+                .iter()
+                .map(|(p, d)| (p.clone(), d.clone())),
+        );
+        map
+    }
 }
 
 /// Loads every hash reference for a tree; the baseline overrides dpkg per file.
@@ -110,7 +128,6 @@ pub fn load(root: &Root, tree: &Tree, opts: LoadOptions) -> Result<TreeReference
         // Built from the whole list at once (a later line for the same path wins, as
         // with inserts): md5sums are nearly sorted, so this costs about one path
         // comparison per line instead of one per tree level, and packs the nodes full.
-        refs.dpkg_md5 = sums.iter().cloned().collect();
         refs.entries = sums
             .into_iter()
             .map(|(rel, digest)| {
@@ -126,13 +143,23 @@ pub fn load(root: &Root, tree: &Tree, opts: LoadOptions) -> Result<TreeReference
     let mut kinds = Vec::new();
     if let Some(manifest) = baseline::load_manifest(root, tree, opts, &mut refs.skipped)? {
         for (rel, digest) in manifest {
-            refs.entries.insert(
-                rel,
-                Expected {
-                    digest,
-                    kind: ReferenceKind::Baseline,
-                },
-            );
+            use std::collections::btree_map::Entry;
+            let new = Expected {
+                digest,
+                kind: ReferenceKind::Baseline,
+            };
+            match refs.entries.entry(rel) {
+                Entry::Occupied(mut o) => {
+                    let old = o.insert(new);
+                    if old.kind == ReferenceKind::DpkgMd5sums {
+                        let rel = o.key().clone();
+                        refs.dpkg_md5_under_baseline.insert(rel, old.digest);
+                    }
+                }
+                Entry::Vacant(v) => {
+                    v.insert(new);
+                }
+            }
         }
         kinds.push(ReferenceKind::Baseline);
     }

@@ -31,6 +31,7 @@ use regex::Regex;
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 /// Which lines of a changed file a rule looks at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -354,10 +355,118 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ),
 ];
 
-/// A set of compiled rules with unique ids.
+/// A built-in rule file, compiled the first time a path its rules may apply to is
+/// checked. Compiling the whole set costs tens of milliseconds of CPU and about a
+/// dozen megabytes (regexes and globs), which a clean tree never needs: no file of
+/// it is read by a rule.
+#[derive(Debug)]
+struct Builtin {
+    name: &'static str,
+    text: &'static str,
+    /// Every `files` glob of the file's rules: a path none of them matches needs
+    /// none of its rules (a rule's `exclude` is left to the compiled rule).
+    files: GlobSet,
+    /// The ids of its rules, so that a rule added later is checked against them
+    /// without compiling them.
+    ids: Vec<String>,
+    rules: OnceLock<Vec<Rule>>,
+}
+
+/// What [`Builtin`] reads before compiling: ids and globs, every other key ignored.
+#[derive(serde::Deserialize)]
+struct Outline {
+    #[serde(default)]
+    rule: Vec<OutlineRule>,
+}
+
+#[derive(serde::Deserialize)]
+struct OutlineRule {
+    id: String,
+    files: Vec<String>,
+}
+
+impl Builtin {
+    fn new(name: &'static str, text: &'static str) -> Builtin {
+        let outline = toml::from_str::<Outline>(text).ok().and_then(|o| {
+            let mut b = globset::GlobSetBuilder::new();
+            for g in o.rule.iter().flat_map(|r| &r.files) {
+                // Built as the compiled rules build theirs (spec.rs), so the union
+                // matches every path one of them does.
+                b.add(
+                    globset::GlobBuilder::new(g)
+                        .literal_separator(true)
+                        .build()
+                        .ok()?,
+                );
+            }
+            let ids = o
+                .rule
+                .into_iter()
+                .map(|r| r.id.trim().to_string())
+                .collect();
+            Some((b.build().ok()?, ids))
+        });
+        let Some((files, ids)) = outline else {
+            // Only a broken built-in file has no outline: compiling it names the error.
+            let e = spec::parse(&Builtin::origin_of(name), text)
+                .err()
+                .map_or_else(
+                    || "its outline cannot be read".to_string(),
+                    |e| e.to_string(),
+                );
+            panic!("built-in rule file {name} is invalid: {e}");
+        };
+        Builtin {
+            name,
+            text,
+            files,
+            ids,
+            rules: OnceLock::new(),
+        }
+    }
+
+    fn origin_of(name: &str) -> PathBuf {
+        PathBuf::from(format!("builtin:{name}"))
+    }
+
+    /// The compiled rules (compiled here on first use, once, whichever thread asks).
+    fn rules(&self) -> &[Rule] {
+        self.rules.get_or_init(|| {
+            spec::parse(&Builtin::origin_of(self.name), self.text)
+                .unwrap_or_else(|e| panic!("built-in rule file is invalid: {e}"))
+        })
+    }
+
+    /// The compiled rules if a path like `rel` may need them; nothing compiled otherwise.
+    fn rules_for(&self, rel: &Path) -> &[Rule] {
+        if self.files.is_match(rel) {
+            self.rules()
+        } else {
+            &[]
+        }
+    }
+}
+
+/// A set of rules with unique ids: the built-in ones (each file compiled when first
+/// needed, shared by every copy of the set) and those added from rule files
+/// (compiled when added, so that a broken one is reported at once).
 #[derive(Debug, Clone, Default)]
 pub struct RuleSet {
+    builtin: Option<Arc<[Builtin]>>,
     rules: Vec<Rule>,
+}
+
+/// The rules of a set in order (built-in files first), as [`RuleSet::rules`] lists them.
+pub(crate) struct RuleList<'a>(Vec<&'a Rule>);
+
+impl<'a> RuleList<'a> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &'a Rule> + '_ {
+        self.0.iter().copied()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
 }
 
 /// A rule example that did not behave as it says.
@@ -370,23 +479,45 @@ pub(crate) struct ExampleFailure {
 
 impl RuleSet {
     /// The built-in rules. They are part of the program; a broken one is a bug
-    /// caught by the test suite.
+    /// caught by the test suite. Only their ids and file globs are read here; each
+    /// file is compiled when a path its rules may apply to is first checked.
     pub(crate) fn builtin() -> RuleSet {
-        let mut set = RuleSet::default();
-        for (name, text) in BUILTIN {
-            let origin = PathBuf::from(format!("builtin:{name}"));
-            let rules = spec::parse(&origin, text)
-                .unwrap_or_else(|e| panic!("built-in rule file is invalid: {e}"));
-            set.add(rules)
-                .unwrap_or_else(|e| panic!("built-in rules: {e}"));
+        let files: Vec<Builtin> = BUILTIN
+            .iter()
+            .map(|(name, text)| Builtin::new(name, text))
+            .collect();
+        let mut seen: HashMap<&str, &str> = HashMap::new();
+        for f in &files {
+            for id in &f.ids {
+                if let Some(prev) = seen.insert(id, f.name) {
+                    panic!(
+                        "built-in rules: duplicate rule id {id} in {prev} and {}",
+                        f.name
+                    );
+                }
+            }
         }
-        set
+        RuleSet {
+            builtin: Some(files.into()),
+            rules: Vec::new(),
+        }
+    }
+
+    fn builtin_files(&self) -> &[Builtin] {
+        self.builtin.as_deref().unwrap_or(&[])
     }
 
     /// Adds rules, refusing an id that is already taken.
     pub fn add(&mut self, rules: Vec<Rule>) -> Result<()> {
         for r in rules {
-            if let Some(prev) = self.rules.iter().find(|x| x.id == r.id) {
+            // A built-in file is compiled only when an added rule takes one of its ids
+            // (to name where the first one is).
+            let builtin = self
+                .builtin_files()
+                .iter()
+                .find(|f| f.ids.contains(&r.id))
+                .and_then(|f| f.rules().iter().find(|x| x.id == r.id));
+            if let Some(prev) = builtin.or_else(|| self.rules.iter().find(|x| x.id == r.id)) {
                 return Err(Error::malformed(
                     &r.origin,
                     r.line,
@@ -436,17 +567,37 @@ impl RuleSet {
         Ok(())
     }
 
-    pub(crate) fn rules(&self) -> &[Rule] {
-        &self.rules
+    /// Every rule, in order: compiles the built-in files not compiled yet.
+    pub(crate) fn rules(&self) -> RuleList<'_> {
+        RuleList(
+            self.builtin_files()
+                .iter()
+                .flat_map(Builtin::rules)
+                .chain(&self.rules)
+                .collect(),
+        )
     }
 
     pub(crate) fn get(&self, id: &str) -> Option<&Rule> {
-        self.rules.iter().find(|r| r.id == id)
+        let builtin = self
+            .builtin_files()
+            .iter()
+            .find(|f| f.ids.iter().any(|i| i == id));
+        match builtin {
+            Some(f) => f.rules().iter().find(|r| r.id == id),
+            None => self.rules.iter().find(|r| r.id == id),
+        }
     }
 
-    /// The rules whose globs take this tree-relative path.
+    /// The rules whose globs take this tree-relative path (compiling the built-in
+    /// files that have some).
     pub(crate) fn applicable(&self, rel: &Path) -> Vec<&Rule> {
-        self.rules.iter().filter(|r| r.applies_to(rel)).collect()
+        self.builtin_files()
+            .iter()
+            .flat_map(|f| f.rules_for(rel))
+            .chain(&self.rules)
+            .filter(|r| r.applies_to(rel))
+            .collect()
     }
 
     /// Findings for one file's bytes, by tree-relative path. With `clean` (verified
@@ -472,7 +623,7 @@ impl RuleSet {
     /// Runs every rule's examples; returns those that failed.
     pub(crate) fn run_examples(&self) -> Vec<ExampleFailure> {
         let mut out = Vec::new();
-        for r in &self.rules {
+        for r in self.rules().iter() {
             for (i, e) in r.examples.iter().enumerate() {
                 let fail = |message: String| ExampleFailure {
                     origin: r.origin.clone(),
@@ -643,7 +794,7 @@ mod tests {
                 .collect::<Vec<_>>()
                 .join("\n")
         );
-        for r in set.rules() {
+        for r in set.rules().iter() {
             assert!(!r.examples.is_empty(), "rule {} has no examples", r.id);
             assert!(
                 r.examples.iter().any(|e| e.fires),
@@ -656,6 +807,46 @@ mod tests {
                 r.id
             );
         }
+    }
+
+    #[test]
+    fn builtin_files_are_compiled_when_a_path_first_needs_them() {
+        let set = RuleSet::builtin();
+        let compiled = |set: &RuleSet| -> Vec<&str> {
+            set.builtin_files()
+                .iter()
+                .filter(|f| f.rules.get().is_some())
+                .map(|f| f.name)
+                .collect()
+        };
+        assert!(compiled(&set).is_empty());
+        // No rule reads a Makefile: nothing compiled.
+        assert!(set.applicable(Path::new("Makefile")).is_empty());
+        assert!(compiled(&set).is_empty());
+        // Module options need only their own file; copies share what is compiled.
+        let copy = set.clone();
+        assert!(!copy.applicable(Path::new("<module-options>")).is_empty());
+        assert_eq!(compiled(&set), ["modprobe.toml"]);
+        // The incident's file needs the memory rules, not the module-option ones again.
+        let crat = set.applicable(Path::new("amd/amdkfd/kfd_crat.c"));
+        assert!(crat.iter().any(|r| r.id == "KFD-MEM-001"));
+        assert!(compiled(&set).contains(&"memory.toml"));
+        // Whatever was compiled when, the set is the one that compiling all at once gives.
+        let ids: Vec<&str> = set.rules().iter().map(|r| r.id.as_str()).collect();
+        let mut eager = Vec::new();
+        for (name, text) in BUILTIN {
+            eager.extend(spec::parse(&Builtin::origin_of(name), text).unwrap());
+        }
+        let eager_ids: Vec<&str> = eager.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, eager_ids);
+        assert_eq!(compiled(&set).len(), BUILTIN.len());
+        // An added rule cannot take a built-in id, compiled or not.
+        let fresh = RuleSet::builtin();
+        let mut user = fresh.clone();
+        let dup = eager.into_iter().find(|r| r.id == "KFD-MEM-001").unwrap();
+        let err = user.add(vec![dup]).unwrap_err().to_string();
+        assert!(err.contains("duplicate rule id KFD-MEM-001"), "{err}");
+        assert!(err.contains("builtin:memory.toml"), "{err}");
     }
 
     /// Severity of the findings of one rule on a snippet, whole-file.

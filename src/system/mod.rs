@@ -217,6 +217,10 @@ pub(crate) struct Options {
     pub rocm_packages: Vec<String>,
     /// The rules in effect; the options section runs those for `<module-options>`.
     pub rules: crate::rules::RuleSet,
+    /// `--max-file-size` when given: the rocm section hashes package files under it.
+    pub max_file_size: Option<u64>,
+    /// The progress line's counters, for the files the rocm section hashes.
+    pub counters: Option<std::sync::Arc<crate::progress::Counters>>,
 }
 
 impl Options {

@@ -25,6 +25,7 @@ use crate::io::hash::{self, Algorithm, Digest};
 use crate::io::root::Root;
 use crate::pkgdb::dpkg;
 use crate::pkgdb::rpm::{self, RpmPackage};
+use crate::progress::Counters;
 use crate::reference::{Expected, LoadOptions, ReferenceKind, Skipped};
 use crate::scan::backups;
 use crate::scan::BackupVerdict;
@@ -68,6 +69,25 @@ pub(crate) struct RocmOptions {
     pub lenient: bool,
     /// The process environment to judge (empty unless auditing the running system).
     pub process_env: Vec<(String, String)>,
+    /// How the package files are hashed: the size limit and the progress counters.
+    pub hashing: Hashing,
+}
+
+/// How package files are hashed: on the tree scan's engine, under `--max-file-size`
+/// when one is given, counted on the progress line when there is one.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Hashing {
+    /// `--max-file-size`, when given. Without it package files have no limit (see
+    /// [`NO_SIZE_LIMIT`]): the scan's default limit is for driver sources, and
+    /// Debian's librocsparse0 alone is a 1.3 GB library.
+    pub max_file_size: Option<u64>,
+    pub counters: Option<std::sync::Arc<Counters>>,
+}
+
+impl Hashing {
+    fn limit(&self) -> u64 {
+        self.max_file_size.unwrap_or(NO_SIZE_LIMIT)
+    }
 }
 
 /// Package-name patterns (`--rocm-packages`), matched as dpkg-query matches its
@@ -201,30 +221,50 @@ const NO_SIZE_LIMIT: u64 = u64::MAX;
 
 /// MD5 of files under the root, on the tree scan's multi-buffer engine
 /// ([`crate::io::md5_lanes`]): many files per core at once, the largest started first,
-/// each opened without following a link at its last component and read once.
-fn md5_files(root: &Root, paths: &[&str]) -> Vec<std::io::Result<Digest>> {
-    if paths.is_empty() {
-        return Vec::new();
-    }
-    let sizes: Vec<u64> = paths
+/// each opened without following a link at its last component and read once. A file
+/// larger than `limit` is not read (its size says so); `counters`, when given, count
+/// the files and bytes on the progress line.
+fn md5_files(
+    root: &Root,
+    paths: &[&str],
+    limit: u64,
+    counters: Option<&Counters>,
+) -> Vec<std::io::Result<Digest>> {
+    let all_sizes: Vec<u64> = paths
         .par_iter()
         .map(|p| std::fs::symlink_metadata(root.path(p)).map_or(0, |m| m.len()))
         .collect();
-    let results: Mutex<Vec<Option<std::io::Result<Digest>>>> =
-        Mutex::new(std::iter::repeat_with(|| None).take(paths.len()).collect());
+    let too_large = |size: u64| {
+        std::io::Error::other(format!(
+            "{size} bytes, more than --max-file-size ({limit} bytes); not hashed: pass a larger --max-file-size to hash it"
+        ))
+    };
+    let mut results: Vec<Option<std::io::Result<Digest>>> = all_sizes
+        .iter()
+        .map(|&n| (n > limit).then(|| Err(too_large(n))))
+        .collect();
+    let todo: Vec<usize> = (0..paths.len()).filter(|&i| results[i].is_none()).collect();
+    let sizes: Vec<u64> = todo.iter().map(|&i| all_sizes[i]).collect();
+    if let Some(c) = counters {
+        c.add_total(todo.len() as u64, sizes.iter().sum());
+    }
+    let slots = Mutex::new(results.as_mut_slice());
     crate::io::md5_lanes::md5_files(
-        &|i| root.path(paths[i]),
+        &|k| root.path(paths[todo[k]]),
         &sizes,
-        NO_SIZE_LIMIT,
-        None,
-        &|i, r| {
-            let mut all = results.lock().unwrap_or_else(|e| e.into_inner());
-            all[i] = Some(r.map(|(d, _)| Digest::Md5(d)));
+        limit,
+        counters,
+        &|k, r| {
+            let r = match r {
+                // It grew past the limit while it was read.
+                Ok((_, n)) if n > limit => Err(too_large(n)),
+                r => r.map(|(d, _)| Digest::Md5(d)),
+            };
+            let mut all = slots.lock().unwrap_or_else(|e| e.into_inner());
+            all[todo[k]] = Some(r);
         },
     );
     results
-        .into_inner()
-        .unwrap_or_else(|e| e.into_inner())
         .into_iter()
         // The engine reports every stream it is given; this only keeps the types whole.
         .map(|r| r.unwrap_or_else(|| Err(std::io::Error::other("not hashed"))))
@@ -233,16 +273,41 @@ fn md5_files(root: &Root, paths: &[&str]) -> Vec<std::io::Result<Digest>> {
 
 /// Digests of files under the root in the algorithm their package's database uses:
 /// MD5 (dpkg) on the multi-buffer engine of [`md5_files`], others (rpm's SHA-256) one
-/// file per core, each opened without following a link at its last component.
-fn digest_files(root: &Root, paths: &[&str], algorithm: Algorithm) -> Vec<std::io::Result<Digest>> {
+/// file per core, each opened without following a link at its last component and
+/// never read past `limit` (its size says so).
+fn digest_files(
+    root: &Root,
+    paths: &[&str],
+    algorithm: Algorithm,
+    limit: u64,
+    counters: Option<&Counters>,
+) -> Vec<std::io::Result<Digest>> {
     if algorithm == Algorithm::Md5 {
-        return md5_files(root, paths);
+        return md5_files(root, paths, limit, counters);
+    }
+    if let Some(c) = counters {
+        let bytes = paths
+            .iter()
+            .map(|p| std::fs::symlink_metadata(root.path(p)).map_or(0, |m| m.len()))
+            .sum();
+        c.add_total(paths.len() as u64, bytes);
     }
     paths
         .par_iter()
         .map(|p| {
             let file = crate::io::read::open_nofollow(&root.path(p))?;
-            let (mut digests, _) = hash::digest_reader(file, &[algorithm])?;
+            let size = file.metadata()?.len();
+            if size > limit {
+                return Err(std::io::Error::other(format!(
+                    "{size} bytes, more than --max-file-size ({limit} bytes); not hashed: pass a larger --max-file-size to hash it"
+                )));
+            }
+            let read = std::io::Read::take(file, limit.saturating_add(1));
+            let (mut digests, n) = hash::digest_reader(read, &[algorithm])?;
+            if let Some(c) = counters {
+                c.add_bytes(n);
+                c.file_done();
+            }
             Ok(digests.remove(0))
         })
         .collect()
@@ -462,29 +527,68 @@ fn read_dpkg_files(
     })
 }
 
-/// Phase 2: each file with an md5 against it, in the order of `files.expected`.
-fn verify_files(root: &Root, files: &PackageFiles) -> Vec<(String, FileState)> {
-    let mut states: Vec<(String, Option<FileState>)> = files
-        .expected
-        .par_iter()
-        .map(|(p, _)| (p.clone(), state_before_reading(&root.path(p))))
+/// Phase 2: each file with a digest against it, in the order of `files.expected`, for
+/// every package at once: one run of the hashing engine per algorithm over all their
+/// files (dpkg's MD5 on the lanes, the largest first, so that a library of a gigabyte
+/// starts at once and the other packages' files are hashed beside it rather than
+/// after it; rpm's SHA-256 one file per core).
+fn verify_files(
+    root: &Root,
+    packages: &[&PackageFiles],
+    hashing: &Hashing,
+) -> Vec<Vec<(String, FileState)>> {
+    let mut states: Vec<Vec<(String, Option<FileState>)>> = packages
+        .iter()
+        .map(|files| {
+            files
+                .expected
+                .par_iter()
+                .map(|(p, _)| (p.clone(), state_before_reading(&root.path(p))))
+                .collect()
+        })
         .collect();
-    let to_hash: Vec<usize> = (0..states.len())
-        .filter(|&i| states[i].1.is_none())
+    let to_hash: Vec<(usize, usize)> = states
+        .iter()
+        .enumerate()
+        .flat_map(|(k, st)| {
+            st.iter()
+                .enumerate()
+                .filter(|(_, (_, s))| s.is_none())
+                .map(move |(i, _)| (k, i))
+        })
         .collect();
-    let paths: Vec<&str> = to_hash.iter().map(|&i| states[i].0.as_str()).collect();
-    let digests = digest_files(root, &paths, files.algorithm);
-    for (&i, digest) in to_hash.iter().zip(digests) {
-        let expected = &files.expected[&states[i].0];
-        states[i].1 = Some(match digest {
-            Ok(actual) if &actual == expected => FileState::Ok,
-            Ok(actual) => FileState::Modified(actual),
-            Err(e) => FileState::Unreadable(e.to_string()),
-        });
+    let algorithms: BTreeSet<Algorithm> = to_hash
+        .iter()
+        .map(|&(k, _)| packages[k].algorithm)
+        .collect();
+    for algorithm in algorithms {
+        let these: Vec<(usize, usize)> = to_hash
+            .iter()
+            .copied()
+            .filter(|&(k, _)| packages[k].algorithm == algorithm)
+            .collect();
+        let paths: Vec<&str> = these
+            .iter()
+            .map(|&(k, i)| states[k][i].0.as_str())
+            .collect();
+        let counters = hashing.counters.as_deref();
+        let digests = digest_files(root, &paths, algorithm, hashing.limit(), counters);
+        for (&(k, i), digest) in these.iter().zip(digests) {
+            let expected = &packages[k].expected[&states[k][i].0];
+            states[k][i].1 = Some(match digest {
+                Ok(actual) if &actual == expected => FileState::Ok,
+                Ok(actual) => FileState::Modified(actual),
+                Err(e) => FileState::Unreadable(e.to_string()),
+            });
+        }
     }
     states
         .into_iter()
-        .map(|(p, s)| (p, s.expect("every file judged above")))
+        .map(|st| {
+            st.into_iter()
+                .map(|(p, s)| (p, s.expect("every file judged above")))
+                .collect()
+        })
         .collect()
 }
 
@@ -494,10 +598,14 @@ fn verify_files(root: &Root, files: &PackageFiles) -> Vec<(String, FileState)> {
 /// a soname link is a clean copy of that link), same-as-current when it is the file
 /// as it is now, else unverified. As in the tree, a backup larger than
 /// [`crate::io::read::MAX_SOURCE_FILE`] is not read, and stays unverified.
-fn judge_backups(root: &Root, files: &PackageFiles) -> BTreeMap<String, Vec<SystemBackup>> {
+fn judge_backups(
+    root: &Root,
+    files: &PackageFiles,
+    limit: u64,
+) -> BTreeMap<String, Vec<SystemBackup>> {
     let found = find_backups(root, &files.listed());
     let paths: Vec<&str> = found.iter().map(|(b, _)| b.as_str()).collect();
-    let digests = digest_files(root, &paths, files.algorithm);
+    let digests = digest_files(root, &paths, files.algorithm, limit, None);
     let by_md5: HashMap<&Digest, &str> = files
         .expected
         .iter()
@@ -551,12 +659,15 @@ struct PackageReport<'a> {
     action: Action,
     summary: PackageSummary,
     findings: Vec<SystemFinding>,
+    /// The size limit of the files it hashes (see [`Hashing`]).
+    limit: u64,
 }
 
 impl<'a> PackageReport<'a> {
-    fn new(root: &Root, pkg: &'a Package, files: usize) -> PackageReport<'a> {
+    fn new(root: &Root, pkg: &'a Package, files: usize, limit: u64) -> PackageReport<'a> {
         let (command, action) = reinstall(root, pkg);
         PackageReport {
+            limit,
             pkg,
             command,
             action,
@@ -742,7 +853,7 @@ impl<'a> PackageReport<'a> {
             })
             .collect();
         let paths: Vec<&str> = replaced.iter().map(|(p, _)| *p).collect();
-        let digests = digest_files(root, &paths, files.algorithm);
+        let digests = digest_files(root, &paths, files.algorithm, self.limit, None);
         for ((p, versioned), digest) in replaced.into_iter().zip(digests) {
             if digest.ok().as_ref() == expected.get(versioned) {
                 // A plain copy of the packaged library: harmless, but not what dpkg installed.
@@ -822,9 +933,8 @@ impl<'a> PackageReport<'a> {
                         self.command
                     ),
                     None => format!(
-                        "Reinstall the package: {} ({} restores the link).",
-                        self.command,
-                        self.pkg.manager()
+                        "Reinstall the package: {} ({manager} restores the link).",
+                        self.command
                     ),
                 };
                 self.push(
@@ -842,9 +952,10 @@ impl<'a> PackageReport<'a> {
             let mut current = None;
             if !expected.contains_key(&target) {
                 current = Some(target.clone());
-                let digest = digest_files(root, &[target.as_str()], files.algorithm)
-                    .pop()
-                    .and_then(|r| r.ok());
+                let digest =
+                    digest_files(root, &[target.as_str()], files.algorithm, self.limit, None)
+                        .pop()
+                        .and_then(|r| r.ok());
                 let copy_of = digest.as_ref().and_then(|d| by_md5.get(d).copied());
                 let backups = take_backup(backups_of, &target);
                 let (t_dir, t_name) = target.rsplit_once('/').unwrap_or(("", &target));
@@ -858,9 +969,8 @@ impl<'a> PackageReport<'a> {
                 } else {
                     (
                         format!(
-                            "Reinstall the package: {} ({} points the link back; ldconfig runs after it).",
-                            self.command,
-                            self.pkg.manager()
+                            "Reinstall the package: {} ({manager} points the link back; ldconfig runs after it).",
+                            self.command
                         ),
                         self.action.clone(),
                     )
@@ -903,7 +1013,7 @@ impl<'a> PackageReport<'a> {
             if chosen == now || expected.contains_key(&chosen) {
                 continue;
             }
-            let digest = digest_files(root, &[chosen.as_str()], files.algorithm)
+            let digest = digest_files(root, &[chosen.as_str()], files.algorithm, self.limit, None)
                 .pop()
                 .and_then(|r| r.ok());
             let copy_of = digest.as_ref().and_then(|d| by_md5.get(d).copied());
@@ -1114,21 +1224,22 @@ fn clean_backup_hint(backups: &[SystemBackup]) -> String {
         .unwrap_or_default()
 }
 
-/// Verifies one package's files against dpkg and judges the backups beside them.
+/// Judges one package's files (verified against dpkg by [`verify_files`]) and the
+/// backups beside them.
 fn check_package(
     root: &Root,
     pkg: &Package,
+    files: &PackageFiles,
+    states: &[(String, FileState)],
     opts: &RocmOptions,
     loader: &mut Loader,
     notes: &mut Vec<String>,
 ) -> Result<PackageCheck> {
-    let files = read_package_files(root, pkg, opts, notes)?;
-    let states = verify_files(root, &files);
-    let mut backups_of = judge_backups(root, &files);
-    let mut report = PackageReport::new(root, pkg, files.expected.len());
-    report.report_files(root, &states, &files.expected, &mut backups_of, notes);
-    report.report_replaced_links(root, &files, &mut backups_of);
-    report.report_links(root, &files, &mut backups_of, loader);
+    let mut backups_of = judge_backups(root, files, opts.hashing.limit());
+    let mut report = PackageReport::new(root, pkg, files.expected.len(), opts.hashing.limit());
+    report.report_files(root, states, &files.expected, &mut backups_of, notes);
+    report.report_replaced_links(root, files, &mut backups_of);
+    report.report_links(root, files, &mut backups_of, loader);
     report.report_leftover_backups(backups_of, loader);
     Ok(report.finish())
 }
@@ -1506,6 +1617,10 @@ impl SystemSection for RocmUserSpace {
             patterns: ctx.opts.rocm_packages.clone(),
             lenient: ctx.opts.lenient,
             process_env,
+            hashing: Hashing {
+                max_file_size: ctx.opts.max_file_size,
+                counters: ctx.opts.counters.clone(),
+            },
         };
         let (findings, section) = scan(root, &opts, ctx.topology()?)?;
         Ok(Collected {
@@ -1526,8 +1641,19 @@ pub(crate) fn scan(
     let mut packages = Vec::new();
     let matching = matching_packages(root, &opts.patterns, &mut notes);
     let mut loader = Loader::new(root);
+    // Every package's lists first (with the notes each gives, kept for its turn),
+    // then all their files hashed in one go, then each package judged in order.
+    let mut lists = Vec::with_capacity(matching.len());
     for pkg in &matching {
-        let check = check_package(root, pkg, opts, &mut loader, &mut notes)?;
+        let mut own_notes = Vec::new();
+        let files = read_package_files(root, pkg, opts, &mut own_notes)?;
+        lists.push((files, own_notes));
+    }
+    let all: Vec<&PackageFiles> = lists.iter().map(|(f, _)| f).collect();
+    let states = verify_files(root, &all, &opts.hashing);
+    for ((pkg, (files, own_notes)), states) in matching.iter().zip(&lists).zip(&states) {
+        notes.extend(own_notes.iter().cloned());
+        let check = check_package(root, pkg, files, states, opts, &mut loader, &mut notes)?;
         packages.push(check.summary);
         findings.extend(check.findings);
     }

@@ -22,5 +22,6 @@ mod restore_pty;
 mod rocm_real;
 mod rpm;
 mod rules;
+mod scale;
 mod scan;
 mod versions;
