@@ -929,3 +929,49 @@ fn module_backups_text(out: &mut String, r: &Report, color: bool) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::finding::{Finding, Severity};
+
+    fn f(rule: &str, severity: Severity, line: usize) -> Finding {
+        Finding {
+            rule: rule.into(),
+            severity,
+            title: String::new(),
+            line,
+            text: String::new(),
+            why: String::new(),
+            fix: String::new(),
+        }
+    }
+
+    #[test]
+    fn findings_of_one_hunk_fold_into_the_worst() {
+        let list = vec![
+            f("KFD-MARK-001", Severity::Info, 38),
+            f("KFD-MARK-003", Severity::Info, 38),
+            f("KFD-DEVID-001", Severity::High, 41),
+            f("KFD-MARK-001", Severity::Info, 42),
+            f("KFD-MEM-001", Severity::Critical, 43),
+            // Further than two contexts from line 43: a hunk of its own.
+            f(
+                "KFD-GFX-001",
+                Severity::High,
+                43 + 2 * crate::diff::CONTEXT + 1,
+            ),
+        ];
+        let groups = finding_groups(&list);
+        assert_eq!(groups.len(), 2);
+        assert_eq!(groups[0][0].rule, "KFD-MEM-001");
+        assert_eq!(groups[0].len(), 5);
+        assert_eq!(groups[1][0].rule, "KFD-GFX-001");
+        assert_eq!(
+            folded_line(&groups[0][1..], 80),
+            "      +4 on lines 38-42: KFD-DEVID-001, KFD-MARK-001 x2, -003"
+        );
+        assert!(folded_line(&groups[0][1..], 30).ends_with("..."));
+        assert_eq!(folded_line(&groups[0][1..], 30).chars().count(), 30);
+    }
+}
