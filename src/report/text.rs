@@ -618,10 +618,16 @@ fn provenance_short(p: &crate::dkms::PackageState, k: &crate::dkms::KernelState)
 /// kernel that has its module.
 fn short_dkms(out: &mut String, d: &crate::dkms::DkmsState, o: &TextOptions) {
     let _ = writeln!(out);
+    let mut notes = d.notes.iter();
     if d.tool.is_none() {
-        let _ = writeln!(out, "DKMS: dkms is not installed");
+        // The first note says where dkms is missing and what to do.
+        let line = match notes.next() {
+            Some(n) => format!("DKMS: {}", term::escape(n)),
+            None => "DKMS: dkms is not installed".to_string(),
+        };
+        let _ = writeln!(out, "{}", term::fit(&line, o.width));
     }
-    for n in d.notes.iter().take(2) {
+    for n in notes.take(2) {
         let _ = writeln!(
             out,
             "  note: {}",
@@ -690,6 +696,7 @@ fn next_text(out: &mut String, r: &Report, o: &TextOptions) {
     });
     let next = match r.verdict() {
         Verdict::Clean => None,
+        Verdict::NotVerified if r.trees.is_empty() => Some(format!("{again} scan --tree PATH")),
         Verdict::NotVerified => Some(format!("{again} scan{trees} (once a reference is there)")),
         _ if s.modified + s.missing + s.added > 0 && no_clean_copy => Some(format!(
             "{again} diff{trees} (how to get a clean copy), then restore"
