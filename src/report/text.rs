@@ -618,10 +618,16 @@ fn provenance_short(p: &crate::dkms::PackageState, k: &crate::dkms::KernelState)
 /// kernel that has its module.
 fn short_dkms(out: &mut String, d: &crate::dkms::DkmsState, o: &TextOptions) {
     let _ = writeln!(out);
+    let mut notes = d.notes.iter();
     if d.tool.is_none() {
-        let _ = writeln!(out, "DKMS: dkms is not installed");
+        // The first note says where dkms is missing and what to do.
+        let line = match notes.next() {
+            Some(n) => format!("DKMS: {}", term::escape(n)),
+            None => "DKMS: dkms is not installed".to_string(),
+        };
+        let _ = writeln!(out, "{}", term::fit(&line, o.width));
     }
-    for n in d.notes.iter().take(2) {
+    for n in notes.take(2) {
         let _ = writeln!(
             out,
             "  note: {}",
@@ -690,6 +696,7 @@ fn next_text(out: &mut String, r: &Report, o: &TextOptions) {
     });
     let next = match r.verdict() {
         Verdict::Clean => None,
+        Verdict::NotVerified if r.trees.is_empty() => Some(format!("{again} scan --tree PATH")),
         Verdict::NotVerified => Some(format!("{again} scan{trees} (once a reference is there)")),
         _ if s.modified + s.missing + s.added > 0 && no_clean_copy => Some(format!(
             "{again} diff{trees} (how to get a clean copy), then restore"
@@ -927,5 +934,51 @@ fn module_backups_text(out: &mut String, r: &Report, color: bool) {
             term::escape(&m.original),
             term::escape(by)
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::finding::{Finding, Severity};
+
+    fn f(rule: &str, severity: Severity, line: usize) -> Finding {
+        Finding {
+            rule: rule.into(),
+            severity,
+            title: String::new(),
+            line,
+            text: String::new(),
+            why: String::new(),
+            fix: String::new(),
+        }
+    }
+
+    #[test]
+    fn findings_of_one_hunk_fold_into_the_worst() {
+        let list = vec![
+            f("KFD-MARK-001", Severity::Info, 38),
+            f("KFD-MARK-003", Severity::Info, 38),
+            f("KFD-DEVID-001", Severity::High, 41),
+            f("KFD-MARK-001", Severity::Info, 42),
+            f("KFD-MEM-001", Severity::Critical, 43),
+            // Further than two contexts from line 43: a hunk of its own.
+            f(
+                "KFD-GFX-001",
+                Severity::High,
+                43 + 2 * crate::diff::CONTEXT + 1,
+            ),
+        ];
+        let groups = finding_groups(&list);
+        assert_eq!(groups.len(), 2);
+        assert_eq!(groups[0][0].rule, "KFD-MEM-001");
+        assert_eq!(groups[0].len(), 5);
+        assert_eq!(groups[1][0].rule, "KFD-GFX-001");
+        assert_eq!(
+            folded_line(&groups[0][1..], 80),
+            "      +4 on lines 38-42: KFD-DEVID-001, KFD-MARK-001 x2, -003"
+        );
+        assert!(folded_line(&groups[0][1..], 30).ends_with("..."));
+        assert_eq!(folded_line(&groups[0][1..], 30).chars().count(), 30);
     }
 }
