@@ -1032,6 +1032,8 @@ fn line_edits(
             "sed" | "perl" => {
                 let perl = prog == "perl";
                 let (mut in_place, mut extended, mut print) = (false, false, !perl);
+                // A script read from a file (`sed -f x.sed`) is not in the recipe to replay.
+                let mut from_file = false;
                 let mut scripts: Vec<&str> = Vec::new();
                 let mut files: Vec<&str> = Vec::new();
                 let mut it = args.iter();
@@ -1043,8 +1045,7 @@ fn line_edits(
                         .filter(|o| !o.starts_with('-') && !o.is_empty())
                     {
                         // Bundled flags: `-i`, `-i.bak`, `-pi`, `-pie`, `-E`.
-                        let mut cs = opts.chars();
-                        while let Some(c) = cs.next() {
+                        for c in opts.chars() {
                             match c {
                                 'i' => {
                                     in_place = true;
@@ -1052,6 +1053,11 @@ fn line_edits(
                                 }
                                 'E' | 'r' => extended = true,
                                 'p' => print = true,
+                                'f' => {
+                                    from_file = true;
+                                    it.next();
+                                    break;
+                                }
                                 'e' => {
                                     scripts.extend(it.next().copied());
                                 }
@@ -1064,7 +1070,7 @@ fn line_edits(
                     } else if a.starts_with("--in-place") {
                         in_place = true;
                     } else if a.starts_with("--") {
-                    } else if scripts.is_empty() {
+                    } else if scripts.is_empty() && !from_file {
                         scripts.push(a);
                     } else {
                         files.push(a);
@@ -1078,6 +1084,9 @@ fn line_edits(
                         continue;
                     };
                     let edit = match read(&rel) {
+                        Some(_) if from_file => {
+                            Edit::Opaque(format!("its {prog} script is read from a file"))
+                        }
                         Some(text) => scripts
                             .iter()
                             .try_fold(text, |t, s| run_sed(s, &t, extended, perl))
@@ -1284,6 +1293,45 @@ fn build_edits(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sed_scripts_are_replayed_or_refused() {
+        let text = "a = 1;\nflags = 0;\nb = 2;\n";
+        assert_eq!(
+            run_sed(r"s/flags = \(0\)/flags = 1/", text, false, false).unwrap(),
+            "a = 1;\nflags = 1;\nb = 2;\n"
+        );
+        assert_eq!(
+            run_sed("s/(a|b) = ([0-9])/\\1 = 9/g", text, true, false).unwrap(),
+            "a = 9;\nflags = 0;\nb = 9;\n"
+        );
+        assert_eq!(
+            run_sed("/flags/a \\tx = 3;", text, false, false).unwrap(),
+            "a = 1;\nflags = 0;\n\tx = 3;\nb = 2;\n"
+        );
+        assert_eq!(
+            run_sed("2d", text, false, false).unwrap(),
+            "a = 1;\nb = 2;\n"
+        );
+        assert_eq!(
+            run_sed(r"s/(\d);/$1$1;/", "a = 1;\n", false, true).unwrap(),
+            "a = 11;\n"
+        );
+        assert!(run_sed("y/abc/xyz/", text, false, false).is_none());
+        assert!(run_sed("/x/,/y/d", text, false, false).is_none());
+    }
+
+    #[test]
+    fn shell_words_keep_quoted_scripts_whole() {
+        assert_eq!(
+            shell_words(r#"sed -i 's/a b/c/' "amd/x.c" && make # note"#),
+            ["sed", "-i", "s/a b/c/", "amd/x.c", "&&", "make"]
+        );
+        assert_eq!(
+            shell_words("patch -p1 < f.patch"),
+            ["patch", "-p1", "<", "f.patch"]
+        );
+    }
 
     #[test]
     fn here_documents_are_found() {
