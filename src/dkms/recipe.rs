@@ -600,6 +600,9 @@ pub(crate) struct ShellText {
     /// As the audited system names it.
     pub path: String,
     pub text: String,
+    /// A file of the tree that matches its package: the package's own build steps, which
+    /// are what the package ships (AMD's pre-build rewrites its build copy), not a patch.
+    pub packaged: bool,
 }
 
 /// How deep scripts calling scripts are followed.
@@ -627,6 +630,7 @@ fn shell_sources(
             .map(|b| String::from_utf8_lossy(&b).into_owned())
     };
     let mut out = Vec::new();
+    let packaged = |rel: &Path| scan.file(rel).is_some_and(|f| f.status == FileStatus::Ok);
     if let Ok(b) = crate::io::read::read_limited(
         &tree.host_path.join("dkms.conf"),
         crate::io::read::MAX_SOURCE_FILE,
@@ -634,6 +638,7 @@ fn shell_sources(
         out.push(ShellText {
             path: conf_path.to_string(),
             text: String::from_utf8_lossy(&b).into_owned(),
+            packaged: packaged(Path::new("dkms.conf")),
         });
     }
     let confs: Vec<&DkmsConf> = std::iter::once(tree_conf)
@@ -651,6 +656,7 @@ fn shell_sources(
         out.push(ShellText {
             path: o.path.clone(),
             text: o.text.clone(),
+            packaged: false,
         });
     }
     // The scripts named by the recipe, then the scripts they call.
@@ -682,6 +688,7 @@ fn shell_sources(
         out.push(ShellText {
             path: format!("{}/{}", tree.system_path.display(), rel.display()),
             text,
+            packaged: packaged(&rel),
         });
     }
     out
@@ -774,7 +781,7 @@ fn shell_words(line: &str) -> Vec<String> {
 /// The tree file a path in a build command names: the part from its `amd/` component on
 /// (dkms builds in a copy of the tree, so `$dkms_tree/$module/$module_version/build/amd/...`
 /// and `amd/...` are the same file), if the scan found it as a regular file.
-fn tree_target(scan: &TreeScan, word: &str) -> Option<PathBuf> {
+fn tree_file(scan: &TreeScan, word: &str) -> Option<PathBuf> {
     let at = if word.starts_with("amd/") {
         0
     } else {
@@ -792,6 +799,12 @@ fn tree_target(scan: &TreeScan, word: &str) -> Option<PathBuf> {
         )
     })?;
     Some(rel)
+}
+
+/// [`tree_file`] for a driver source (`.c`, `.h`): a build that edits a Makefile, a Kbuild
+/// file or a script changes how the module is built, which the rules do not judge.
+fn driver_source(scan: &TreeScan, word: &str) -> Option<PathBuf> {
+    tree_file(scan, word).filter(|rel| rel.extension().is_some_and(|e| e == "c" || e == "h"))
 }
 
 /// A BRE (or, with `extended`, ERE) of sed as a Rust regex.
@@ -1080,7 +1093,7 @@ fn line_edits(
                     continue;
                 }
                 for f in files {
-                    let Some(rel) = tree_target(scan, f) else {
+                    let Some(rel) = driver_source(scan, f) else {
                         continue;
                     };
                     let edit = match read(&rel) {
@@ -1131,12 +1144,10 @@ fn line_edits(
                 let [src @ .., dst] = plain.as_slice() else {
                     continue;
                 };
-                let Some(rel) = tree_target(scan, dst) else {
+                let Some(rel) = driver_source(scan, dst) else {
                     continue;
                 };
-                let from = (src.len() == 1)
-                    .then(|| tree_target(scan, src[0]))
-                    .flatten();
+                let from = (src.len() == 1).then(|| tree_file(scan, src[0])).flatten();
                 let edit = match from.as_deref().and_then(read) {
                     Some(text) if prog != "ln" => Edit::Text(text),
                     _ => Edit::Opaque(format!("it is replaced by {}", src.join(" "))),
@@ -1171,7 +1182,7 @@ fn build_edits(
         std::collections::BTreeMap::new();
     let mut patches = Vec::new();
     let mut findings = Vec::new();
-    for sh in shells {
+    for sh in shells.iter().filter(|sh| !sh.packaged) {
         // Here-document bodies are data, not commands.
         let mut skip = std::collections::HashSet::new();
         for (offset, body) in here_documents(&sh.text) {
