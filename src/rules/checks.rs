@@ -35,10 +35,31 @@ pub(crate) fn norm_value(v: &str) -> String {
         "false" => return "0".into(),
         _ => {}
     }
-    if let Some(n) = parse_int(t) {
+    if let Some(n) = parse_int(t).or_else(|| shifted(t)) {
         return n.to_string();
     }
     t.to_string()
+}
+
+/// A bit written as a shift (`1ULL<<2`, `(1<<31)`, `BIT(3)`, `BIT_ULL(51)`), as headers
+/// spell flag values: the same bit spelt `0x4` must compare equal.
+fn shifted(t: &str) -> Option<i128> {
+    let inner = |p: &str| {
+        t.strip_prefix(p)
+            .and_then(|r| r.strip_prefix('('))
+            .and_then(|r| r.strip_suffix(')'))
+    };
+    if let Some(n) = inner("BIT_ULL").or_else(|| inner("BIT")) {
+        let n = parse_int(n)?;
+        return (0..127).contains(&n).then(|| 1i128 << n);
+    }
+    let (a, b) = t.split_once("<<")?;
+    let trim = |x: &str| x.trim_matches(|c| c == '(' || c == ')').to_string();
+    let (a, b) = (parse_int(&trim(a))?, parse_int(&trim(b))?);
+    (0..100)
+        .contains(&b)
+        .then(|| a.checked_shl(b as u32))
+        .flatten()
 }
 
 /// A C integer literal (`0x10`, `100100`, `-1`, `1U`, `0xffffffffUL`).
@@ -354,6 +375,10 @@ mod tests {
         assert_eq!(norm_value("false"), "0");
         assert_eq!(norm_value("0xffffffffUL"), "4294967295");
         assert_eq!(norm_value("KFD_SCHED_POLICY_HWS"), "KFD_SCHED_POLICY_HWS");
+        assert_eq!(norm_value("(1ULL << 2)"), "4");
+        assert_eq!(norm_value("(1 << 31)"), norm_value("0x80000000"));
+        assert_eq!(norm_value("BIT_ULL(51)"), (1i128 << 51).to_string());
+        assert_eq!(norm_value("(0ULL << 2)"), "0");
         assert_eq!(rhs(" 100300; /* x */", 0), " 100300");
         assert_eq!(rhs(" a ? (1, 2) : 3, .x = 4", 0), " a ? (1, 2) : 3");
     }

@@ -5,7 +5,9 @@
 //! returns success before it checks anything, and, against the clean file, a gate
 //! whose bail-out went away while its function stayed, or whose threshold was moved.
 
-use super::cfile::{always_false, always_true, CFile, CondKind, Kind, Stmt};
+use super::cfile::{
+    always_false, always_true, disjuncts, strip_parens, CFile, CondKind, Kind, Stmt,
+};
 use crate::finding::Severity;
 use regex::Regex;
 use std::collections::HashSet;
@@ -92,6 +94,19 @@ pub(crate) fn neutralised(stmts: &[Stmt], si: usize) -> Option<String> {
                         }
                     ));
                 }
+                // One of several reasons to refuse made constant false (`... || (0 &&
+                // vram_used > vram_size)`): the gate still runs, that limit no longer does.
+                if !c.negated {
+                    let alts = disjuncts(strip_parens(&c.text));
+                    if alts.len() > 1 {
+                        if let Some(off) = alts.iter().find(|d| always_false(d)) {
+                            return Some(format!(
+                                "`{}` no longer refuses for `{off}`: that part of `if ({})` is constant false.",
+                                s.text, c.text
+                            ));
+                        }
+                    }
+                }
             }
             CondKind::Preproc
                 if !c.negated
@@ -153,16 +168,25 @@ fn early_success(stmts: &[Stmt], si: usize) -> Option<String> {
     if !before_ok {
         return None;
     }
-    // What it skips: a refusal later in the same function.
+    // What it skips: a refusal later in the same function, or the answer of the check
+    // it wraps (`return devcgroup_check_permission(...)` of a permission helper).
     let skipped = stmts[si + 1..]
         .iter()
         .take_while(|t| t.ctx.function.as_deref() == Some(func))
         .filter(same)
-        .find(|t| is_bail(&t.text))?;
+        .find(|t| is_bail(&t.text) || returns_check(&t.text))?;
     Some(format!(
         "`{}` is the first thing {func}() does: the check that follows (up to `{}` on line {}) never runs.",
         s.text, skipped.text, skipped.line
     ))
+}
+
+/// `return <checking call>(...);`: a function whose answer is another check's.
+fn returns_check(text: &str) -> bool {
+    static RET: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(r"^return !?\(?(\w+) ?\(").expect("return-call regex"));
+    RET.captures(text)
+        .is_some_and(|c| CHECKER.is_match(&c[1]) && !SUCCESS.is_match(text))
 }
 
 fn squash(s: &str) -> String {

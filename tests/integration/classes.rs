@@ -420,3 +420,258 @@ fn memory_types_and_coherence() {
         ),
     ]);
 }
+
+// Classes beyond the incident, part two: device-info requirements and feature macros,
+// header constants changed in place, GFX9/TTM memory types, limits and permissions.
+
+#[test]
+fn capabilities_in_device_info_and_feature_macros() {
+    run(&[
+        bad(
+            "gfx8 needs_pci_atomics false",
+            "amd/amdkfd/kfd_device.c",
+            "\t\tif (asic_type != CHIP_HAWAII && !vf)\n\t\t\tkfd->device_info.needs_pci_atomics = true;\n",
+            "\t\tif (asic_type != CHIP_HAWAII && !vf)\n\t\t\tkfd->device_info.needs_pci_atomics = false;\n",
+            "kfd->device_info.needs_pci_atomics = false;",
+            Modes::Both,
+        ),
+        bad(
+            "gfx8 requirement exempts Polaris10",
+            "amd/amdkfd/kfd_device.c",
+            "\t\tif (asic_type != CHIP_HAWAII && !vf)\n\t\t\tkfd->device_info.needs_pci_atomics = true;\n",
+            "\t\tif (asic_type != CHIP_HAWAII && asic_type != CHIP_POLARIS10 && !vf)\n\t\t\tkfd->device_info.needs_pci_atomics = true;\n",
+            "if (asic_type != CHIP_HAWAII && asic_type != CHIP_POLARIS10 && !vf)",
+            Modes::Both,
+        ),
+        bad(
+            "navi1x requirement threshold moved to 10.3",
+            "amd/amdkfd/kfd_device.c",
+            "\t\t\tif (gc_version >= IP_VERSION(10, 1, 1))\n\t\t\t\tkfd->device_info.needs_pci_atomics = true;\n",
+            "\t\t\tif (gc_version >= IP_VERSION(10, 3, 0))\n\t\t\t\tkfd->device_info.needs_pci_atomics = true;\n",
+            "if (gc_version >= IP_VERSION(10, 3, 0))\n\t\t\t\tkfd->device_info.needs_pci_atomics",
+            Modes::Both,
+        ),
+        bad(
+            "navi1x requirement dropped by 0 &&",
+            "amd/amdkfd/kfd_device.c",
+            "\t\t\tif (gc_version >= IP_VERSION(10, 1, 1))\n\t\t\t\tkfd->device_info.needs_pci_atomics = true;\n",
+            "\t\t\tif (0 && gc_version >= IP_VERSION(10, 1, 1))\n\t\t\t\tkfd->device_info.needs_pci_atomics = true;\n",
+            "if (0 && gc_version >= IP_VERSION(10, 1, 1))",
+            Modes::Both,
+        ),
+        bad(
+            "navi1x no_atomic_fw_version lowered",
+            "amd/amdkfd/kfd_device.c",
+            "\t\t\t\tkfd->device_info.no_atomic_fw_version = 145;\n",
+            "\t\t\t\tkfd->device_info.no_atomic_fw_version = 1;\n",
+            "kfd->device_info.no_atomic_fw_version = 1;",
+            Modes::Both,
+        ),
+        bad(
+            "cwsr forced for Hawaii/Kaveri",
+            "amd/amdkfd/kfd_device.c",
+            "\t\tif (asic_type != CHIP_KAVERI &&\n\t\t    asic_type != CHIP_HAWAII &&\n\t\t    asic_type != CHIP_TONGA)\n\t\t\tkfd->device_info.supports_cwsr = true;\n",
+            "\t\tkfd->device_info.supports_cwsr = true;\n",
+            "supports_cwsr = true;\n\n\t\tif (asic_type != CHIP_HAWAII && !vf)",
+            Modes::Both,
+        ),
+        bad(
+            "navi10 joins the gfx1030 arm",
+            "amd/amdkfd/kfd_device.c",
+            "\t\tcase IP_VERSION(10, 3, 0):\n\t\t\tgfx_target_version = 100300;\n",
+            "\t\tcase IP_VERSION(10, 3, 0):\n\t\tcase IP_VERSION(10, 1, 10):\n\t\t\tgfx_target_version = 100300;\n",
+            "case IP_VERSION(10, 1, 10):\n\t\t\tgfx_target_version = 100300;",
+            Modes::Both,
+        ),
+        bad(
+            "XNACK per-process macro made constant",
+            "amd/amdkfd/kfd_priv.h",
+            "#define KFD_SUPPORT_XNACK_PER_PROCESS(dev)\\\n\t((KFD_GC_VERSION(dev) == IP_VERSION(9, 4, 2)) ||\t\\\n\t (KFD_GC_VERSION(dev) == IP_VERSION(9, 4, 3)) ||\t\\\n\t (KFD_GC_VERSION(dev) == IP_VERSION(9, 4, 4)))\n",
+            "#define KFD_SUPPORT_XNACK_PER_PROCESS(dev) (1)\n",
+            "#define KFD_SUPPORT_XNACK_PER_PROCESS(dev) (1)",
+            Modes::Both,
+        ),
+        fine(
+            "atomics requirement condition reordered",
+            "amd/amdkfd/kfd_device.c",
+            "\t\tif (asic_type != CHIP_HAWAII && !vf)\n\t\t\tkfd->device_info.needs_pci_atomics = true;\n",
+            "\t\tif (!vf && asic_type != CHIP_HAWAII)\n\t\t\tkfd->device_info.needs_pci_atomics = true;\n",
+        ),
+        fine(
+            "debug message on the requirement",
+            "amd/amdkfd/kfd_device.c",
+            "\t\t\tif (gc_version >= IP_VERSION(10, 1, 1))\n\t\t\t\tkfd->device_info.needs_pci_atomics = true;\n",
+            "\t\t\tif (gc_version >= IP_VERSION(10, 1, 1)) {\n\t\t\t\tdev_dbg(kfd->adev->dev, \"needs PCIe atomics\\n\");\n\t\t\t\tkfd->device_info.needs_pci_atomics = true;\n\t\t\t}\n",
+        ),
+        fine(
+            "XNACK macro reformatted on one line",
+            "amd/amdkfd/kfd_priv.h",
+            "#define KFD_SUPPORT_XNACK_PER_PROCESS(dev)\\\n\t((KFD_GC_VERSION(dev) == IP_VERSION(9, 4, 2)) ||\t\\\n\t (KFD_GC_VERSION(dev) == IP_VERSION(9, 4, 3)) ||\t\\\n\t (KFD_GC_VERSION(dev) == IP_VERSION(9, 4, 4)))\n",
+            "#define KFD_SUPPORT_XNACK_PER_PROCESS(dev) ((KFD_GC_VERSION(dev) == IP_VERSION(9, 4, 2)) || (KFD_GC_VERSION(dev) == IP_VERSION(9, 4, 3)) || (KFD_GC_VERSION(dev) == IP_VERSION(9, 4, 4)))\n",
+        ),
+        fine(
+            "a new chip arm with its own target",
+            "amd/amdkfd/kfd_device.c",
+            "\t\tcase IP_VERSION(10, 3, 0):\n\t\t\tgfx_target_version = 100300;\n",
+            "\t\tcase IP_VERSION(10, 3, 0):\n\t\t\tgfx_target_version = 100300;\n\t\t\tf2g = &gfx_v10_3_kfd2kgd;\n\t\t\tbreak;\n\t\tcase IP_VERSION(10, 3, 9):\n\t\t\tgfx_target_version = 100309;\n",
+        ),
+    ]);
+}
+
+#[test]
+fn constants_changed_in_place_in_headers() {
+    run(&[
+        bad(
+            "CRAT hot-pluggable value changed in kfd_crat.h",
+            "amd/amdkfd/kfd_crat.h",
+            "#define CRAT_MEM_FLAGS_HOT_PLUGGABLE\t0x00000002\n",
+            "#define CRAT_MEM_FLAGS_HOT_PLUGGABLE\t0x00000001\n",
+            "#define CRAT_MEM_FLAGS_HOT_PLUGGABLE\t0x00000001",
+            Modes::Both,
+        ),
+        bad(
+            "CRAT no-atomics iolink flag zeroed",
+            "amd/amdkfd/kfd_crat.h",
+            "#define CRAT_IOLINK_FLAGS_NO_ATOMICS_64_BIT\t(1 << 3)\n",
+            "#define CRAT_IOLINK_FLAGS_NO_ATOMICS_64_BIT\t0\n",
+            "#define CRAT_IOLINK_FLAGS_NO_ATOMICS_64_BIT\t0",
+            Modes::Both,
+        ),
+        bad(
+            "PTE snooped bit changed in amdgpu_vm.h",
+            "amd/amdgpu/amdgpu_vm.h",
+            "#define AMDGPU_PTE_SNOOPED\t(1ULL << 2)\n",
+            "#define AMDGPU_PTE_SNOOPED\t(0ULL << 2)\n",
+            "#define AMDGPU_PTE_SNOOPED\t(0ULL << 2)",
+            Modes::Both,
+        ),
+        bad(
+            "MTYPE_NC value changed in amdgpu_vm.h",
+            "amd/amdgpu/amdgpu_vm.h",
+            "#define AMDGPU_MTYPE_NC 0\n",
+            "#define AMDGPU_MTYPE_NC 3\n",
+            "#define AMDGPU_MTYPE_NC 3",
+            Modes::Both,
+        ),
+        fine(
+            "a comment on the snooped bit",
+            "amd/amdgpu/amdgpu_vm.h",
+            "#define AMDGPU_PTE_SNOOPED\t(1ULL << 2)\n",
+            "#define AMDGPU_PTE_SNOOPED\t(1ULL << 2) /* cache-coherent with the CPU */\n",
+        ),
+        fine(
+            "same value spelt in hex",
+            "amd/amdkfd/kfd_crat.h",
+            "#define CRAT_IOLINK_FLAGS_NO_ATOMICS_64_BIT\t(1 << 3)\n",
+            "#define CRAT_IOLINK_FLAGS_NO_ATOMICS_64_BIT\t0x8\n",
+        ),
+    ]);
+}
+
+#[test]
+fn memory_types_in_gfx9_and_ttm() {
+    run(&[
+        bad(
+            "gmc_v9 every mapping snooped",
+            "amd/amdgpu/gmc_v9_0.c",
+            "\t*flags |= snoop ? AMDGPU_PTE_SNOOPED : 0;\n}\n",
+            "\t*flags |= AMDGPU_PTE_SNOOPED;\n}\n",
+            "*flags |= AMDGPU_PTE_SNOOPED;",
+            Modes::Both,
+        ),
+        bad(
+            "gmc_v9 every mapping MTYPE_UC",
+            "amd/amdgpu/gmc_v9_0.c",
+            "\tif (mtype != MTYPE_NC)\n\t\t*flags = AMDGPU_PTE_MTYPE_VG10(*flags, mtype);\n",
+            "\t*flags = AMDGPU_PTE_MTYPE_VG10(*flags, MTYPE_UC);\n",
+            "*flags = AMDGPU_PTE_MTYPE_VG10(*flags, MTYPE_UC);",
+            Modes::Both,
+        ),
+        bad(
+            "ttm pte flags always snooped",
+            "amd/amdgpu/amdgpu_ttm.c",
+            "\t\tflags |= AMDGPU_PTE_SNOOPED;\n\t}\n",
+            "\t\tflags |= AMDGPU_PTE_SNOOPED;\n\t}\n\tflags |= AMDGPU_PTE_SNOOPED;\n",
+            "flags |= AMDGPU_PTE_SNOOPED;",
+            Modes::Both,
+        ),
+        fine(
+            "gmc_v9 comment on snooping",
+            "amd/amdgpu/gmc_v9_0.c",
+            "\t*flags |= snoop ? AMDGPU_PTE_SNOOPED : 0;\n}\n",
+            "\t/* snoop only system memory */\n\t*flags |= snoop ? AMDGPU_PTE_SNOOPED : 0;\n}\n",
+        ),
+        fine(
+            "gmc_v9 debug message",
+            "amd/amdgpu/gmc_v9_0.c",
+            "\tif (mtype != MTYPE_NC)\n\t\t*flags = AMDGPU_PTE_MTYPE_VG10(*flags, mtype);\n",
+            "\tdev_dbg(adev->dev, \"mtype %u\\n\", mtype);\n\tif (mtype != MTYPE_NC)\n\t\t*flags = AMDGPU_PTE_MTYPE_VG10(*flags, mtype);\n",
+        ),
+    ]);
+}
+
+#[test]
+fn limits_and_permissions() {
+    run(&[
+        bad(
+            "sysfs iolink permission check removed by 0 &&",
+            "amd/amdkfd/kfd_topology.c",
+            "\tif (iolink->gpu && kfd_devcgroup_check_permission(iolink->gpu))\n",
+            "\tif (0 && iolink->gpu && kfd_devcgroup_check_permission(iolink->gpu))\n",
+            "if (0 && iolink->gpu && kfd_devcgroup_check_permission(iolink->gpu))",
+            Modes::Both,
+        ),
+        bad(
+            "devcgroup check answers 0",
+            "amd/amdkfd/kfd_priv.h",
+            "\tstruct drm_device *ddev;\n\n\tif (node->xcp)",
+            "\tstruct drm_device *ddev;\n\n\treturn 0;\n\tif (node->xcp)",
+            "return 0;\n\tif (node->xcp)",
+            Modes::Both,
+        ),
+        bad(
+            "apertures skip no device",
+            "amd/amdkfd/kfd_flat_memory.c",
+            "\t\tif (!dev || kfd_devcgroup_check_permission(dev)) {\n",
+            "\t\tif (!dev) {\n",
+            "if (!dev) {\n\t\t\t/* Skip non GPU",
+            Modes::Both,
+        ),
+        bad(
+            "system memory limit set to all of RAM",
+            "amd/amdgpu/amdgpu_amdkfd_gpuvm.c",
+            "\tkfd_mem_limit.max_system_mem_limit = mem - (mem >> 6);\n",
+            "\tkfd_mem_limit.max_system_mem_limit = mem;\n",
+            "kfd_mem_limit.max_system_mem_limit = mem;",
+            Modes::Both,
+        ),
+        bad(
+            "vram accounting check short-circuited",
+            "amd/amdgpu/amdgpu_amdkfd_gpuvm.c",
+            "\t    (adev && xcp_id >= 0 && adev->kfd.vram_used[xcp_id] + vram_needed >\n",
+            "\t    (0 && adev && xcp_id >= 0 && adev->kfd.vram_used[xcp_id] + vram_needed >\n",
+            "(0 && adev && xcp_id >= 0 && adev->kfd.vram_used[xcp_id] + vram_needed >",
+            Modes::Both,
+        ),
+        bad(
+            "ttm limit made unlimited",
+            "amd/amdgpu/amdgpu_amdkfd_gpuvm.c",
+            "\tkfd_mem_limit.max_ttm_mem_limit = ttm_tt_pages_limit() << PAGE_SHIFT;\n",
+            "\tkfd_mem_limit.max_ttm_mem_limit = U64_MAX;\n",
+            "kfd_mem_limit.max_ttm_mem_limit = U64_MAX;",
+            Modes::Both,
+        ),
+        fine(
+            "permission check with a debug message",
+            "amd/amdkfd/kfd_topology.c",
+            "\tif (iolink->gpu && kfd_devcgroup_check_permission(iolink->gpu))\n\t\treturn -EPERM;\n",
+            "\tif (iolink->gpu && kfd_devcgroup_check_permission(iolink->gpu)) {\n\t\tpr_debug(\"iolink: no access\\n\");\n\t\treturn -EPERM;\n\t}\n",
+        ),
+        fine(
+            "limit debug message reworded",
+            "amd/amdgpu/amdgpu_amdkfd_gpuvm.c",
+            "\tpr_debug(\"Kernel memory limit %lluM, TTM limit %lluM\\n\",\n",
+            "\tpr_debug(\"KFD system memory limit %lluM, TTM limit %lluM\\n\",\n",
+        ),
+    ]);
+}

@@ -3,6 +3,7 @@
 
 mod beyond;
 mod classes;
+mod classes_build;
 mod console;
 mod content;
 mod corpus;

@@ -188,6 +188,42 @@ const CHANGES: &[Change] = &[
         with: "(char *)crat_image + 0x100000) {",
         rule: "KFD-SAFE-010",
     },
+    // Classes beyond the incident. The PCIe-atomics requirement switched off (trees that set
+    // it at run time, 5.13 on).
+    Change {
+        name: "PCIe atomics requirement switched off",
+        file: "amd/amdkfd/kfd_device.c",
+        anchors: &["kfd->device_info.needs_pci_atomics = true;"],
+        with: "kfd->device_info.needs_pci_atomics = false;",
+        rule: "CAP-INFO-001",
+    },
+    // The device-cgroup helper answers "allowed" before it asks.
+    Change {
+        name: "device-cgroup helper answers 0",
+        file: "amd/amdkfd/kfd_priv.h",
+        anchors: &[
+            "\tstruct drm_device *ddev = kfd->ddev;",
+            "\tstruct drm_device *ddev;",
+        ],
+        with: "{}\n\n\treturn 0;",
+        rule: "SAFE-GATE-001",
+    },
+    // Processes get apertures on GPUs their cgroup denies them.
+    Change {
+        name: "permission check dropped from kfd_init_apertures",
+        file: "amd/amdkfd/kfd_flat_memory.c",
+        anchors: &["if (!dev || kfd_devcgroup_check_permission(dev)) {"],
+        with: "if (!dev) {",
+        rule: "KFD-PERM-001",
+    },
+    // A link without PCIe atomics described as having them.
+    Change {
+        name: "CRAT no-atomics link flag zeroed",
+        file: "amd/amdkfd/kfd_crat.h",
+        anchors: &["#define CRAT_IOLINK_FLAGS_NO_ATOMICS_64_BIT\t(1 << 3)"],
+        with: "#define CRAT_IOLINK_FLAGS_NO_ATOMICS_64_BIT\t0",
+        rule: "SAFE-CONST-003",
+    },
 ];
 
 /// Copies one tree (hard links, the changed file un-linked) and applies a change;
