@@ -37,7 +37,7 @@ pub(crate) fn cmd_plan(cli: &Cli, args: &PlanArgs, out: &mut dyn Write) -> anyho
             anyhow::bail!("plan --run streams the commands' output as text: leave out --format");
         }
         let tty = std::io::stdin().is_terminal();
-        return run_command(&plan, args.yes, tty, out, &mut TerminalConfirm);
+        return run_command(&plan, args.yes, tty, cli.quiet, out, &mut TerminalConfirm);
     }
     match cli.format {
         Format::Text | Format::Prometheus => out.write_all(render_text(&plan).as_bytes())?,

@@ -3,8 +3,9 @@
 //! `Error!` and still exit 0), and the run stopped at the first failure with advice.
 
 use super::plan::{RecoveryPlan, RecoveryStep, StepKind};
-use super::render::render_text;
+use super::render::render_text_for_confirm;
 use crate::exit::Outcome;
+use crate::restore::prompt::{ask_yes_no, Answer, Interrupted};
 use crate::term;
 use std::io::{BufRead, Write};
 use std::process::{Command, Stdio};
@@ -139,18 +140,15 @@ fn advice(plan: &RecoveryPlan, st: &RecoveryStep) -> Vec<String> {
 
 /// Asks the person at the terminal before anything is run.
 pub(crate) trait Confirm {
-    fn confirm(&mut self, prompt: &str) -> anyhow::Result<bool>;
+    fn confirm(&mut self, prompt: &str) -> anyhow::Result<Answer>;
 }
 
-/// A yes/no question on the terminal (dialoguer), default no.
+/// A yes/no question on the terminal (stderr), default no.
 pub(crate) struct TerminalConfirm;
 
 impl Confirm for TerminalConfirm {
-    fn confirm(&mut self, prompt: &str) -> anyhow::Result<bool> {
-        Ok(dialoguer::Confirm::new()
-            .with_prompt(prompt)
-            .default(false)
-            .interact()?)
+    fn confirm(&mut self, prompt: &str) -> anyhow::Result<Answer> {
+        Ok(ask_yes_no(&dialoguer::console::Term::stderr(), prompt)?)
     }
 }
 
@@ -294,15 +292,17 @@ pub(crate) fn run_steps(
 }
 
 /// `plan --run`: refuse what it must not do, ask (when `tty`: stdin is a terminal),
-/// then run.
+/// then run. The commands are printed last, right above the question; `quiet`
+/// shortens what comes before them.
 pub(crate) fn run_command(
     plan: &RecoveryPlan,
     yes: bool,
     tty: bool,
+    quiet: bool,
     out: &mut dyn Write,
     confirm: &mut dyn Confirm,
 ) -> anyhow::Result<Outcome> {
-    out.write_all(render_text(plan).as_bytes())?;
+    out.write_all(render_text_for_confirm(plan, quiet).as_bytes())?;
     let runnable = plan.steps.iter().filter(|s| s.runs).count();
     if runnable == 0 {
         writeln!(out, "\nnothing to run.")?;
@@ -347,9 +347,13 @@ pub(crate) fn run_command(
             );
         }
         out.flush()?;
-        if !confirm.confirm(&format!("Run these {runnable} commands now?"))? {
-            writeln!(out, "nothing was run.")?;
-            return Ok(Outcome::Found);
+        match confirm.confirm(&format!("Run these {runnable} commands now?"))? {
+            Answer::Yes => {}
+            Answer::No => {
+                writeln!(out, "nothing was run.")?;
+                return Ok(Outcome::Found);
+            }
+            Answer::Interrupted => return Err(Interrupted.into()),
         }
     }
     for r in plan.restore_steps() {
@@ -375,9 +379,9 @@ mod tests {
     struct Scripted(bool, usize);
 
     impl Confirm for Scripted {
-        fn confirm(&mut self, _prompt: &str) -> anyhow::Result<bool> {
+        fn confirm(&mut self, _prompt: &str) -> anyhow::Result<Answer> {
             self.1 += 1;
-            Ok(self.0)
+            Ok(if self.0 { Answer::Yes } else { Answer::No })
         }
     }
 
@@ -414,20 +418,20 @@ mod tests {
         )]);
         let mut out = Vec::new();
         let mut no = Scripted(false, 0);
-        let o = run_command(&plan, false, true, &mut out, &mut no).unwrap();
+        let o = run_command(&plan, false, true, false, &mut out, &mut no).unwrap();
         assert_eq!((o, no.1), (Outcome::Found, 1));
         assert!(!marker.exists());
         assert!(String::from_utf8_lossy(&out).ends_with("nothing was run.\n"));
 
         let mut yes = Scripted(true, 0);
-        let o = run_command(&plan, false, true, &mut Vec::new(), &mut yes).unwrap();
+        let o = run_command(&plan, false, true, false, &mut Vec::new(), &mut yes).unwrap();
         assert_eq!((o, yes.1), (Outcome::Clean, 1));
         assert!(marker.exists());
 
         // --yes does not ask; no terminal and no --yes refuses without asking.
         let mut never = Scripted(false, 0);
-        run_command(&plan, true, false, &mut Vec::new(), &mut never).unwrap();
-        let err = run_command(&plan, false, false, &mut Vec::new(), &mut never).unwrap_err();
+        run_command(&plan, true, false, false, &mut Vec::new(), &mut never).unwrap();
+        let err = run_command(&plan, false, false, false, &mut Vec::new(), &mut never).unwrap_err();
         assert!(err.to_string().contains("pass --yes"), "{err}");
         assert_eq!(never.1, 0);
     }
