@@ -96,8 +96,9 @@ fn lock_and_clean(root: &Root, tree_dirs: &[PathBuf]) -> anyhow::Result<lock::Re
     let held = lock::acquire(&state)?;
     if let Some(pid) = held.took_over {
         warn(&format!(
-            "took over the stale lock {} left by process {pid}, which is no longer running (a restore was interrupted; 'kfd-audit undo --list' shows what it did)",
-            held.path.display()
+            "took over the stale lock {} left by process {pid}, which is no longer running (a restore was interrupted; '{} undo --list' shows what it did)",
+            held.path.display(),
+            again(root)
         ));
     }
     let mut removed = 0;
@@ -177,14 +178,7 @@ fn result_json(r: &ApplyResult, recovery: &[String]) -> serde_json::Value {
 /// `--root` that was used would act on another system (and `undo <id>` would find no
 /// such run there).
 fn again(root: &Root) -> String {
-    if root.is_host_root() {
-        "kfd-audit".to_string()
-    } else {
-        format!(
-            "kfd-audit --root {}",
-            crate::recovery::shell_quote(&root.dir().display().to_string())
-        )
-    }
+    plan::kfd_audit(root)
 }
 
 /// `restore` again on the same system and the same trees: the `--tree`s the user
@@ -328,10 +322,11 @@ pub(crate) fn restore(
     let root = Root::open(&cli.root)?;
     let interactive = !args.yes && !args.dry_run;
     if interactive && !(std::io::stdin().is_terminal() && std::io::stderr().is_terminal()) {
+        let cmd = restore_again(&root, &args.trees.trees);
         anyhow::bail!(
             "restore asks before it changes anything, and there is no terminal to ask on. \
-             Run 'kfd-audit restore --yes' to apply the plan without asking, or \
-             'kfd-audit restore --dry-run' to only print it"
+             Run '{cmd} --yes' to apply the plan without asking, or \
+             '{cmd} --dry-run' to only print it"
         );
     }
     let opts = args.trees.audit_options(cli);
@@ -647,8 +642,9 @@ pub(crate) fn undo(cli: &Cli, args: &UndoArgs, out: &mut dyn Write) -> anyhow::R
     if let Some(id) = &args.id {
         if !journal::valid_run_id(id) {
             anyhow::bail!(
-                "{}: not a run id; 'kfd-audit undo --list' shows the runs",
-                term::escape(id)
+                "{}: not a run id; '{} undo --list' shows the runs",
+                term::escape(id),
+                again(&root)
             );
         }
     }
@@ -704,7 +700,7 @@ pub(crate) fn undo(cli: &Cli, args: &UndoArgs, out: &mut dyn Write) -> anyhow::R
         return Ok(Outcome::Clean);
     }
 
-    let run = undo::pick(&runs, args.id.as_deref())?;
+    let run = undo::pick(&runs, args.id.as_deref(), &again(&root))?;
     // Lock first, so that the files cannot change between the check and the write.
     let trees: BTreeSet<PathBuf> = run.intents.iter().map(|i| i.tree.clone()).collect();
     let sys: Vec<PathBuf> = trees.iter().cloned().collect();

@@ -470,17 +470,35 @@ fn text(p: &Path) -> String {
     String::from_utf8_lossy(p.as_os_str().as_bytes()).into_owned()
 }
 
+/// How to call kfd-audit again on the same system: a follow-up command without the
+/// `--root` that was used would act on another system.
+pub(crate) fn kfd_audit(root: &Root) -> String {
+    if root.is_host_root() {
+        "kfd-audit".to_string()
+    } else {
+        format!(
+            "kfd-audit --root {}",
+            crate::term::shell_quote(&root.dir().display().to_string())
+        )
+    }
+}
+
 /// What the user can do about files without a verified clean source.
-pub(crate) fn advice(tp: &TreePlan) -> Vec<String> {
+pub(crate) fn advice(root: &Root, tp: &TreePlan) -> Vec<String> {
     if tp.no_source.is_empty() {
         return Vec::new();
     }
+    let kfd = kfd_audit(root);
+    let again = format!(
+        "{kfd} restore --tree {}",
+        crate::term::shell_quote(&text(&tp.tree.system_path))
+    );
     let mut a = Vec::new();
     if let Some(pkg) = &tp.dpkg_package {
         // Least invasive first: the archive back in apt's cache changes no file, and
         // kfd-audit then restores only the changed ones, journaled and undoable.
         a.push(format!(
-            "fetch the package archive again, which changes no file: apt-get install --download-only --reinstall {pkg}; then run kfd-audit restore again"
+            "fetch the package archive again, which changes no file: apt-get install --download-only --reinstall {pkg}; then run {again} again"
         ));
         a.push(format!(
             "or reinstall the package: apt-get install --reinstall {pkg} (dpkg overwrites every changed file of it; copy any you want to keep first)"
@@ -488,21 +506,23 @@ pub(crate) fn advice(tp: &TreePlan) -> Vec<String> {
     }
     if let [fetch, reinstall] = tp.rpm_advice.as_slice() {
         a.push(format!(
-            "fetch the package file of the installed version: {fetch}, then run restore again (kfd-audit reads it in place and checks every file against the RPM database)"
+            "fetch the package file of the installed version: {fetch}, then run {again} again (kfd-audit reads it in place and checks every file against the RPM database)"
         ));
         a.push(format!(
             "or reinstall the package: {reinstall} (rpm overwrites every changed file of it; copy any you want to keep first)"
         ));
     }
     a.push(format!(
-        "put a verified clean copy next to the file (e.g. FILE.orig from an unpacked {} {} package) and run restore again",
+        "put a verified clean copy next to the file (e.g. FILE.orig from an unpacked {} {} package) and run {again} again",
         tp.tree.package(),
         tp.tree.version()
     ));
-    a.push("restore the file by hand, then check it with 'kfd-audit scan'".into());
-    a.push(
-        "next time, record a baseline while the tree is clean: 'kfd-audit baseline create'".into(),
-    );
+    a.push(format!(
+        "restore the file by hand, then check it with '{kfd} scan'"
+    ));
+    a.push(format!(
+        "next time, record a baseline while the tree is clean: '{kfd} baseline create'"
+    ));
     a
 }
 
@@ -566,7 +586,7 @@ impl RestorePlan {
                     })
                     .collect(),
                 leftover_temps: tp.leftover_temps.iter().map(|p| text(p)).collect(),
-                advice: advice(tp),
+                advice: advice(root, tp),
             })
             .collect();
         PlanJson {

@@ -150,7 +150,7 @@ pub(crate) fn plan_text(root: &Root, plan: &RestorePlan, run: &str) -> String {
                 term::path(t)
             );
         }
-        let a = advice(tp);
+        let a = advice(root, tp);
         if !a.is_empty() {
             let _ = writeln!(out, "  for the files that stay as they are:");
             for line in a {
@@ -232,7 +232,7 @@ pub(crate) fn plan_markdown(root: &Root, plan: &RestorePlan) -> String {
             }
             out.push('\n');
         }
-        let a = advice(tp);
+        let a = advice(root, tp);
         if !a.is_empty() {
             let _ = writeln!(out, "For the files without a clean source:\n");
             for line in a {

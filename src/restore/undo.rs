@@ -47,12 +47,13 @@ fn undone_within<'a>(runs: &'a [Run], id: &str, depth: usize) -> Option<&'a Run>
 
 /// The run to undo: the named one, else the latest restore that changed something
 /// and has not been undone.
-pub(crate) fn pick<'a>(runs: &'a [Run], id: Option<&str>) -> Result<&'a Run> {
+/// `kfd` is how the user calls kfd-audit on this system (with its `--root`).
+pub(crate) fn pick<'a>(runs: &'a [Run], id: Option<&str>, kfd: &str) -> Result<&'a Run> {
     let journal_dir = Path::new(super::plan::STATE_DIR).join(super::journal::DIR);
     match id {
         Some(id) => runs.iter().find(|r| r.id == id).ok_or_else(|| Error::Refused {
             path: journal_dir.join(format!("{id}.jsonl")),
-            message: "no such run in the journal; 'kfd-audit undo --list' shows the runs".into(),
+            message: format!("no such run in the journal; '{kfd} undo --list' shows the runs"),
         }),
         None => runs
             .iter()
@@ -60,7 +61,7 @@ pub(crate) fn pick<'a>(runs: &'a [Run], id: Option<&str>) -> Result<&'a Run> {
             .find(|r| r.kind == RunKind::Restore && !r.intents.is_empty() && undone_by(runs, &r.id).is_none())
             .ok_or_else(|| Error::Refused {
                 path: journal_dir,
-                message: "nothing to undo: no restore in the journal is in effect (each was undone, or none changed a file); 'kfd-audit undo --list' shows the runs".into(),
+                message: format!("nothing to undo: no restore in the journal is in effect (each was undone, or none changed a file); '{kfd} undo --list' shows the runs"),
             }),
     }
 }

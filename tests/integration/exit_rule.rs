@@ -69,6 +69,23 @@ fn restore_and_undo() {
         "{}",
         yes.stdout()
     );
+    // Issue 15: the follow-up command carries the --root used, and names the tree.
+    let again = format!(
+        "then run kfd-audit --root {} restore --tree /{TREE} again",
+        s.fx.root().display()
+    );
+    assert!(yes.stdout().contains(&again), "{}", yes.stdout());
+    // So does undo's advice when there is nothing to undo.
+    let undo = s.run(&["undo"]);
+    undo.expect_code(2);
+    assert!(
+        undo.stderr().contains(&format!(
+            "'kfd-audit --root {} undo --list'",
+            s.fx.root().display()
+        )),
+        "{}",
+        undo.stderr()
+    );
 }
 
 /// Issue 15 (confusing): the printed undo command carries the --root that was used,

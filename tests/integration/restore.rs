@@ -691,7 +691,13 @@ fn only_limits_and_files_without_a_source_get_advice() {
         out.contains("apt-get install --reinstall amdgpu-dkms"),
         "{out}"
     );
-    assert!(out.contains("kfd-audit baseline create"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "'kfd-audit --root {} baseline create'",
+            s.fx.root().display()
+        )),
+        "{out}"
+    );
 
     let run = s.run(&["restore", "--yes", "--only", "amd/nope.c"]);
     run.expect_code(2);
