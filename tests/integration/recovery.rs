@@ -1107,6 +1107,15 @@ fn an_added_build_file_is_no_dead_end() {
     let (run, calls) = run_with_fakes(&fx, "", &["plan", "--run", "--yes"]);
     run.expect_code(2);
     assert!(run.stderr().contains("still differs"), "{}", run.stderr());
+    // Issue 15: the advice to run it again keeps the --root that was used.
+    assert!(
+        run.stderr().contains(&format!(
+            "then 'kfd-audit --root {} plan --run' again",
+            fx.root().display()
+        )),
+        "{}",
+        run.stderr()
+    );
     assert_eq!(calls, "");
 
     let restore = fx.run(&["restore", "--yes"]);
