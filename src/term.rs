@@ -128,6 +128,20 @@ pub fn path(p: &Path) -> String {
     escape(&text).into_owned()
 }
 
+/// Quotes an argument for a POSIX shell, only when it needs it (commands printed
+/// for a person to paste).
+pub(crate) fn shell_quote(arg: &str) -> String {
+    if !arg.is_empty()
+        && arg
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_@%+=:,./-".contains(c))
+    {
+        arg.to_string()
+    } else {
+        format!("'{}'", arg.replace('\'', "'\\''"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,19 +174,5 @@ mod tests {
         assert!(paint(true, RED, "x").contains("x\x1b["));
         assert_eq!(plural(1, "tree"), "1 tree");
         assert_eq!(plural(0, "tree"), "0 trees");
-    }
-}
-
-/// Quotes an argument for a POSIX shell, only when it needs it (commands printed
-/// for a person to paste).
-pub(crate) fn shell_quote(arg: &str) -> String {
-    if !arg.is_empty()
-        && arg
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_@%+=:,./-".contains(c))
-    {
-        arg.to_string()
-    } else {
-        format!("'{}'", arg.replace('\'', "'\\''"))
     }
 }
