@@ -599,7 +599,8 @@ struct RunJson {
 #[derive(Serialize)]
 struct RunFileJson {
     path: String,
-    /// What the journal says: `replaced`, `failed`, or `interrupted` (intent only).
+    /// What the journal says: `replaced`, `moved` (an added file, into the
+    /// quarantine), `failed`, or `interrupted` (intent only).
     journal: &'static str,
     /// What the file is now, by its hash: `old`, `new`, `changed`, `missing`, `not-a-file`.
     now: FileState,
@@ -621,7 +622,9 @@ fn run_json(root: &Root, runs: &[Run], r: &Run) -> RunJson {
             .iter()
             .map(|i| RunFileJson {
                 path: i.path.display().to_string(),
-                journal: if r.is_done(i.seq) {
+                journal: if r.is_done(i.seq) && i.new_sha256.is_none() {
+                    "moved"
+                } else if r.is_done(i.seq) {
                     "replaced"
                 } else if r.failed.contains_key(&i.seq) {
                     "failed"

@@ -347,6 +347,17 @@ fn added_files_are_offered_moved_and_undone() {
     let q = s.fx.path(moved["quarantine"].as_str().unwrap());
     assert_eq!(std::fs::read(q).unwrap(), b"obj-y += evil.o\n");
 
+    let list = s.run(&["--format", "json", "undo", "--list"]).json();
+    let files = list["runs"][0]["files"].as_array().unwrap();
+    let kb = files
+        .iter()
+        .find(|f| f["path"].as_str().unwrap().ends_with("/Kbuild"))
+        .unwrap();
+    assert_eq!(
+        (&kb["journal"], &kb["now"]),
+        (&"moved".into(), &"new".into())
+    );
+
     s.run(&["undo"]).expect_code(0);
     assert_eq!(std::fs::read(&kbuild).unwrap(), b"obj-y += evil.o\n");
     s.assert_files(&[false]);
