@@ -24,12 +24,14 @@ pub(crate) struct RestoreArgs {
     #[command(flatten)]
     pub trees: TreeArgs,
 
-    /// Apply the plan without asking (for scripts): restore every file that has a
-    /// verified clean source, and move into the quarantine the added files the build
-    /// reads (a stray Kbuild or Makefile fragment, a new .c or .h). Added files the
-    /// build does not read stay where they are, listed; the interactive restore asks
-    /// about each. Everything moved can be put back with 'kfd-audit undo'
-    #[arg(long, short = 'y', conflicts_with = "dry_run", verbatim_doc_comment)]
+    /// Apply the plan without asking (for scripts); of the added files, only those the build reads are moved
+    ///
+    /// Restores every file that has a verified clean source, and moves into the
+    /// quarantine the added files the build reads (a stray Kbuild or Makefile fragment,
+    /// a new .c or .h). Added files the build does not read stay where they are,
+    /// listed; the interactive restore asks about each. Everything moved can be put
+    /// back with 'kfd-audit undo'
+    #[arg(long, short = 'y', conflicts_with = "dry_run")]
     pub yes: bool,
 
     /// Print the plan and change nothing (no lock, no journal)

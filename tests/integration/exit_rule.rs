@@ -136,6 +136,14 @@ fn restore_yes_moves_added_build_files_and_says_what_stays() {
     let notes =
         s.fx.write(&format!("{TREE}/amd/amdkfd/NOTES.txt"), "notes\n");
     let tree = format!("/{TREE}");
+    // --help says which added files --yes moves.
+    let help = s.run(&["restore", "--help"]).stdout();
+    let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        help.contains("moves into the quarantine the added files the build reads")
+            && help.contains("Added files the build does not read stay where they are"),
+        "{help}"
+    );
     let dry = s.run(&["restore", "--dry-run"]);
     dry.expect_code(1);
     assert!(
