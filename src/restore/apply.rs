@@ -41,6 +41,9 @@ pub(crate) struct Change {
     /// Move the file into the quarantine instead of replacing it (an added file:
     /// nothing is fetched, and the file is absent after the run).
     pub remove: bool,
+    /// Mode and owner for a file that is created: the ones it had when a run moved it
+    /// away (undo); `None`: 0644 and its directory's owner.
+    pub create_as: Option<Ownership>,
     /// Kind of source (`backup`, `baseline`, `quarantine`, ...) and where it is.
     pub source: String,
     pub origin: String,
@@ -236,6 +239,10 @@ fn apply_one(ctx: &mut Ctx, c: &Change, fetch: &mut Fetch) -> Step {
             mode: m.mode,
             owner: Some((m.uid, m.gid)),
         },
+        (None, _) if c.create_as.is_some() => c.create_as.unwrap_or(Ownership {
+            mode: 0o644,
+            owner: None,
+        }),
         (None, Ok(d)) => Ownership {
             mode: 0o644,
             owner: Some((d.uid, d.gid)),

@@ -218,6 +218,7 @@ fn change_for(tp: &plan::TreePlan, item: &PlanItem, root: &Root) -> Change {
             None => Expect::Absent,
         },
         remove: false,
+        create_as: None,
         source: item.source.to_string(),
         origin: display_origin(root, &item.origin),
     }
@@ -230,6 +231,7 @@ fn move_for(tp: &plan::TreePlan, a: &plan::AddedFile) -> Change {
         rel: a.rel.clone(),
         expect: Expect::Digest(a.current.clone()),
         remove: true,
+        create_as: None,
         source: "added".into(),
         origin: "in no reference".into(),
     }

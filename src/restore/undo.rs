@@ -7,7 +7,7 @@
 use super::apply::{self, ApplyResult, Change, Expect};
 use super::journal::{judge, sha256_hex, FileState, Intent, Run, RunKind};
 use crate::error::{Error, Result};
-use crate::io::atomic::TreeFile;
+use crate::io::atomic::{Ownership, TreeFile};
 use crate::io::hash::{Algorithm, Digest};
 use crate::io::root::Root;
 use serde::Serialize;
@@ -143,6 +143,11 @@ pub(crate) fn plan(root: &Root, run: &Run) -> UndoPlan {
                         rel: intent.rel.clone(),
                         expect: Expect::Absent,
                         remove: false,
+                        // It comes back as it was: mode and owner from the journal.
+                        create_as: Some(Ownership {
+                            mode: intent.mode,
+                            owner: Some((intent.uid, intent.gid)),
+                        }),
                         source: "quarantine".into(),
                         origin: q.display().to_string(),
                     },
@@ -185,6 +190,7 @@ pub(crate) fn plan(root: &Root, run: &Run) -> UndoPlan {
                         rel: intent.rel.clone(),
                         expect: Expect::Digest(new),
                         remove: false,
+                        create_as: None,
                         source: "quarantine".into(),
                         origin: q.display().to_string(),
                     },

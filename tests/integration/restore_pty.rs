@@ -7,6 +7,7 @@ use crate::restore::Scenario;
 use rexpect::reader::Options;
 use rexpect::session::{spawn_with_options, PtySession};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 const TIMEOUT_MS: u64 = 30_000;
@@ -313,6 +314,7 @@ fn added_files_are_offered_moved_and_undone() {
         s.fx.write(&format!("{TREE}/amd/amdkfd/Kbuild"), "obj-y += evil.o\n");
     let notes =
         s.fx.write(&format!("{TREE}/amd/amdkfd/NOTES.txt"), "my notes\n");
+    std::fs::set_permissions(&kbuild, std::fs::Permissions::from_mode(0o640)).unwrap();
     let mut p = spawn(&s, &[]);
     p.exp_string(&question(1, 3)).unwrap();
     keys(&mut p, "r");
@@ -360,5 +362,8 @@ fn added_files_are_offered_moved_and_undone() {
 
     s.run(&["undo"]).expect_code(0);
     assert_eq!(std::fs::read(&kbuild).unwrap(), b"obj-y += evil.o\n");
+    // It comes back with the mode it had, not a default one.
+    let mode = std::fs::metadata(&kbuild).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o640);
     s.assert_files(&[false]);
 }
