@@ -327,6 +327,11 @@ pub fn main() -> ExitCode {
             {
                 return ExitCode::SUCCESS;
             }
+            // Ctrl-C at a prompt: the shell's code for a command ended by SIGINT.
+            if let Some(i) = err.downcast_ref::<crate::restore::prompt::Interrupted>() {
+                eprintln!("kfd-audit: {i}");
+                return ExitCode::from(130);
+            }
             eprintln!("kfd-audit: error: {}", term::escape(&one_line(&err)));
             Outcome::Failed.into()
         }

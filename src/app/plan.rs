@@ -5,7 +5,8 @@ use crate::app::{Cli, Format, PlanArgs};
 use crate::exit::Outcome;
 use crate::io::root::Root;
 use crate::recovery::{
-    build, render_json, render_markdown, render_text, run_command, PlanOptions, TerminalConfirm,
+    build, render_json, render_markdown, render_text, run_command, shell_quote, PlanOptions,
+    RunOptions, TerminalConfirm,
 };
 use std::io::{IsTerminal, Write};
 
@@ -36,8 +37,19 @@ pub(crate) fn cmd_plan(cli: &Cli, args: &PlanArgs, out: &mut dyn Write) -> anyho
         if cli.format != Format::Text {
             anyhow::bail!("plan --run streams the commands' output as text: leave out --format");
         }
-        let tty = std::io::stdin().is_terminal();
-        return run_command(&plan, args.yes, tty, out, &mut TerminalConfirm);
+        // Advice to run it again says it the way it was called: same root, same trees.
+        let mut again = format!("{} plan --run", crate::restore::plan::kfd_audit(&root));
+        for t in &args.trees.trees {
+            again.push_str(" --tree ");
+            again.push_str(&shell_quote(&t.display().to_string()));
+        }
+        let opts = RunOptions {
+            yes: args.yes,
+            tty: std::io::stdin().is_terminal(),
+            quiet: cli.quiet,
+            again,
+        };
+        return run_command(&plan, &opts, out, &mut TerminalConfirm);
     }
     match cli.format {
         Format::Text | Format::Prometheus => out.write_all(render_text(&plan).as_bytes())?,

@@ -9,7 +9,7 @@ use crate::io::root::Root;
 use crate::restore::apply::ApplyResult;
 use crate::restore::journal::{self, FileState, Run};
 use crate::restore::plan::{self, RestorePlan, STATE_DIR};
-use crate::restore::prompt::TerminalPrompter;
+use crate::restore::prompt::{Interrupted, TerminalPrompter};
 use crate::restore::{self, lock, render, undo, Review};
 use crate::scan::TreeScan;
 use crate::term;
@@ -24,7 +24,13 @@ pub(crate) struct RestoreArgs {
     #[command(flatten)]
     pub trees: TreeArgs,
 
-    /// Apply the whole plan without asking (for scripts)
+    /// Apply the plan without asking (for scripts); of the added files, only those the build reads are moved
+    ///
+    /// Restores every file that has a verified clean source, and moves into the
+    /// quarantine the added files the build reads (a stray Kbuild or Makefile fragment,
+    /// a new .c or .h). Added files the build does not read stay where they are,
+    /// listed; the interactive restore asks about each. Everything moved can be put
+    /// back with 'kfd-audit undo'
     #[arg(long, short = 'y', conflicts_with = "dry_run")]
     pub yes: bool,
 
@@ -92,8 +98,9 @@ fn lock_and_clean(root: &Root, tree_dirs: &[PathBuf]) -> anyhow::Result<lock::Re
     let held = lock::acquire(&state)?;
     if let Some(pid) = held.took_over {
         warn(&format!(
-            "took over the stale lock {} left by process {pid}, which is no longer running (a restore was interrupted; 'kfd-audit undo --list' shows what it did)",
-            held.path.display()
+            "took over the stale lock {} left by process {pid}, which is no longer running (a restore was interrupted; '{} undo --list' shows what it did)",
+            held.path.display(),
+            again(root)
         ));
     }
     let mut removed = 0;
@@ -173,16 +180,26 @@ fn result_json(r: &ApplyResult, recovery: &[String]) -> serde_json::Value {
 /// `--root` that was used would act on another system (and `undo <id>` would find no
 /// such run there).
 fn again(root: &Root) -> String {
-    if root.is_host_root() {
-        "kfd-audit".to_string()
-    } else {
-        format!("kfd-audit --root {}", term::path(root.dir()))
+    plan::kfd_audit(root)
+}
+
+/// `restore` again on the same system and the same trees: the `--tree`s the user
+/// named, as they named them.
+fn restore_again(root: &Root, trees: &[PathBuf]) -> String {
+    let mut s = format!("{} restore", again(root));
+    for t in trees {
+        s.push_str(" --tree ");
+        s.push_str(&crate::recovery::shell_quote(&t.display().to_string()));
     }
+    s
 }
 
 fn result_text(root: &Root, r: &ApplyResult, verb: &str) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
+    // Only when a previous version really went there: a run that stopped before
+    // replacing anything has nothing in the quarantine.
+    let kept = r.applied.iter().any(|a| a.quarantine.is_some());
     let _ = writeln!(
         out,
         "\n{verb} {} of {} file(s){}",
@@ -190,6 +207,7 @@ fn result_text(root: &Root, r: &ApplyResult, verb: &str) -> String {
         r.applied.len() + r.not_applied.len(),
         r.run
             .as_ref()
+            .filter(|_| kept)
             .map(|id| format!(
                 "; previous versions are kept in {}/quarantine/{id}/",
                 STATE_DIR
@@ -197,7 +215,13 @@ fn result_text(root: &Root, r: &ApplyResult, verb: &str) -> String {
             .unwrap_or_default()
     );
     for a in &r.applied {
-        let _ = writeln!(out, "  {verb:<13} {}", text(&a.system_path));
+        let what = if a.moved { "moved away" } else { verb };
+        let _ = writeln!(out, "  {what:<13} {}", text(&a.system_path));
+        if a.moved {
+            if let Some(q) = &a.quarantine {
+                let _ = writeln!(out, "                now in {}", text(q));
+            }
+        }
         if let Some(w) = &a.warning {
             let _ = writeln!(out, "                warning: {}", term::escape(w));
         }
@@ -211,7 +235,7 @@ fn result_text(root: &Root, r: &ApplyResult, verb: &str) -> String {
             term::escape(&n.reason)
         );
     }
-    if let (Some(id), Some(j)) = (&r.run, &r.journal) {
+    if let (Some(id), Some(j), false) = (&r.run, &r.journal, r.applied.is_empty()) {
         let _ = writeln!(
             out,
             "journal: {}; to put the previous versions back: {} undo {id}",
@@ -284,7 +308,7 @@ fn print_plan(
 }
 
 fn plan_outcome(plan: &RestorePlan) -> Outcome {
-    if plan.item_count() + plan.no_source_count() + plan.refused_count() > 0 {
+    if plan.item_count() + plan.no_source_count() + plan.refused_count() + plan.added_count() > 0 {
         Outcome::Found
     } else {
         Outcome::Clean
@@ -300,10 +324,11 @@ pub(crate) fn restore(
     let root = Root::open(&cli.root)?;
     let interactive = !args.yes && !args.dry_run;
     if interactive && !(std::io::stdin().is_terminal() && std::io::stderr().is_terminal()) {
+        let cmd = restore_again(&root, &args.trees.trees);
         anyhow::bail!(
             "restore asks before it changes anything, and there is no terminal to ask on. \
-             Run 'kfd-audit restore --yes' to apply the plan without asking, or \
-             'kfd-audit restore --dry-run' to only print it"
+             Run '{cmd} --yes' to apply the plan without asking, or \
+             '{cmd} --dry-run' to only print it"
         );
     }
     let opts = args.trees.audit_options(cli);
@@ -324,11 +349,18 @@ pub(crate) fn restore(
         }
         return Ok(plan_outcome(&plan));
     }
-    // Trees to write in: those with files to restore or temp files of a killed run.
+    // What this run may apply: --yes applies its selection; the review may also
+    // offer added files the build does not read.
+    let offered = if interactive {
+        plan.item_count() + plan.added_count()
+    } else {
+        restore::select_yes(&plan).len()
+    };
+    // Trees to write in: those with entries to apply or temp files of a killed run.
     let write_trees: Vec<&plan::TreePlan> = plan
         .trees
         .iter()
-        .filter(|t| !t.items.is_empty() || !t.leftover_temps.is_empty())
+        .filter(|t| t.entry_count() > 0 || !t.leftover_temps.is_empty())
         .collect();
     let state_temps = !atomic::find_stale_temps(&root.path(STATE_DIR)).is_empty();
     let _lock = if !write_trees.is_empty() || state_temps {
@@ -345,12 +377,26 @@ pub(crate) fn restore(
     } else {
         None
     };
-    if plan.item_count() == 0 {
+    // Files outside --only that still differ: the run leaves them as they are.
+    let outside_only = if args.only.is_empty() {
+        0
+    } else {
+        let whole = plan::build(&root, &scans, &[])?;
+        let count = |p: &RestorePlan| {
+            p.item_count() + p.no_source_count() + p.refused_count() + p.added_count()
+        };
+        count(&whole).saturating_sub(count(&plan))
+    };
+    if offered == 0 {
         print_plan(&root, &plan, cli.format, false, out)?;
         if cli.format == Format::Text {
             writeln!(out, "\nnothing to restore")?;
         }
-        return Ok(plan_outcome(&plan));
+        return Ok(if outside_only > 0 {
+            Outcome::Found
+        } else {
+            plan_outcome(&plan)
+        });
     }
 
     // The plan a person reads goes to stdout in text; with another format it goes
@@ -365,7 +411,7 @@ pub(crate) fn restore(
         } else {
             std::io::stderr().write_all(&shown)?;
         }
-        let mut prompter = TerminalPrompter::default();
+        let mut prompter = TerminalPrompter::with_pager(cli.pager_enabled());
         let review = if cli.format == Format::Text {
             restore::review(&root, &plan, &mut prompter, out)?
         } else {
@@ -373,6 +419,7 @@ pub(crate) fn restore(
         };
         match review {
             Review::Selected(s) => s,
+            Review::Interrupted => return Err(Interrupted.into()),
             Review::Cancelled => {
                 if cli.format == Format::Text {
                     writeln!(out, "nothing was restored")?;
@@ -386,7 +433,7 @@ pub(crate) fn restore(
         if cli.format == Format::Text {
             out.write_all(render::plan_text(&root, &plan, "<run>").as_bytes())?;
         }
-        restore::select_all(&plan)
+        restore::select_yes(&plan)
     };
 
     let result = restore::apply_plan(&root, &plan, &scans, &selection);
@@ -429,10 +476,13 @@ pub(crate) fn restore(
             .iter()
             .map(|s| {
                 let path = s.tree.system_path.display().to_string();
+                // The restore just ran: what is left to restore is said above, and
+                // the next steps are the rebuild.
                 let steps = recovery_plan
                     .steps
                     .iter()
                     .filter(|st| st.tree.as_deref().is_none_or(|t| t == path))
+                    .filter(|st| st.kind != crate::recovery::plan::StepKind::Restore)
                     .map(|st| st.command.clone())
                     .collect::<Vec<_>>();
                 let steps = if steps.is_empty() {
@@ -447,8 +497,7 @@ pub(crate) fn restore(
         Vec::new()
     };
     // Files the person chose to skip were never handed to apply: they stay changed.
-    let skipped = plan
-        .item_count()
+    let skipped = (plan.item_count() + plan.added_count())
         .saturating_sub(result.applied.len() + result.not_applied.len());
     match cli.format {
         Format::Json => {
@@ -462,11 +511,19 @@ pub(crate) fn restore(
         }
         Format::Text | Format::Markdown | Format::Prometheus => {
             out.write_all(result_text(&root, &result, "restored").as_bytes())?;
-            if skipped > 0 {
+            if skipped > 0 && args.yes {
+                // --yes leaves exactly the added files the build does not read.
                 writeln!(
                     out,
-                    "skipped {skipped} file(s): they stay as they are (run {} restore again to restore them)",
-                    again(&root)
+                    "{skipped} added file(s) that the build does not read stay where they are; \
+                     to move them into the quarantine, run {} (without --yes) and choose them",
+                    restore_again(&root, &args.trees.trees)
+                )?;
+            } else if skipped > 0 {
+                writeln!(
+                    out,
+                    "skipped {skipped} file(s): they stay as they are (run {} again to restore them)",
+                    restore_again(&root, &args.trees.trees)
                 )?;
             }
             out.write_all(recovery_text(&recovery).as_bytes())?;
@@ -475,19 +532,54 @@ pub(crate) fn restore(
     out.flush()?;
     if let Some(err) = &result.stopped {
         eprintln!(
-            "kfd-audit: error: the restore stopped: {}. Every file is whole: {} restored, {} not restored (listed above)",
-            term::escape(err),
-            result.applied.len(),
-            result.not_applied.len()
+            "kfd-audit: error: the restore stopped: {}",
+            stopped_text(
+                &root,
+                &result,
+                err,
+                "restored",
+                &restore_again(&root, &args.trees.trees)
+            )
         );
         return Ok(Outcome::Failed);
     }
-    let left = result.not_applied.len() + skipped + plan.no_source_count() + plan.refused_count();
+    let left = result.not_applied.len()
+        + skipped
+        + plan.no_source_count()
+        + plan.refused_count()
+        + outside_only;
     Ok(if left > 0 {
         Outcome::Found
     } else {
         Outcome::Clean
     })
+}
+
+/// The one line that says why a run stopped and what to do. A full filesystem gets
+/// its own advice: the error text alone ("No space left on device") names no way out.
+fn stopped_text(root: &Root, r: &ApplyResult, err: &str, verb: &str, retry: &str) -> String {
+    let whole = format!(
+        "every file is whole: {} {verb}, {} not (listed above)",
+        r.applied.len(),
+        r.not_applied.len()
+    );
+    match &r.no_space {
+        Some(host) => {
+            let shown = root.system_path(host).unwrap_or_else(|| host.clone());
+            let dir = host.parent().unwrap_or(host);
+            format!(
+                "no space left on the filesystem that holds {}; {whole}, and no quarantine copy of a file that was not replaced is left behind. \
+                 Free space there (df -h {} shows how much), then run '{retry}' again",
+                text(&shown),
+                term::path(dir)
+            )
+        }
+        None => format!("{}. {}", term::escape(err), {
+            let mut w = whole;
+            w[..1].make_ascii_uppercase();
+            w
+        }),
+    }
 }
 
 #[derive(Serialize)]
@@ -498,7 +590,8 @@ struct RunJson {
     undoes: Option<String>,
     time: String,
     pid: u32,
-    /// `complete`, or `interrupted` when the run was killed mid-way.
+    /// `complete`, `partial` (some files refused), `failed` (stopped by a write
+    /// error), or `interrupted` (killed mid-way).
     state: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     undone_by: Option<String>,
@@ -508,7 +601,8 @@ struct RunJson {
 #[derive(Serialize)]
 struct RunFileJson {
     path: String,
-    /// What the journal says: `replaced`, `failed`, or `interrupted` (intent only).
+    /// What the journal says: `replaced`, `moved` (an added file, into the
+    /// quarantine), `failed`, or `interrupted` (intent only).
     journal: &'static str,
     /// What the file is now, by its hash: `old`, `new`, `changed`, `missing`, `not-a-file`.
     now: FileState,
@@ -523,14 +617,16 @@ fn run_json(root: &Root, runs: &[Run], r: &Run) -> RunJson {
         undoes: r.undoes.clone(),
         time: r.time.clone(),
         pid: r.pid,
-        state: if r.ended { "complete" } else { "interrupted" },
+        state: r.state(),
         undone_by: undo::undone_by(runs, &r.id).map(|u| u.id.clone()),
         files: r
             .intents
             .iter()
             .map(|i| RunFileJson {
                 path: i.path.display().to_string(),
-                journal: if r.is_done(i.seq) {
+                journal: if r.is_done(i.seq) && i.new_sha256.is_none() {
+                    "moved"
+                } else if r.is_done(i.seq) {
                     "replaced"
                 } else if r.failed.contains_key(&i.seq) {
                     "failed"
@@ -551,8 +647,9 @@ pub(crate) fn undo(cli: &Cli, args: &UndoArgs, out: &mut dyn Write) -> anyhow::R
     if let Some(id) = &args.id {
         if !journal::valid_run_id(id) {
             anyhow::bail!(
-                "{}: not a run id; 'kfd-audit undo --list' shows the runs",
-                term::escape(id)
+                "{}: not a run id; '{} undo --list' shows the runs",
+                term::escape(id),
+                again(&root)
             );
         }
     }
@@ -608,7 +705,7 @@ pub(crate) fn undo(cli: &Cli, args: &UndoArgs, out: &mut dyn Write) -> anyhow::R
         return Ok(Outcome::Clean);
     }
 
-    let run = undo::pick(&runs, args.id.as_deref())?;
+    let run = undo::pick(&runs, args.id.as_deref(), &again(&root))?;
     // Lock first, so that the files cannot change between the check and the write.
     let trees: BTreeSet<PathBuf> = run.intents.iter().map(|i| i.tree.clone()).collect();
     let sys: Vec<PathBuf> = trees.iter().cloned().collect();
@@ -662,10 +759,14 @@ pub(crate) fn undo(cli: &Cli, args: &UndoArgs, out: &mut dyn Write) -> anyhow::R
     }
     if let Some(err) = &result.stopped {
         eprintln!(
-            "kfd-audit: error: the undo stopped: {}. Every file is whole: {} put back, {} not (listed above)",
-            term::escape(err),
-            result.applied.len(),
-            result.not_applied.len()
+            "kfd-audit: error: the undo stopped: {}",
+            stopped_text(
+                &root,
+                &result,
+                err,
+                "put back",
+                &format!("{} undo {}", again(&root), run.id)
+            )
         );
         return Ok(Outcome::Failed);
     }

@@ -16,6 +16,6 @@ pub(crate) mod state;
 // The property tests read `dkms status` lines through the library.
 pub use state::parse_status;
 pub(crate) use state::{
-    find_tool, format_time, is_safe_name, kernel_order, kernel_text, package_state, DkmsState,
-    KernelState, PackageState, DKMS_TREE, MODULES_DIR,
+    find_tool, format_time, is_build_input, is_safe_name, kernel_order, kernel_text, package_state,
+    DkmsState, KernelState, PackageState, DKMS_TREE, MODULES_DIR,
 };

@@ -311,7 +311,7 @@ pub(crate) struct SourceChanges {
 /// Whether a file is an input of a DKMS build: a C source or header, assembly, a
 /// makefile, a build script or dkms.conf. Backups such as `kfd_crat.c.patched` are
 /// not compiled, so a backup made after the build does not make the module "newer".
-fn is_build_input(rel: &Path) -> bool {
+pub(crate) fn is_build_input(rel: &Path) -> bool {
     let name = rel
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

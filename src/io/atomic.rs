@@ -367,6 +367,16 @@ impl TreeFile {
         Ok(())
     }
 
+    /// Removes the file (never a link's target: unlink removes the name itself) and
+    /// fsyncs the directory. Only for a file whose verified copy is already in the
+    /// quarantine: kfd-audit never deletes anything it has not kept.
+    pub(crate) fn remove(&self) -> Result<()> {
+        unlinkat(&self.dir, &self.name).map_err(|e| Error::io(&self.path, e))?;
+        failpoint::hit("remove-unlinked").map_err(|e| Error::io(&self.path, e))?;
+        fsync_fd(&self.dir).map_err(|e| Error::io(&self.path, e))?;
+        Ok(())
+    }
+
     /// Appends to the file (creating it with `mode`) and fsyncs, for journals.
     pub(crate) fn append(&self, data: &[u8], mode: u32) -> Result<bool> {
         let existed = self.stat()?.is_some();

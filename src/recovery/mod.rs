@@ -26,4 +26,4 @@ pub(crate) mod run;
 
 pub(crate) use plan::{build, plan_for, shell_quote, PlanOptions};
 pub(crate) use render::{render_json, render_markdown, render_text};
-pub(crate) use run::{run_command, TerminalConfirm};
+pub(crate) use run::{run_command, RunOptions, TerminalConfirm};

@@ -125,18 +125,7 @@ impl PlanOptions {
     }
 }
 
-/// Quotes an argument for a POSIX shell, only when it needs it.
-pub(crate) fn shell_quote(arg: &str) -> String {
-    if !arg.is_empty()
-        && arg
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_@%+=:,./-".contains(c))
-    {
-        arg.to_string()
-    } else {
-        format!("'{}'", arg.replace('\'', "'\\''"))
-    }
-}
+pub(crate) use crate::term::shell_quote;
 
 fn render_argv(argv: &[String]) -> String {
     argv.iter()

@@ -17,6 +17,36 @@ fn step_tag(st: &RecoveryStep) -> &'static str {
 /// The plan for a person at a terminal.
 pub(crate) fn render_text(plan: &RecoveryPlan) -> String {
     let mut out = String::new();
+    head_text(&mut out, plan, true);
+    steps_text(&mut out, plan, true);
+    notes_text(&mut out, plan);
+    fallback_text(&mut out, plan, false);
+    out
+}
+
+/// The plan right before `plan --run` asks: the same facts, but the steps come
+/// last, so that the commands stand right above the question on an 80x25 console;
+/// what to do if the machine does not boot comes before them. `quiet` leaves out
+/// the trees' details and each step's reason.
+pub(crate) fn render_text_for_confirm(plan: &RecoveryPlan, quiet: bool) -> String {
+    let mut out = String::new();
+    head_text(&mut out, plan, !quiet);
+    if !quiet {
+        notes_text(&mut out, plan);
+    }
+    fallback_text(&mut out, plan, quiet);
+    // A step and its reason take two lines; with many steps the reasons would push
+    // the first commands off the screen, so they are left out then.
+    let why = !quiet && plan.steps.len() * 2 <= CONFIRM_ROOM;
+    steps_text(&mut out, plan, why);
+    out
+}
+
+/// The screen lines the steps may take above the question (25 rows, minus the
+/// question, the "Steps" title and a blank line).
+const CONFIRM_ROOM: usize = 22;
+
+fn head_text(out: &mut String, plan: &RecoveryPlan, trees: bool) {
     let active = plan.trees.iter().filter(|t| t.needs_recovery).count();
     if plan.steps.is_empty() {
         let _ = writeln!(
@@ -46,35 +76,57 @@ pub(crate) fn render_text(plan: &RecoveryPlan) -> String {
             plan.root.trim_end_matches('/')
         );
     }
+    if !trees {
+        return;
+    }
     if let Some(k) = &plan.running_kernel {
         let _ = writeln!(out, "running kernel: {}", term::escape(k));
     }
     for t in &plan.trees {
-        tree_text(&mut out, t);
+        tree_text(out, t);
     }
-    if !plan.steps.is_empty() {
-        let _ = writeln!(out, "\nSteps (as root, in this order):");
-        for st in &plan.steps {
-            let _ = writeln!(
-                out,
-                "  {:>2}. {}{}",
-                st.number,
-                term::escape(&st.command),
-                step_tag(st)
-            );
+}
+
+fn steps_text(out: &mut String, plan: &RecoveryPlan, why: bool) {
+    if plan.steps.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "\nSteps (as root, in this order):");
+    for st in &plan.steps {
+        let _ = writeln!(
+            out,
+            "  {:>2}. {}{}",
+            st.number,
+            term::escape(&st.command),
+            step_tag(st)
+        );
+        if why {
             let _ = writeln!(out, "      {}", term::escape(&st.why));
         }
     }
+}
+
+fn notes_text(out: &mut String, plan: &RecoveryPlan) {
     for n in &plan.notes {
         let _ = writeln!(out, "note: {}", term::escape(n));
     }
-    if !plan.steps.is_empty() {
-        let _ = writeln!(out, "\nIf the machine does not boot:");
-        for (i, f) in plan.fallback.iter().enumerate() {
-            let _ = writeln!(out, "  {}. {}", i + 1, term::escape(f));
-        }
+}
+
+/// What to do if the machine does not boot; `short`: its first line only.
+fn fallback_text(out: &mut String, plan: &RecoveryPlan, short: bool) {
+    if plan.steps.is_empty() {
+        return;
     }
-    out
+    if short {
+        if let Some(f) = plan.fallback.first() {
+            let _ = writeln!(out, "If the machine does not boot: {}", term::escape(f));
+        }
+        return;
+    }
+    let _ = writeln!(out, "\nIf the machine does not boot:");
+    for (i, f) in plan.fallback.iter().enumerate() {
+        let _ = writeln!(out, "  {}. {}", i + 1, term::escape(f));
+    }
 }
 
 /// One tree: why it needs recovery (or not), its sources' last change, its kernels

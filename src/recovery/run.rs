@@ -3,8 +3,9 @@
 //! `Error!` and still exit 0), and the run stopped at the first failure with advice.
 
 use super::plan::{RecoveryPlan, RecoveryStep, StepKind};
-use super::render::render_text;
+use super::render::render_text_for_confirm;
 use crate::exit::Outcome;
+use crate::restore::prompt::{ask_yes_no, Answer, Interrupted};
 use crate::term;
 use std::io::{BufRead, Write};
 use std::process::{Command, Stdio};
@@ -67,8 +68,9 @@ pub(crate) fn classify_step_outcome(
     StepOutcome::Done
 }
 
-/// What to do when a step failed.
-fn advice(plan: &RecoveryPlan, st: &RecoveryStep) -> Vec<String> {
+/// What to do when a step failed. `again` is `plan --run` as the user calls it on
+/// this system (its `--root` and `--tree`s).
+fn advice(plan: &RecoveryPlan, st: &RecoveryStep, again: &str) -> Vec<String> {
     let name = st.package.as_deref().unwrap_or("amdgpu");
     let ver = st.version.as_deref().unwrap_or("<version>");
     // The commands run in `chroot R`: the person reads the advice on this host, where
@@ -111,10 +113,9 @@ fn advice(plan: &RecoveryPlan, st: &RecoveryStep) -> Vec<String> {
         ],
         StepKind::Restore | StepKind::Reboot => Vec::new(),
     };
-    v.push(
-        "Do not reboot yet. The steps already done are safe to repeat: fix the cause and run 'kfd-audit plan --run' again."
-            .to_string(),
-    );
+    v.push(format!(
+        "Do not reboot yet. The steps already done are safe to repeat: fix the cause and run '{again}' again."
+    ));
     let pending_unmounts: Vec<&RecoveryStep> = plan
         .steps
         .iter()
@@ -139,18 +140,15 @@ fn advice(plan: &RecoveryPlan, st: &RecoveryStep) -> Vec<String> {
 
 /// Asks the person at the terminal before anything is run.
 pub(crate) trait Confirm {
-    fn confirm(&mut self, prompt: &str) -> anyhow::Result<bool>;
+    fn confirm(&mut self, prompt: &str) -> anyhow::Result<Answer>;
 }
 
-/// A yes/no question on the terminal (dialoguer), default no.
+/// A yes/no question on the terminal (stderr), default no.
 pub(crate) struct TerminalConfirm;
 
 impl Confirm for TerminalConfirm {
-    fn confirm(&mut self, prompt: &str) -> anyhow::Result<bool> {
-        Ok(dialoguer::Confirm::new()
-            .with_prompt(prompt)
-            .default(false)
-            .interact()?)
+    fn confirm(&mut self, prompt: &str) -> anyhow::Result<Answer> {
+        Ok(ask_yes_no(&dialoguer::console::Term::stderr(), prompt)?)
     }
 }
 
@@ -226,6 +224,7 @@ fn run_streaming(
 /// Returns Clean when every command succeeded, Failed otherwise.
 pub(crate) fn run_steps(
     plan: &RecoveryPlan,
+    again: &str,
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> anyhow::Result<Outcome> {
@@ -270,7 +269,7 @@ pub(crate) fn run_steps(
                     term::escape(&why)
                 )?;
                 writeln!(out, "What to do:")?;
-                for a in advice(plan, st) {
+                for a in advice(plan, st, again) {
                     writeln!(out, "  - {}", term::escape(&a))?;
                 }
                 return Ok(Outcome::Failed);
@@ -293,16 +292,30 @@ pub(crate) fn run_steps(
     Ok(Outcome::Clean)
 }
 
-/// `plan --run`: refuse what it must not do, ask (when `tty`: stdin is a terminal),
-/// then run.
+/// How `plan --run` was asked for.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RunOptions {
+    /// Run without asking.
+    pub yes: bool,
+    /// Stdin is a terminal to ask on.
+    pub tty: bool,
+    /// Shorten what comes before the commands.
+    pub quiet: bool,
+    /// `plan --run` as the user calls it on this system (its `--root` and `--tree`s),
+    /// for the advice to run it again.
+    pub again: String,
+}
+
+/// `plan --run`: refuse what it must not do, ask (when stdin is a terminal), then
+/// run. The commands are printed last, right above the question.
 pub(crate) fn run_command(
     plan: &RecoveryPlan,
-    yes: bool,
-    tty: bool,
+    opts: &RunOptions,
     out: &mut dyn Write,
     confirm: &mut dyn Confirm,
 ) -> anyhow::Result<Outcome> {
-    out.write_all(render_text(plan).as_bytes())?;
+    let (yes, tty, quiet, again) = (opts.yes, opts.tty, opts.quiet, opts.again.as_str());
+    out.write_all(render_text_for_confirm(plan, quiet).as_bytes())?;
     let runnable = plan.steps.iter().filter(|s| s.runs).count();
     if runnable == 0 {
         writeln!(out, "\nnothing to run.")?;
@@ -319,7 +332,7 @@ pub(crate) fn run_command(
     if let Some(r) = plan.restore_steps().find(compiled_differ) {
         anyhow::bail!(
             "{} still differs from its references, and plan --run does not restore files (that is the restore command's job, \
-             with its journal and undo): run '{}' first, then 'kfd-audit plan --run' again. Nothing was run",
+             with its journal and undo): run '{}' first, then '{again}' again. Nothing was run",
             r.tree.as_deref().unwrap_or("a tree"),
             r.command
         );
@@ -336,7 +349,7 @@ pub(crate) fn run_command(
         };
         anyhow::bail!(
             "{tool} is not installed in {place}, and the plan's {tool} steps need it: {install} run the printed commands by hand \
-             where {tool} is, then 'kfd-audit plan --run' again. Nothing was run"
+             where {tool} is, then '{again}' again. Nothing was run"
         );
     }
     if !yes {
@@ -347,9 +360,13 @@ pub(crate) fn run_command(
             );
         }
         out.flush()?;
-        if !confirm.confirm(&format!("Run these {runnable} commands now?"))? {
-            writeln!(out, "nothing was run.")?;
-            return Ok(Outcome::Found);
+        match confirm.confirm(&format!("Run these {runnable} commands now?"))? {
+            Answer::Yes => {}
+            Answer::No => {
+                writeln!(out, "nothing was run.")?;
+                return Ok(Outcome::Found);
+            }
+            Answer::Interrupted => return Err(Interrupted.into()),
         }
     }
     for r in plan.restore_steps() {
@@ -364,7 +381,7 @@ pub(crate) fn run_command(
     writeln!(out)?;
     let stderr = std::io::stderr();
     let mut err = stderr.lock();
-    run_steps(plan, out, &mut err)
+    run_steps(plan, again, out, &mut err)
 }
 
 #[cfg(test)]
@@ -375,9 +392,9 @@ mod tests {
     struct Scripted(bool, usize);
 
     impl Confirm for Scripted {
-        fn confirm(&mut self, _prompt: &str) -> anyhow::Result<bool> {
+        fn confirm(&mut self, _prompt: &str) -> anyhow::Result<Answer> {
             self.1 += 1;
-            Ok(self.0)
+            Ok(if self.0 { Answer::Yes } else { Answer::No })
         }
     }
 
@@ -404,6 +421,15 @@ mod tests {
         }
     }
 
+    fn opts(yes: bool, tty: bool) -> RunOptions {
+        RunOptions {
+            yes,
+            tty,
+            quiet: false,
+            again: "kfd-audit plan --run".into(),
+        }
+    }
+
     #[test]
     fn asks_first_and_runs_nothing_when_declined() {
         let dir = tempfile::tempdir().unwrap();
@@ -414,20 +440,20 @@ mod tests {
         )]);
         let mut out = Vec::new();
         let mut no = Scripted(false, 0);
-        let o = run_command(&plan, false, true, &mut out, &mut no).unwrap();
+        let o = run_command(&plan, &opts(false, true), &mut out, &mut no).unwrap();
         assert_eq!((o, no.1), (Outcome::Found, 1));
         assert!(!marker.exists());
         assert!(String::from_utf8_lossy(&out).ends_with("nothing was run.\n"));
 
         let mut yes = Scripted(true, 0);
-        let o = run_command(&plan, false, true, &mut Vec::new(), &mut yes).unwrap();
+        let o = run_command(&plan, &opts(false, true), &mut Vec::new(), &mut yes).unwrap();
         assert_eq!((o, yes.1), (Outcome::Clean, 1));
         assert!(marker.exists());
 
         // --yes does not ask; no terminal and no --yes refuses without asking.
         let mut never = Scripted(false, 0);
-        run_command(&plan, true, false, &mut Vec::new(), &mut never).unwrap();
-        let err = run_command(&plan, false, false, &mut Vec::new(), &mut never).unwrap_err();
+        run_command(&plan, &opts(true, false), &mut Vec::new(), &mut never).unwrap();
+        let err = run_command(&plan, &opts(false, false), &mut Vec::new(), &mut never).unwrap_err();
         assert!(err.to_string().contains("pass --yes"), "{err}");
         assert_eq!(never.1, 0);
     }
@@ -443,7 +469,7 @@ mod tests {
             ("echo never", StepKind::DkmsInstall),
         ]);
         let (mut out, mut err) = (Vec::new(), Vec::new());
-        let o = run_steps(&plan, &mut out, &mut err).unwrap();
+        let o = run_steps(&plan, "kfd-audit plan --run", &mut out, &mut err).unwrap();
         assert_eq!(o, Outcome::Failed);
         let out = String::from_utf8(out).unwrap();
         let err = String::from_utf8(err).unwrap();
@@ -477,7 +503,7 @@ mod tests {
         );
         let mut out = Vec::new();
         assert_eq!(
-            run_steps(&plan, &mut out, &mut Vec::new()).unwrap(),
+            run_steps(&plan, "kfd-audit plan --run", &mut out, &mut Vec::new()).unwrap(),
             Outcome::Failed
         );
         let out = String::from_utf8(out).unwrap();

@@ -38,6 +38,12 @@ pub(crate) struct Change {
     pub tree_host: PathBuf,
     pub rel: PathBuf,
     pub expect: Expect,
+    /// Move the file into the quarantine instead of replacing it (an added file:
+    /// nothing is fetched, and the file is absent after the run).
+    pub remove: bool,
+    /// Mode and owner for a file that is created: the ones it had when a run moved it
+    /// away (undo); `None`: 0644 and its directory's owner.
+    pub create_as: Option<Ownership>,
     /// Kind of source (`backup`, `baseline`, `quarantine`, ...) and where it is.
     pub source: String,
     pub origin: String,
@@ -56,6 +62,8 @@ pub(crate) struct Applied {
     pub quarantine: Option<PathBuf>,
     /// Set when the file was replaced but making it durable failed.
     pub warning: Option<String>,
+    /// The file was moved into the quarantine (not replaced).
+    pub moved: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -73,6 +81,28 @@ pub(crate) struct ApplyResult {
     pub not_applied: Vec<NotApplied>,
     /// The write error that stopped the run, if one did.
     pub stopped: Option<String>,
+    /// When the run stopped because a filesystem was full: the host path it could
+    /// not write.
+    pub no_space: Option<PathBuf>,
+}
+
+/// Why a run stopped: the error's text, and the path of a full filesystem.
+struct Stop {
+    text: String,
+    no_space: Option<PathBuf>,
+}
+
+fn stop_of(e: &crate::error::Error) -> Stop {
+    let no_space = match e {
+        crate::error::Error::Io { path, source } if source.raw_os_error() == Some(libc::ENOSPC) => {
+            Some(path.clone())
+        }
+        _ => None,
+    };
+    Stop {
+        text: e.to_string(),
+        no_space,
+    }
 }
 
 /// The new bytes for a change, verified, or why there are none.
@@ -81,7 +111,7 @@ pub(crate) type Fetch<'a> = dyn FnMut(&Change) -> Result<Vec<u8>, String> + 'a;
 enum Step {
     Applied(Applied),
     Refused(String),
-    Stop(String, Option<Applied>),
+    Stop(Stop, Option<Applied>),
 }
 
 struct Ctx<'a> {
@@ -90,18 +120,46 @@ struct Ctx<'a> {
     seq: usize,
 }
 
-fn io_stop(e: impl std::fmt::Display) -> Step {
-    Step::Stop(e.to_string(), None)
+fn io_stop(e: crate::error::Error) -> Step {
+    Step::Stop(stop_of(&e), None)
+}
+
+/// A failpoint's error, as the write it stands for would report it.
+fn fp_stop(path: &std::path::Path, e: std::io::Error) -> Step {
+    io_stop(crate::error::Error::io(path, e))
+}
+
+/// Takes back the quarantine copy of a file that was not replaced: on a full
+/// filesystem it would only take the space the next run needs, and the file it
+/// copies is still in place (checked by its hash before this is called).
+fn drop_quarantine_copy(ctx: &Ctx, q: &std::path::Path) {
+    let rel = q.strip_prefix(STATE_DIR).unwrap_or(q);
+    let host = ctx.state_host.join(rel);
+    if std::fs::remove_file(&host).is_ok() {
+        // Empty directories up to quarantine/<run> go too; a non-empty one stays.
+        let stop = ctx.state_host.join("quarantine");
+        let mut dir = host.parent().map(|d| d.to_path_buf());
+        while let Some(d) = dir {
+            if d == stop || !d.starts_with(&stop) || std::fs::remove_dir(&d).is_err() {
+                break;
+            }
+            dir = d.parent().map(|p| p.to_path_buf());
+        }
+    }
 }
 
 fn apply_one(ctx: &mut Ctx, c: &Change, fetch: &mut Fetch) -> Step {
     let system_path = c.system_path();
-    let new = match fetch(c) {
-        Ok(b) => b,
-        Err(reason) => return Step::Refused(reason),
+    let new = if c.remove {
+        Vec::new()
+    } else {
+        match fetch(c) {
+            Ok(b) => b,
+            Err(reason) => return Step::Refused(reason),
+        }
     };
     if let Err(e) = failpoint::hit("source-verified") {
-        return io_stop(e);
+        return fp_stop(&c.tree_host.join(&c.rel), e);
     }
     let create_dirs = (c.expect == Expect::Absent).then_some(0o755);
     let tf = match TreeFile::open(&c.tree_host, &c.rel, create_dirs) {
@@ -140,25 +198,38 @@ fn apply_one(ctx: &mut Ctx, c: &Change, fetch: &mut Fetch) -> Step {
             Ok(f) => f,
             Err(e) => return io_stop(e),
         };
+        let qhost = qf.path().to_path_buf();
         let own = Ownership {
             mode: 0o600,
             owner: None,
         };
         if let Err(e) = qf.replace(bytes, own, "quarantine") {
+            drop_quarantine_copy(ctx, q);
             return io_stop(e);
         }
         match qf.read() {
             Ok(Some(back)) if sha256_hex(&back) == sha256_hex(bytes) => {}
             Ok(_) => {
-                return io_stop(format!(
-                    "{}: the quarantine copy does not read back as written",
-                    qf.path().display()
-                ))
+                drop_quarantine_copy(ctx, q);
+                return Step::Stop(
+                    Stop {
+                        text: format!(
+                            "{}: the quarantine copy does not read back as written",
+                            qf.path().display()
+                        ),
+                        no_space: None,
+                    },
+                    None,
+                );
             }
-            Err(e) => return io_stop(e),
+            Err(e) => {
+                drop_quarantine_copy(ctx, q);
+                return io_stop(e);
+            }
         }
         if let Err(e) = failpoint::hit("quarantined") {
-            return io_stop(e);
+            drop_quarantine_copy(ctx, q);
+            return fp_stop(&qhost, e);
         }
     }
 
@@ -168,15 +239,26 @@ fn apply_one(ctx: &mut Ctx, c: &Change, fetch: &mut Fetch) -> Step {
             mode: m.mode,
             owner: Some((m.uid, m.gid)),
         },
+        (None, _) if c.create_as.is_some() => c.create_as.unwrap_or(Ownership {
+            mode: 0o644,
+            owner: None,
+        }),
         (None, Ok(d)) => Ownership {
             mode: 0o644,
             owner: Some((d.uid, d.gid)),
         },
         (None, Err(e)) => return io_stop(e),
     };
+    // The file is still the planned one: a stop before it is replaced takes its
+    // quarantine copy back.
+    let unchanged = |ctx: &Ctx| {
+        if let Some(q) = &quarantine {
+            drop_quarantine_copy(ctx, q);
+        }
+    };
     let seq = ctx.seq;
     ctx.seq += 1;
-    let new_sha = sha256_hex(&new);
+    let new_sha = (!c.remove).then(|| sha256_hex(&new));
     let intent = Intent {
         seq,
         path: system_path.clone(),
@@ -192,32 +274,49 @@ fn apply_one(ctx: &mut Ctx, c: &Change, fetch: &mut Fetch) -> Step {
         gid: own.owner.map_or(0, |o| o.1),
     };
     if let Err(e) = ctx.journal.append(&Entry::Intent(intent)) {
+        unchanged(ctx);
         return io_stop(e);
     }
     if let Err(e) = failpoint::hit("journaled") {
-        return io_stop(e);
+        unchanged(ctx);
+        return fp_stop(ctx.journal.path(), e);
     }
     let applied = Applied {
         system_path: system_path.clone(),
         quarantine: quarantine.clone(),
         warning: None,
+        moved: c.remove,
     };
-    if let Err(e) = tf.replace(&new, own, "replace") {
+    let written = if c.remove {
+        tf.remove()
+    } else {
+        tf.replace(&new, own, "replace")
+    };
+    if let Err(e) = written {
         let _ = ctx.journal.append(&Entry::Failed {
             seq,
             error: e.to_string(),
         });
-        // Say what is really on disk now: the rename may have happened.
-        let now_new = matches!(tf.read(), Ok(Some(b)) if sha256_hex(&b) == new_sha);
+        // Say what is really on disk now: the rename (or unlink) may have happened.
+        let now = tf.read();
+        let now_new = match (&now, &new_sha) {
+            (Ok(Some(b)), Some(n)) => sha256_hex(b) == *n,
+            (Ok(None), None) => true,
+            _ => false,
+        };
+        let now_old = matches!(&now, Ok(Some(b)) if current.as_deref().map(sha256_hex) == Some(sha256_hex(b)));
+        if now_old {
+            unchanged(ctx);
+        }
         let applied = now_new.then(|| Applied {
-            warning: Some(format!("replaced, but not yet safe on disk: {e}")),
+            warning: Some(format!("done, but not yet safe on disk: {e}")),
             ..applied
         });
-        return Step::Stop(e.to_string(), applied);
+        return Step::Stop(stop_of(&e), applied);
     }
     if let Err(e) = ctx.journal.append(&Entry::Done { seq }) {
         return Step::Stop(
-            e.to_string(),
+            stop_of(&e),
             Some(Applied {
                 warning: Some("replaced; its 'done' line could not be journaled".into()),
                 ..applied
@@ -225,7 +324,8 @@ fn apply_one(ctx: &mut Ctx, c: &Change, fetch: &mut Fetch) -> Step {
         );
     }
     if let Err(e) = failpoint::hit("done") {
-        return Step::Stop(e.to_string(), Some(applied));
+        let e = crate::error::Error::io(ctx.journal.path(), e);
+        return Step::Stop(stop_of(&e), Some(applied));
     }
     Step::Applied(applied)
 }
@@ -252,7 +352,9 @@ pub(crate) fn apply(
     }) {
         Ok(j) => j,
         Err(e) => {
-            result.stopped = Some(e.to_string());
+            let stop = stop_of(&e);
+            result.stopped = Some(stop.text);
+            result.no_space = stop.no_space;
             result.not_applied = changes
                 .iter()
                 .map(|c| NotApplied {
@@ -278,15 +380,16 @@ pub(crate) fn apply(
                 system_path: c.system_path(),
                 reason,
             }),
-            Step::Stop(err, applied) => {
+            Step::Stop(stop, applied) => {
                 match applied {
                     Some(a) => result.applied.push(a),
                     None => result.not_applied.push(NotApplied {
                         system_path: c.system_path(),
-                        reason: format!("stopped here: {err}; the file is unchanged"),
+                        reason: format!("stopped here: {}; the file is unchanged", stop.text),
                     }),
                 }
-                result.stopped = Some(err);
+                result.stopped = Some(stop.text);
+                result.no_space = stop.no_space;
                 break;
             }
         }
@@ -300,6 +403,7 @@ pub(crate) fn apply(
     let _ = journal.append(&Entry::End {
         restored: result.applied.len(),
         not_restored: result.not_applied.len(),
+        stopped: result.stopped.clone(),
     });
     result
 }

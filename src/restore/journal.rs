@@ -99,7 +99,10 @@ pub struct Intent {
     pub rel: PathBuf,
     /// SHA-256 of the file before; `None` when it did not exist.
     pub old_sha256: Option<String>,
-    pub new_sha256: String,
+    /// SHA-256 of the file after; `None` when the run moved it into the quarantine
+    /// (an added file: it is absent after the run).
+    #[serde(default)]
+    pub new_sha256: Option<String>,
     /// Where the new bytes came from: `backup`, `baseline`, `deb-archive`, `quarantine`.
     pub source: String,
     pub origin: String,
@@ -138,6 +141,9 @@ pub(crate) enum Entry {
     End {
         restored: usize,
         not_restored: usize,
+        /// The error that stopped the run, when one did.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stopped: Option<String>,
     },
 }
 
@@ -209,11 +215,29 @@ pub struct Run {
     pub failed: BTreeMap<usize, String>,
     /// Whether the run reached its end (false: killed or crashed mid-way).
     pub ended: bool,
+    /// From the end entry: files not done, and the error that stopped the run.
+    pub not_done: usize,
+    pub stopped: Option<String>,
 }
 
 impl Run {
     pub(crate) fn is_done(&self, seq: usize) -> bool {
         self.done.contains(&seq)
+    }
+
+    /// How the run ended: `complete` (every file done), `partial` (some files
+    /// refused, e.g. changed since the plan), `failed` (stopped by a write error),
+    /// `interrupted` (killed mid-way: no end entry).
+    pub(crate) fn state(&self) -> &'static str {
+        if !self.ended {
+            "interrupted"
+        } else if self.stopped.is_some() || !self.failed.is_empty() {
+            "failed"
+        } else if self.not_done > 0 {
+            "partial"
+        } else {
+            "complete"
+        }
     }
 }
 
@@ -266,6 +290,8 @@ pub fn read_run(path: &Path) -> Result<Run> {
                     done: BTreeSet::new(),
                     failed: BTreeMap::new(),
                     ended: false,
+                    not_done: 0,
+                    stopped: None,
                 })
             }
             (_, None) | (Entry::Begin { .. }, Some(_)) => {
@@ -282,7 +308,18 @@ pub fn read_run(path: &Path) -> Result<Run> {
             (Entry::Failed { seq, error }, Some(r)) => {
                 r.failed.insert(seq, error);
             }
-            (Entry::End { .. }, Some(r)) => r.ended = true,
+            (
+                Entry::End {
+                    not_restored,
+                    stopped,
+                    ..
+                },
+                Some(r),
+            ) => {
+                r.ended = true;
+                r.not_done = not_restored;
+                r.stopped = stopped;
+            }
         }
     }
     run.ok_or_else(|| Error::malformed(path, 1, "empty journal"))
@@ -342,10 +379,11 @@ pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
 pub(crate) fn judge(intent: &Intent, current: Option<&[u8]>) -> FileState {
     match current {
         None if intent.old_sha256.is_none() => FileState::Old,
+        None if intent.new_sha256.is_none() => FileState::New,
         None => FileState::Missing,
         Some(b) => {
             let h = sha256_hex(b);
-            if h == intent.new_sha256 {
+            if intent.new_sha256.as_deref() == Some(h.as_str()) {
                 FileState::New
             } else if intent.old_sha256.as_deref() == Some(h.as_str()) {
                 FileState::Old
@@ -367,7 +405,7 @@ mod tests {
             tree: PathBuf::from("/usr/src/amdgpu-1"),
             rel: PathBuf::from(OsStr::from_bytes(b"a\xff.c")),
             old_sha256: Some(sha256_hex(b"old")),
-            new_sha256: sha256_hex(b"new"),
+            new_sha256: Some(sha256_hex(b"new")),
             source: "backup".into(),
             origin: "/usr/src/amdgpu-1/a.c.orig".into(),
             quarantine: Some(PathBuf::from(OsStr::from_bytes(
@@ -412,6 +450,13 @@ mod tests {
         assert_eq!(judge(&intent(0), Some(b"old")), FileState::Old);
         assert_eq!(judge(&intent(0), Some(b"other")), FileState::Changed);
         assert_eq!(judge(&intent(0), None), FileState::Missing);
+        // A file the run moved into the quarantine is new when absent.
+        let moved = Intent {
+            new_sha256: None,
+            ..intent(0)
+        };
+        assert_eq!(judge(&moved, None), FileState::New);
+        assert_eq!(judge(&moved, Some(b"old")), FileState::Old);
     }
 
     #[test]

@@ -17,11 +17,12 @@ use crate::error::Result;
 use crate::io::root::Root;
 use crate::scan::TreeScan;
 use apply::{ApplyResult, Change, Expect};
-use plan::{clean_content, display_origin, PlanItem, RestorePlan};
-use prompt::{Choice, Prompter, Question};
+use plan::{clean_content, display_origin, Entry, PlanItem, RestorePlan};
+use prompt::{Answer, Ask, Choice, Prompter, Question};
 use std::io::Write;
 
-/// Which planned files to restore: `(tree index, item index)`.
+/// Which planned entries to apply: `(tree index, entry index)` (see
+/// [`plan::TreePlan::entry`]).
 pub(crate) type Selection = Vec<(usize, usize)>;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,42 +30,98 @@ pub(crate) enum Review {
     Selected(Selection),
     /// The user quit or said no at the end: nothing is restored.
     Cancelled,
+    /// Ctrl-C at a prompt: nothing is restored, and the command ends at once.
+    Interrupted,
 }
 
-/// Every planned file.
-pub(crate) fn select_all(plan: &RestorePlan) -> Selection {
+/// What `--yes` applies: every file to restore, and the added files the build
+/// reads. An added file the build does not read (notes, a patch kept for later)
+/// cannot change the module; it stays, listed, until a person chooses.
+pub(crate) fn select_yes(plan: &RestorePlan) -> Selection {
     plan.trees
         .iter()
         .enumerate()
-        .flat_map(|(t, tp)| (0..tp.items.len()).map(move |i| (t, i)))
+        .flat_map(|(t, tp)| {
+            (0..tp.entry_count())
+                .filter(move |&i| match tp.entry(i) {
+                    Entry::Restore(_) => true,
+                    Entry::Move(a) => a.builds,
+                })
+                .map(move |i| (t, i))
+        })
         .collect()
 }
 
-/// Asks about each planned file, then for a final confirmation.
+/// Every entry the review asks about.
+fn select_every(plan: &RestorePlan) -> Selection {
+    plan.trees
+        .iter()
+        .enumerate()
+        .flat_map(|(t, tp)| (0..tp.entry_count()).map(move |i| (t, i)))
+        .collect()
+}
+
+/// The one place the review shows a diff (or an added file's content): through the
+/// prompter, whose terminal hands long text to the pager (a diff of a created file
+/// runs to hundreds of lines on an 80x25 console).
+fn show_diff_text(prompter: &mut dyn Prompter, out: &mut dyn Write, text: &str) -> Result<()> {
+    prompter
+        .show(out, text)
+        .map_err(|e| crate::error::Error::io("<stdout>", e))
+}
+
+/// How many of the entries the final confirmation lists right above itself: with
+/// the question and a line of summary, the list stays on one 80x25 screen.
+const LISTED: usize = 18;
+
+/// Asks about each planned entry, then for a final confirmation, with the chosen
+/// files listed right above it.
 pub(crate) fn review(
     root: &Root,
     plan: &RestorePlan,
     prompter: &mut dyn Prompter,
     out: &mut dyn Write,
 ) -> Result<Review> {
-    let all = select_all(plan);
+    let all = select_every(plan);
+    let yes = select_yes(plan);
     let total = all.len();
     let mut selected = Selection::new();
     let mut skipped = 0;
     let mut accept_rest = false;
     for (n, &(t, i)) in all.iter().enumerate() {
         let tp = &plan.trees[t];
-        let item = &tp.items[i];
+        let entry = tp.entry(i);
         if accept_rest {
-            selected.push((t, i));
+            if yes.contains(&(t, i)) {
+                selected.push((t, i));
+            } else {
+                skipped += 1;
+            }
             continue;
         }
-        let q = Question {
-            index: n,
-            total,
-            path: crate::term::path(&tp.system_path(&item.rel)),
-            action: item.action.as_str(),
-            origin: display_origin(root, &item.origin),
+        let q = match entry {
+            Entry::Restore(item) => Question {
+                index: n,
+                total,
+                path: crate::term::path(&tp.system_path(&item.rel)),
+                ask: if item.action == plan::Action::Create {
+                    Ask::Create
+                } else {
+                    Ask::Replace
+                },
+                origin: display_origin(root, &item.origin),
+            },
+            Entry::Move(a) => Question {
+                index: n,
+                total,
+                path: crate::term::path(&tp.system_path(&a.rel)),
+                ask: Ask::Move,
+                origin: if a.builds {
+                    "the build reads it".into()
+                } else {
+                    "the build does not read it".into()
+                },
+            },
         };
         loop {
             match prompter.choose(&q)? {
@@ -75,12 +132,19 @@ pub(crate) fn review(
                     accept_rest = true;
                 }
                 Choice::Quit => return Ok(Review::Cancelled),
+                Choice::Interrupted => return Ok(Review::Interrupted),
                 Choice::ShowDiff => {
-                    let current = plan::current_bytes(tp, item)?;
-                    let diff = render::unified_diff(&item.rel, &current, &item.clean);
-                    out.write_all(diff.as_bytes())
-                        .and_then(|_| out.flush())
-                        .map_err(|e| crate::error::Error::io("<stdout>", e))?;
+                    let text = match entry {
+                        Entry::Restore(item) => {
+                            let current = plan::current_bytes(tp, item)?;
+                            render::unified_diff(&item.rel, &current, &item.clean)
+                        }
+                        Entry::Move(a) => {
+                            let current = plan::added_bytes(tp, a)?;
+                            render::unified_diff(&a.rel, &current, b"")
+                        }
+                    };
+                    show_diff_text(prompter, out, &text)?;
                     continue;
                 }
             }
@@ -90,17 +154,54 @@ pub(crate) fn review(
     if selected.is_empty() {
         return Ok(Review::Cancelled);
     }
-    let summary = format!(
-        "Restore {} file(s) now ({} skipped)? Each current version is kept in the quarantine under {}/quarantine and can be put back with 'kfd-audit undo'",
-        selected.len(),
-        skipped,
+    let moves = selected
+        .iter()
+        .filter(|(t, i)| matches!(plan.trees[*t].entry(*i), Entry::Move(_)))
+        .count();
+    let restores = selected.len() - moves;
+    let list = confirm_list(plan, &selected);
+    out.write_all(list.as_bytes())
+        .and_then(|_| out.flush())
+        .map_err(|e| crate::error::Error::io("<stdout>", e))?;
+    let question = match (restores, moves) {
+        (r, 0) => format!("Restore {r} file(s) now ({skipped} skipped)?"),
+        (0, m) => format!("Move {m} added file(s) into the quarantine now ({skipped} skipped)?"),
+        (r, m) => format!(
+            "Restore {r} file(s) and move {m} added file(s) into the quarantine now ({skipped} skipped)?"
+        ),
+    };
+    match prompter.confirm(&question)? {
+        Answer::Yes => Ok(Review::Selected(selected)),
+        Answer::No => Ok(Review::Cancelled),
+        Answer::Interrupted => Ok(Review::Interrupted),
+    }
+}
+
+/// The chosen entries, for the lines right above the final question.
+fn confirm_list(plan: &RestorePlan, selected: &Selection) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::from("\nYou chose:\n");
+    for &(t, i) in selected.iter().take(LISTED) {
+        let tp = &plan.trees[t];
+        let (what, rel) = match tp.entry(i) {
+            Entry::Restore(item) => (item.action.as_str(), &item.rel),
+            Entry::Move(a) => ("move", &a.rel),
+        };
+        let _ = writeln!(s, "  {what:<8} {}", crate::term::path(&tp.system_path(rel)));
+    }
+    if selected.len() > LISTED {
+        let _ = writeln!(
+            s,
+            "  ... and {} more (listed in the plan above)",
+            selected.len() - LISTED
+        );
+    }
+    let _ = writeln!(
+        s,
+        "Kept first in {}/quarantine: 'kfd-audit undo' puts them back.",
         plan::STATE_DIR
     );
-    if prompter.confirm(&summary)? {
-        Ok(Review::Selected(selected))
-    } else {
-        Ok(Review::Cancelled)
-    }
+    s
 }
 
 /// Whether bytes hash to the digest.
@@ -117,8 +218,23 @@ fn change_for(tp: &plan::TreePlan, item: &PlanItem, root: &Root) -> Change {
             Some(d) => Expect::Digest(d.clone()),
             None => Expect::Absent,
         },
+        remove: false,
+        create_as: None,
         source: item.source.to_string(),
         origin: display_origin(root, &item.origin),
+    }
+}
+
+fn move_for(tp: &plan::TreePlan, a: &plan::AddedFile) -> Change {
+    Change {
+        tree_system: tp.tree.system_path.clone(),
+        tree_host: tp.tree.host_path.clone(),
+        rel: a.rel.clone(),
+        expect: Expect::Digest(a.current.clone()),
+        remove: true,
+        create_as: None,
+        source: "added".into(),
+        origin: "in no reference".into(),
     }
 }
 
@@ -136,11 +252,12 @@ pub(crate) fn apply_plan(
     let changes: Vec<(usize, usize, Change)> = selection
         .iter()
         .map(|&(t, i)| {
-            (
-                t,
-                i,
-                change_for(&plan.trees[t], &plan.trees[t].items[i], root),
-            )
+            let tp = &plan.trees[t];
+            let change = match tp.entry(i) {
+                Entry::Restore(item) => change_for(tp, item, root),
+                Entry::Move(a) => move_for(tp, a),
+            };
+            (t, i, change)
         })
         .collect();
     let only_changes: Vec<Change> = changes.iter().map(|(_, _, c)| c.clone()).collect();
@@ -149,8 +266,8 @@ pub(crate) fn apply_plan(
     for (t, content) in contents.iter().enumerate() {
         let rels: Vec<std::path::PathBuf> = changes
             .iter()
-            .filter(|(ct, _, _)| *ct == t)
-            .map(|(_, i, _)| plan.trees[t].items[*i].rel.clone())
+            .filter(|(ct, _, c)| *ct == t && !c.remove)
+            .map(|(_, _, c)| c.rel.clone())
             .collect();
         if rels.is_empty() {
             continue;
@@ -164,6 +281,7 @@ pub(crate) fn apply_plan(
     let mut next = 0usize;
     let mut fetch = |c: &Change| -> std::result::Result<Vec<u8>, String> {
         // Changes are applied in order; find this one's plan item.
+        // Moves fetch nothing: only replacements come here, in order.
         let pos = changes[next..]
             .iter()
             .position(|(_, _, x)| x.rel == c.rel && x.tree_host == c.tree_host)
@@ -171,7 +289,9 @@ pub(crate) fn apply_plan(
             .ok_or_else(|| "internal: change not in plan".to_string())?;
         next = pos + 1;
         let (t, i, _) = &changes[pos];
-        let item = &plan.trees[*t].items[*i];
+        let Entry::Restore(item) = plan.trees[*t].entry(*i) else {
+            return Err("internal: a move has no source to fetch".to_string());
+        };
         match fresh[*t].remove(&item.rel) {
             Some(copy) if copy.verified == item.expected && verifies(&copy.bytes, &item.expected) => {
                 Ok(copy.bytes)

@@ -68,6 +68,26 @@ pub(crate) struct NoSource {
     pub detail: Option<String>,
 }
 
+/// A file in no reference (added): it can be moved into the quarantine, journaled
+/// and undoable like a replacement, never deleted.
+#[derive(Debug, Clone)]
+pub(crate) struct AddedFile {
+    pub rel: PathBuf,
+    /// SHA-256 of the file when planned; it is moved only while it still has it.
+    pub current: Digest,
+    /// Whether the build reads it (a source, header, Makefile or Kbuild fragment):
+    /// such a file changes the module as much as a modified one, and `--yes` moves it.
+    pub builds: bool,
+}
+
+/// One entry of a tree's plan, by its index (the files to restore first, then the
+/// added files).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Entry<'a> {
+    Restore(&'a PlanItem),
+    Move(&'a AddedFile),
+}
+
 /// A file the restore will not touch, and why.
 #[derive(Debug, Clone)]
 pub(crate) struct RefusedFile {
@@ -85,7 +105,10 @@ pub(crate) struct TreePlan {
     pub items: Vec<PlanItem>,
     pub no_source: Vec<NoSource>,
     pub refused: Vec<RefusedFile>,
-    /// Files in no reference (added): listed, never deleted.
+    /// Regular files in no reference (added), which the restore can move into the
+    /// quarantine.
+    pub added: Vec<AddedFile>,
+    /// Other files in no reference (links, unreadable ones): listed, never touched.
     pub kept: Vec<PathBuf>,
     /// Temporary files of a killed run; the next restore removes them.
     pub leftover_temps: Vec<PathBuf>,
@@ -100,6 +123,19 @@ impl TreePlan {
     /// Whether anything is to be done or reported for this tree.
     pub(crate) fn is_empty(&self) -> bool {
         self.items.is_empty() && self.no_source.is_empty() && self.refused.is_empty()
+    }
+
+    /// How many entries the review can ask about: files to restore, then added files.
+    pub(crate) fn entry_count(&self) -> usize {
+        self.items.len() + self.added.len()
+    }
+
+    /// Entry `i` (see [`Entry`]).
+    pub(crate) fn entry(&self, i: usize) -> Entry<'_> {
+        match self.items.get(i) {
+            Some(item) => Entry::Restore(item),
+            None => Entry::Move(&self.added[i - self.items.len()]),
+        }
     }
 }
 
@@ -125,6 +161,28 @@ impl RestorePlan {
     pub(crate) fn kept_count(&self) -> usize {
         self.trees.iter().map(|t| t.kept.len()).sum()
     }
+
+    pub(crate) fn added_count(&self) -> usize {
+        self.trees.iter().map(|t| t.added.len()).sum()
+    }
+
+    /// Added files the build reads: `--yes` moves these.
+    pub(crate) fn added_build_count(&self) -> usize {
+        self.trees
+            .iter()
+            .flat_map(|t| &t.added)
+            .filter(|a| a.builds)
+            .count()
+    }
+}
+
+/// The SHA-256 of an added file, read without following links; `None` when it
+/// cannot be read as a regular file (it is then only listed).
+fn added_digest(tree: &Tree, rel: &Path) -> Option<Digest> {
+    let f = atomic::TreeFile::open(&tree.host_path, rel, None).ok()?;
+    f.stat().ok()??;
+    let bytes = f.read().ok()??;
+    Some(Digest::of_bytes(Algorithm::Sha256, &bytes))
 }
 
 /// Whether a file is selected by the `--only` paths: a path relative to the tree
@@ -175,6 +233,7 @@ pub(crate) fn build(root: &Root, scans: &[TreeScan], only: &[PathBuf]) -> Result
             items: Vec::new(),
             no_source: Vec::new(),
             refused: Vec::new(),
+            added: Vec::new(),
             kept: Vec::new(),
             leftover_temps: Vec::new(),
         };
@@ -257,7 +316,27 @@ pub(crate) fn build(root: &Root, scans: &[TreeScan], only: &[PathBuf]) -> Result
                     });
                     true
                 }
-                FileStatus::Added | FileStatus::Symlink | FileStatus::Unreadable => {
+                // The tree's own dkms.conf is how dkms builds it at all: moving it
+                // away would leave no way to rebuild, so it is only listed.
+                FileStatus::Added if f.path == Path::new("dkms.conf") => {
+                    tp.kept.push(f.path.clone());
+                    false
+                }
+                FileStatus::Added => match added_digest(tree, &f.path) {
+                    Some(current) => {
+                        tp.added.push(AddedFile {
+                            rel: f.path.clone(),
+                            current,
+                            builds: crate::dkms::is_build_input(&f.path),
+                        });
+                        true
+                    }
+                    None => {
+                        tp.kept.push(f.path.clone());
+                        false
+                    }
+                },
+                FileStatus::Symlink | FileStatus::Unreadable => {
                     tp.kept.push(f.path.clone());
                     false
                 }
@@ -276,7 +355,7 @@ pub(crate) fn build(root: &Root, scans: &[TreeScan], only: &[PathBuf]) -> Result
     if let Some(i) = matched.iter().position(|m| !m) {
         return Err(Error::Refused {
             path: only[i].clone(),
-            message: "--only matches no modified, missing or refused file of any tree; see 'kfd-audit scan' for what differs".into(),
+            message: "--only matches no modified, missing, added or refused file of any tree; see 'kfd-audit scan' for what differs".into(),
         });
     }
     Ok(RestorePlan {
@@ -314,6 +393,8 @@ pub(crate) struct PlanSummary {
     pub no_source: usize,
     pub refused: usize,
     pub kept: usize,
+    /// Added files (in no reference) that can be moved into the quarantine.
+    pub added: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -326,6 +407,7 @@ pub(crate) struct TreePlanJson {
     pub no_source: Vec<NoSourceJson>,
     pub refused: Vec<RefusedJson>,
     pub kept: Vec<String>,
+    pub added: Vec<AddedJson>,
     pub leftover_temps: Vec<String>,
     pub advice: Vec<String>,
 }
@@ -345,6 +427,19 @@ pub(crate) struct ItemJson {
     pub current: Option<String>,
     /// Where the current file goes before it is replaced (`<run>` is the run id).
     pub quarantine: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct AddedJson {
+    pub path: String,
+    /// The path as bytes when it is not valid UTF-8 (`path` is then lossy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_bytes: Option<Vec<u8>>,
+    pub sha256: String,
+    /// Whether the build reads it; `restore --yes` moves exactly these.
+    pub builds: bool,
+    /// Where it goes when moved (`<run>` is the run id).
+    pub quarantine: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -372,17 +467,35 @@ fn text(p: &Path) -> String {
     String::from_utf8_lossy(p.as_os_str().as_bytes()).into_owned()
 }
 
+/// How to call kfd-audit again on the same system: a follow-up command without the
+/// `--root` that was used would act on another system.
+pub(crate) fn kfd_audit(root: &Root) -> String {
+    if root.is_host_root() {
+        "kfd-audit".to_string()
+    } else {
+        format!(
+            "kfd-audit --root {}",
+            crate::term::shell_quote(&root.dir().display().to_string())
+        )
+    }
+}
+
 /// What the user can do about files without a verified clean source.
-pub(crate) fn advice(tp: &TreePlan) -> Vec<String> {
+pub(crate) fn advice(root: &Root, tp: &TreePlan) -> Vec<String> {
     if tp.no_source.is_empty() {
         return Vec::new();
     }
+    let kfd = kfd_audit(root);
+    let again = format!(
+        "{kfd} restore --tree {}",
+        crate::term::shell_quote(&text(&tp.tree.system_path))
+    );
     let mut a = Vec::new();
     if let Some(pkg) = &tp.dpkg_package {
         // Least invasive first: the archive back in apt's cache changes no file, and
         // kfd-audit then restores only the changed ones, journaled and undoable.
         a.push(format!(
-            "fetch the package archive again, which changes no file: apt-get install --download-only --reinstall {pkg}; then run kfd-audit restore again"
+            "fetch the package archive again, which changes no file: apt-get install --download-only --reinstall {pkg}; then run {again} again"
         ));
         a.push(format!(
             "or reinstall the package: apt-get install --reinstall {pkg} (dpkg overwrites every changed file of it; copy any you want to keep first)"
@@ -390,21 +503,23 @@ pub(crate) fn advice(tp: &TreePlan) -> Vec<String> {
     }
     if let [fetch, reinstall] = tp.rpm_advice.as_slice() {
         a.push(format!(
-            "fetch the package file of the installed version: {fetch}, then run restore again (kfd-audit reads it in place and checks every file against the RPM database)"
+            "fetch the package file of the installed version: {fetch}, then run {again} again (kfd-audit reads it in place and checks every file against the RPM database)"
         ));
         a.push(format!(
             "or reinstall the package: {reinstall} (rpm overwrites every changed file of it; copy any you want to keep first)"
         ));
     }
     a.push(format!(
-        "put a verified clean copy next to the file (e.g. FILE.orig from an unpacked {} {} package) and run restore again",
+        "put a verified clean copy next to the file (e.g. FILE.orig from an unpacked {} {} package) and run {again} again",
         tp.tree.package(),
         tp.tree.version()
     ));
-    a.push("restore the file by hand, then check it with 'kfd-audit scan'".into());
-    a.push(
-        "next time, record a baseline while the tree is clean: 'kfd-audit baseline create'".into(),
-    );
+    a.push(format!(
+        "restore the file by hand, then check it with '{kfd} scan'"
+    ));
+    a.push(format!(
+        "next time, record a baseline while the tree is clean: '{kfd} baseline create'"
+    ));
     a
 }
 
@@ -456,8 +571,19 @@ impl RestorePlan {
                     })
                     .collect(),
                 kept: tp.kept.iter().map(|p| text(p)).collect(),
+                added: tp
+                    .added
+                    .iter()
+                    .map(|a| AddedJson {
+                        path: text(&a.rel),
+                        path_bytes: crate::term::path_bytes(&a.rel),
+                        sha256: a.current.to_hex(),
+                        builds: a.builds,
+                        quarantine: text(&quarantine_path("<run>", &tp.system_path(&a.rel))),
+                    })
+                    .collect(),
                 leftover_temps: tp.leftover_temps.iter().map(|p| text(p)).collect(),
-                advice: advice(tp),
+                advice: advice(root, tp),
             })
             .collect();
         PlanJson {
@@ -470,6 +596,7 @@ impl RestorePlan {
                 no_source: self.no_source_count(),
                 refused: self.refused_count(),
                 kept: self.kept_count(),
+                added: self.added_count(),
             },
             result: None,
         }
@@ -482,5 +609,11 @@ pub(crate) fn current_bytes(tp: &TreePlan, item: &PlanItem) -> Result<Vec<u8>> {
         return Ok(Vec::new());
     }
     let f = atomic::TreeFile::open(&tp.tree.host_path, &item.rel, None)?;
+    Ok(f.read()?.unwrap_or_default())
+}
+
+/// The current bytes of an added file, to show before it is moved.
+pub(crate) fn added_bytes(tp: &TreePlan, a: &AddedFile) -> Result<Vec<u8>> {
+    let f = atomic::TreeFile::open(&tp.tree.host_path, &a.rel, None)?;
     Ok(f.read()?.unwrap_or_default())
 }

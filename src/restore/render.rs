@@ -21,8 +21,15 @@ fn algo(d: &crate::io::hash::Digest) -> &'static str {
 
 /// The one-line summary of a plan.
 pub(crate) fn summary_line(plan: &RestorePlan) -> String {
+    let added = match plan.added_count() {
+        0 => String::new(),
+        n => format!(
+            ", {n} added ({} read by the build)",
+            plan.added_build_count()
+        ),
+    };
     format!(
-        "{} to restore, {} without a clean source, {} refused, {} kept",
+        "{} to restore, {} without a clean source, {} refused{added}, {} kept",
         plural(plan.item_count(), "file"),
         plan.no_source_count(),
         plan.refused_count(),
@@ -59,7 +66,7 @@ pub(crate) fn plan_text(root: &Root, plan: &RestorePlan, run: &str) -> String {
             term::escape(&tp.tree.version()),
             refs
         );
-        if tp.is_empty() && tp.kept.is_empty() {
+        if tp.is_empty() && tp.kept.is_empty() && tp.added.is_empty() {
             let _ = writeln!(out, "  nothing to restore");
         }
         for i in &tp.items {
@@ -109,6 +116,21 @@ pub(crate) fn plan_text(root: &Root, plan: &RestorePlan, run: &str) -> String {
                 term::escape(&r.reason)
             );
         }
+        for a in &tp.added {
+            let (tag, what) = if a.builds {
+                (
+                    "move",
+                    "added, read by the build: moved into the quarantine (undoable)",
+                )
+            } else {
+                (
+                    "added",
+                    "added, not read by the build: stays unless you choose to move it",
+                )
+            };
+            let _ = writeln!(out, "  {tag:<8} {}", term::path(&a.rel));
+            let _ = writeln!(out, "           {what}");
+        }
         for k in &tp.kept {
             let _ = writeln!(
                 out,
@@ -125,7 +147,7 @@ pub(crate) fn plan_text(root: &Root, plan: &RestorePlan, run: &str) -> String {
                 term::path(t)
             );
         }
-        let a = advice(tp);
+        let a = advice(root, tp);
         if !a.is_empty() {
             let _ = writeln!(out, "  for the files that stay as they are:");
             for line in a {
@@ -151,7 +173,7 @@ pub(crate) fn plan_markdown(root: &Root, plan: &RestorePlan) -> String {
             cell(&tp.tree.package()),
             cell(&tp.tree.version())
         );
-        if tp.is_empty() {
+        if tp.is_empty() && tp.added.is_empty() {
             let _ = writeln!(out, "Nothing to restore.\n");
         } else {
             let _ = writeln!(out, "| action | file | clean source | verified hash |");
@@ -185,6 +207,19 @@ pub(crate) fn plan_markdown(root: &Root, plan: &RestorePlan) -> String {
                     cell(&r.reason)
                 );
             }
+            for a in &tp.added {
+                let _ = writeln!(
+                    out,
+                    "| {} | `{}` | in no reference (added) | sha256 `{}` |",
+                    if a.builds {
+                        "move to quarantine (read by the build)"
+                    } else {
+                        "stays unless chosen (not read by the build)"
+                    },
+                    cell(&term::path(&a.rel)),
+                    a.current
+                );
+            }
             out.push('\n');
         }
         if !tp.kept.is_empty() {
@@ -194,7 +229,7 @@ pub(crate) fn plan_markdown(root: &Root, plan: &RestorePlan) -> String {
             }
             out.push('\n');
         }
-        let a = advice(tp);
+        let a = advice(root, tp);
         if !a.is_empty() {
             let _ = writeln!(out, "For the files without a clean source:\n");
             for line in a {

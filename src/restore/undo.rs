@@ -7,7 +7,7 @@
 use super::apply::{self, ApplyResult, Change, Expect};
 use super::journal::{judge, sha256_hex, FileState, Intent, Run, RunKind};
 use crate::error::{Error, Result};
-use crate::io::atomic::TreeFile;
+use crate::io::atomic::{Ownership, TreeFile};
 use crate::io::hash::{Algorithm, Digest};
 use crate::io::root::Root;
 use serde::Serialize;
@@ -28,21 +28,32 @@ pub(crate) fn file_state(root: &Root, intent: &Intent) -> FileState {
     }
 }
 
-/// The undo runs that target `id`, and whether one of them finished.
+/// The finished undo run that keeps run `id` undone now, if one does. An undo that
+/// was itself undone no longer counts: the run it undid is in effect again.
 pub(crate) fn undone_by<'a>(runs: &'a [Run], id: &str) -> Option<&'a Run> {
+    undone_within(runs, id, runs.len())
+}
+
+fn undone_within<'a>(runs: &'a [Run], id: &str, depth: usize) -> Option<&'a Run> {
+    // Each undo names an earlier run, so the chain is at most as long as the journal.
+    if depth == 0 {
+        return None;
+    }
     runs.iter()
-        .filter(|r| r.kind == RunKind::Undo && r.undoes.as_deref() == Some(id))
-        .find(|r| r.ended)
+        .filter(|r| r.kind == RunKind::Undo && r.undoes.as_deref() == Some(id) && r.ended)
+        .rev()
+        .find(|u| undone_within(runs, &u.id, depth - 1).is_none())
 }
 
 /// The run to undo: the named one, else the latest restore that changed something
 /// and has not been undone.
-pub(crate) fn pick<'a>(runs: &'a [Run], id: Option<&str>) -> Result<&'a Run> {
+/// `kfd` is how the user calls kfd-audit on this system (with its `--root`).
+pub(crate) fn pick<'a>(runs: &'a [Run], id: Option<&str>, kfd: &str) -> Result<&'a Run> {
     let journal_dir = Path::new(super::plan::STATE_DIR).join(super::journal::DIR);
     match id {
         Some(id) => runs.iter().find(|r| r.id == id).ok_or_else(|| Error::Refused {
             path: journal_dir.join(format!("{id}.jsonl")),
-            message: "no such run in the journal; 'kfd-audit undo --list' shows the runs".into(),
+            message: format!("no such run in the journal; '{kfd} undo --list' shows the runs"),
         }),
         None => runs
             .iter()
@@ -50,7 +61,7 @@ pub(crate) fn pick<'a>(runs: &'a [Run], id: Option<&str>) -> Result<&'a Run> {
             .find(|r| r.kind == RunKind::Restore && !r.intents.is_empty() && undone_by(runs, &r.id).is_none())
             .ok_or_else(|| Error::Refused {
                 path: journal_dir,
-                message: "nothing to undo: every restore in the journal has been undone (or none changed a file); 'kfd-audit undo --list' shows the runs".into(),
+                message: format!("nothing to undo: no restore in the journal is in effect (each was undone, or none changed a file); '{kfd} undo --list' shows the runs"),
             }),
     }
 }
@@ -77,6 +88,13 @@ fn show(p: &Path) -> String {
     crate::term::path(p)
 }
 
+/// Whether the quarantine copy is there and is exactly the file from before the run.
+fn quarantine_matches(root: &Root, q: &Path, intent: &Intent) -> bool {
+    std::fs::read(root.path(q))
+        .map(|b| Some(sha256_hex(&b)) == intent.old_sha256)
+        .unwrap_or(false)
+}
+
 /// Plans the undo of a run, newest change first.
 pub(crate) fn plan(root: &Root, run: &Run) -> UndoPlan {
     let mut up = UndoPlan::default();
@@ -99,6 +117,43 @@ pub(crate) fn plan(root: &Root, run: &Run) -> UndoPlan {
         match state {
             FileState::Old => up.already.push(intent.path.clone()),
             FileState::New if intent.old_sha256.is_none() => up.kept.push(intent.path.clone()),
+            // The run moved an added file into the quarantine: it comes back from there.
+            FileState::New if intent.new_sha256.is_none() => {
+                let Some(q) = q else {
+                    up.problems.push(Problem {
+                        path: show(&intent.path),
+                        reason: "the journal names no quarantine copy for it".into(),
+                    });
+                    continue;
+                };
+                if !quarantine_matches(root, &q, intent) {
+                    up.problems.push(Problem {
+                        path: show(&intent.path),
+                        reason: format!(
+                            "its quarantine copy {} is missing or does not match the journal",
+                            show(&q)
+                        ),
+                    });
+                    continue;
+                }
+                up.changes.push((
+                    Change {
+                        tree_system: intent.tree.clone(),
+                        tree_host: root.path(&intent.tree),
+                        rel: intent.rel.clone(),
+                        expect: Expect::Absent,
+                        remove: false,
+                        // It comes back as it was: mode and owner from the journal.
+                        create_as: Some(Ownership {
+                            mode: intent.mode,
+                            owner: Some((intent.uid, intent.gid)),
+                        }),
+                        source: "quarantine".into(),
+                        origin: q.display().to_string(),
+                    },
+                    intent.clone(),
+                ));
+            }
             FileState::New => {
                 let Some(q) = q else {
                     up.problems.push(Problem {
@@ -107,19 +162,18 @@ pub(crate) fn plan(root: &Root, run: &Run) -> UndoPlan {
                     });
                     continue;
                 };
-                let Some(new) = Digest::from_hex(Algorithm::Sha256, &intent.new_sha256) else {
+                let Some(new) = intent
+                    .new_sha256
+                    .as_deref()
+                    .and_then(|h| Digest::from_hex(Algorithm::Sha256, h))
+                else {
                     up.problems.push(Problem {
                         path: show(&intent.path),
                         reason: "the journal's new_sha256 is not a SHA-256".into(),
                     });
                     continue;
                 };
-                // The quarantine copy must be there and be exactly the old file.
-                let qhost = root.path(&q);
-                let ok = std::fs::read(&qhost)
-                    .map(|b| Some(sha256_hex(&b)) == intent.old_sha256)
-                    .unwrap_or(false);
-                if !ok {
+                if !quarantine_matches(root, &q, intent) {
                     up.problems.push(Problem {
                         path: show(&intent.path),
                         reason: format!(
@@ -135,6 +189,8 @@ pub(crate) fn plan(root: &Root, run: &Run) -> UndoPlan {
                         tree_host: root.path(&intent.tree),
                         rel: intent.rel.clone(),
                         expect: Expect::Digest(new),
+                        remove: false,
+                        create_as: None,
                         source: "quarantine".into(),
                         origin: q.display().to_string(),
                     },

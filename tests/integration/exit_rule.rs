@@ -69,6 +69,23 @@ fn restore_and_undo() {
         "{}",
         yes.stdout()
     );
+    // Issue 15: the follow-up command carries the --root used, and names the tree.
+    let again = format!(
+        "then run kfd-audit --root {} restore --tree /{TREE} again",
+        s.fx.root().display()
+    );
+    assert!(yes.stdout().contains(&again), "{}", yes.stdout());
+    // So does undo's advice when there is nothing to undo.
+    let undo = s.run(&["undo"]);
+    undo.expect_code(2);
+    assert!(
+        undo.stderr().contains(&format!(
+            "'kfd-audit --root {} undo --list'",
+            s.fx.root().display()
+        )),
+        "{}",
+        undo.stderr()
+    );
 }
 
 /// Issue 15 (confusing): the printed undo command carries the --root that was used,
@@ -91,4 +108,79 @@ fn printed_undo_command_runs_as_printed() {
     });
     assert_eq!(run.code(), 0, "{line}: {}", run.stderr());
     s.assert_files(&[false]);
+}
+
+/// Issue 15, item 5: `restore --yes --only X` while other files stay modified has
+/// left something found: 1. The rest restored: 0.
+#[test]
+fn restore_only_part_of_the_tree_exits_1() {
+    let s = Scenario::new(2);
+    s.run(&["restore", "--yes", "--only", FILE]).expect_code(1);
+    s.assert_files(&[true, false]);
+    s.run(&["restore", "--yes", "--only", "amd/amdkfd/kfd_f1.c"])
+        .expect_code(0);
+    s.assert_files(&[true, true]);
+    // Nothing left under --only, nothing left elsewhere: 0.
+    s.run(&["restore", "--yes"]).expect_code(0);
+}
+
+/// Issue 15, item 4: added files. `--yes` moves those the build reads and leaves the
+/// others (1: they stay); the follow-up command carries the --root and --tree used.
+#[test]
+fn restore_yes_moves_added_build_files_and_says_what_stays() {
+    let s = Scenario::new(1);
+    let kbuild =
+        s.fx.write(&format!("{TREE}/amd/amdkfd/Kbuild"), "obj-y += x.o\n");
+    let evil =
+        s.fx.write(&format!("{TREE}/amd/amdkfd/evil.c"), "int evil;\n");
+    let notes =
+        s.fx.write(&format!("{TREE}/amd/amdkfd/NOTES.txt"), "notes\n");
+    let tree = format!("/{TREE}");
+    // --help says which added files --yes moves.
+    let help = s.run(&["restore", "--help"]).stdout();
+    let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        help.contains("moves into the quarantine the added files the build reads")
+            && help.contains("Added files the build does not read stay where they are"),
+        "{help}"
+    );
+    let dry = s.run(&["restore", "--dry-run"]);
+    dry.expect_code(1);
+    assert!(
+        dry.stdout().contains("3 added (2 read by the build)"),
+        "{}",
+        dry.stdout()
+    );
+    let run = s.run(&["restore", "--yes", "--tree", &tree]);
+    run.expect_code(1);
+    let out = run.stdout();
+    assert!(!kbuild.exists() && !evil.exists(), "{out}");
+    assert!(notes.exists());
+    s.assert_files(&[true]);
+    assert!(out.contains("moved away"), "{out}");
+    let root = s.fx.root().display().to_string();
+    assert!(
+        out.contains(&format!(
+            "run kfd-audit --root {root} restore --tree {tree} (without --yes)"
+        )),
+        "{out}"
+    );
+    // The next steps are the rebuild, not another restore.
+    let next = out
+        .split("Next, rebuild")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(!next.contains("kfd-audit"), "{next}");
+    // Nothing left that --yes would move: it has nothing to do, and says so.
+    let again = s.run(&["restore", "--yes"]);
+    again.expect_code(1);
+    assert!(
+        again.stdout().contains("nothing to restore"),
+        "{}",
+        again.stdout()
+    );
+    // Undo puts both back, byte for byte.
+    s.run(&["undo"]).expect_code(0);
+    assert_eq!(std::fs::read(&kbuild).unwrap(), b"obj-y += x.o\n");
+    assert_eq!(std::fs::read(&evil).unwrap(), b"int evil;\n");
 }

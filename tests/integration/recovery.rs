@@ -1096,3 +1096,122 @@ fn fallback_names_the_trees_own_module() {
     assert!(fallback.contains("modprobe.blacklist=kfdtoy"), "{fallback}");
     assert!(!fallback.contains("amdgpu"), "{fallback}");
 }
+
+/// Issue 15, item 4: an added file the build reads blocked `plan --run`, and
+/// `restore` had nothing to offer. Now `restore --yes` moves it into the quarantine,
+/// its next steps are the rebuild, and `plan --run` goes through.
+#[test]
+fn an_added_build_file_is_no_dead_end() {
+    let fx = Fixture::new();
+    restored_system(&fx);
+    fx.write(&format!("{TREE}/amd/amdkfd/Kbuild"), "obj-y += extra.o\n");
+    let (run, calls) = run_with_fakes(&fx, "", &["plan", "--run", "--yes"]);
+    run.expect_code(2);
+    assert!(run.stderr().contains("still differs"), "{}", run.stderr());
+    // Issue 15: the advice to run it again keeps the --root that was used.
+    assert!(
+        run.stderr().contains(&format!(
+            "then 'kfd-audit --root {} plan --run' again",
+            fx.root().display()
+        )),
+        "{}",
+        run.stderr()
+    );
+    assert_eq!(calls, "");
+
+    let restore = fx.run(&["restore", "--yes"]);
+    restore.expect_code(0);
+    let out = restore.stdout();
+    assert!(out.contains("moved away"), "{out}");
+    let next = out
+        .split("Next, rebuild")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(next.trim_start().contains("dkms remove"), "{next}");
+    assert!(!next.contains("kfd-audit"), "{next}");
+
+    let (run, calls) = run_with_fakes(&fx, "", &["plan", "--run", "--yes"]);
+    run.expect_code(0);
+    assert!(calls.contains("dkms build"), "{calls}");
+}
+
+/// Issue 17: `plan --run` on an 80x25 console: every command it will run stands on
+/// the screen with "Run these N commands now?"; what to do if the machine does not
+/// boot comes before them. Ctrl-C there shows the cursor and exits 130.
+#[test]
+fn plan_run_question_and_its_commands_share_one_screen() {
+    use crate::restore_pty::{exit_code, keys, screen_before, spawn_console};
+    let fx = Fixture::new();
+    restored_system(&fx);
+    let plan = plan_json(&fx);
+    let runnable: Vec<String> = plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["runs"] == true)
+        .map(|s| s["command"].as_str().unwrap().to_string())
+        .collect();
+    assert!(runnable.len() >= 8, "{runnable:?}");
+    let (bin, log) = fake_tools(&fx);
+    let command = || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kfd-audit"));
+        cmd.arg("--root")
+            .arg(fx.root())
+            .args(["--color", "never", "plan", "--run"])
+            .env(
+                "PATH",
+                format!(
+                    "{}:{}",
+                    bin.display(),
+                    std::env::var("PATH").unwrap_or_default()
+                ),
+            )
+            .env("CALLS", &log);
+        cmd
+    };
+    let question = format!("Run these {} commands now?", runnable.len());
+    for quiet in [false, true] {
+        let mut cmd = command();
+        if quiet {
+            cmd.arg("-q");
+        }
+        let mut p = spawn_console(cmd, true);
+        let before = p.exp_string(&question).unwrap();
+        let screen = screen_before(&before);
+        for c in &runnable {
+            assert!(
+                screen.iter().any(|l| l.contains(c.as_str())),
+                "{c} is not on the screen with the question:\n{}",
+                screen.join("\n")
+            );
+        }
+        assert!(before.contains("If the machine does not boot"), "{before}");
+        let text = before.split("If the machine does not boot").nth(1).unwrap();
+        assert!(
+            text.contains("Steps (as root"),
+            "the fallback comes first:\n{before}"
+        );
+        if quiet {
+            assert!(before.lines().count() < ROWS_QUIET, "{before}");
+        }
+        keys(&mut p, "n");
+        p.exp_string("nothing was run.").unwrap();
+        assert_eq!(exit_code(&mut p), 1);
+    }
+    assert_eq!(std::fs::read_to_string(&log).unwrap_or_default(), "");
+
+    let mut p = spawn_console(command(), false);
+    p.exp_string("[y/N]").unwrap();
+    p.send_control('c').unwrap();
+    p.flush().unwrap();
+    let after = p.exp_eof().unwrap();
+    assert!(after.contains("\x1b[?25h"), "{after:?}");
+    match p.process().wait().expect("wait") {
+        rexpect::process::WaitStatus::Exited(_, code) => assert_eq!(code, 130),
+        other => panic!("not a normal exit: {other:?}"),
+    }
+    assert_eq!(std::fs::read_to_string(&log).unwrap_or_default(), "");
+}
+
+/// `plan --run -q` fits the whole question on one screen.
+const ROWS_QUIET: usize = crate::restore_pty::ROWS;

@@ -521,11 +521,82 @@ fn undo_puts_back_and_refuses_a_file_changed_since() {
         .all(|f| f["journal"] == "replaced" && f["now"] == "old"));
 
     // Nothing left to undo by default; the undo itself can be undone by its id.
-    s.run(&["undo"]).expect_code(2);
+    let none = s.run(&["undo"]);
+    none.expect_code(2);
+    assert!(
+        none.stderr()
+            .contains("no restore in the journal is in effect"),
+        "{}",
+        none.stderr()
+    );
     let undo_id = runs[1]["id"].as_str().unwrap();
     s.run(&["undo", undo_id]).expect_code(0);
     s.assert_files(&[true, true, true]);
     s.run(&["undo", "no-such-run"]).expect_code(2);
+
+    // Issue 15: the undo of the undo put the restore back in effect, so a plain
+    // `undo` undoes it again (it never says "every restore has been undone" here).
+    let list = s.run(&["--format", "json", "undo", "--list"]).json();
+    assert_eq!(list["runs"][0]["undone_by"], serde_json::Value::Null);
+    let again = s.run(&["undo"]);
+    again.expect_code(0);
+    assert!(
+        again.stdout().contains("put back 3 of 3 file(s)"),
+        "{}",
+        again.stdout()
+    );
+    s.assert_files(&[false, false, false]);
+    s.run(&["undo"]).expect_code(2);
+}
+
+/// Issue 15: a full filesystem. One line says what to do; the quarantine copy of a
+/// file that was not replaced is taken back; nothing claims previous versions are
+/// kept when none was replaced; `undo --list` calls the run failed, not complete.
+#[test]
+fn a_full_filesystem_stops_with_advice_and_leaves_no_quarantine_copy() {
+    for step in [
+        "quarantine-temp-written",
+        "quarantined",
+        "journaled",
+        "replace-temp-written",
+    ] {
+        let s = Scenario::new(2);
+        let spec = format!("{step}:1:error");
+        let run = s.run_env(&["restore", "--yes"], &[("KFD_AUDIT_FAILPOINT", &spec)]);
+        run.expect_code(2);
+        let (out, err) = (run.stdout(), run.stderr());
+        assert!(!out.contains("previous versions are kept"), "{spec}: {out}");
+        assert!(
+            !out.contains("to put the previous versions back"),
+            "{spec}: {out}"
+        );
+        let lines: Vec<&str> = err.lines().filter(|l| l.contains("error")).collect();
+        assert_eq!(lines.len(), 1, "{spec}: {err}");
+        assert!(
+            lines[0].contains("no space left on the filesystem that holds /")
+                && lines[0].contains("Free space there (df -h ")
+                && lines[0].contains(&format!("kfd-audit --root {}", s.fx.root().display())),
+            "{spec}: {err}"
+        );
+        assert!(!err.contains("(os error 28)"), "{spec}: {err}");
+        s.assert_files(&[false, false]);
+        let q = s.state().join("quarantine");
+        let quarantined: Vec<PathBuf> = if q.exists() {
+            walkdir_all(&q)
+                .into_iter()
+                .filter(|p| p.is_file())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        assert_eq!(quarantined, Vec::<PathBuf>::new(), "{spec}");
+        assert!(temp_files(s.fx.root()).is_empty(), "{spec}");
+        let list = s.run(&["--format", "json", "undo", "--list"]).json();
+        assert_eq!(list["runs"][0]["state"], "failed", "{spec}");
+        // The next run, with space again, does the whole job.
+        s.run(&["restore", "--yes"]).expect_code(0);
+        s.assert_files(&[true, true]);
+    }
 }
 
 #[test]
@@ -601,11 +672,12 @@ fn write_error_midway_stops_and_reports_each_file() {
 fn only_limits_and_files_without_a_source_get_advice() {
     let s = Scenario::new(3);
     std::fs::remove_file(s.host(&format!("{}.orig", s.files[2].0))).unwrap();
+    // Other files stay modified: something found stays (1).
     let run = s.run(&["restore", "--yes", "--only", "amd/amdkfd/kfd_f1.c"]);
-    run.expect_code(0);
+    run.expect_code(1);
     s.assert_files(&[false, true, false]);
     let abs = format!("/{TREE}/amd/amdkfd/kfd_f0.c");
-    s.run(&["restore", "--yes", "--only", &abs]).expect_code(0);
+    s.run(&["restore", "--yes", "--only", &abs]).expect_code(1);
     s.assert_files(&[true, true, false]);
 
     let run = s.run(&["restore", "--yes"]);
@@ -619,7 +691,13 @@ fn only_limits_and_files_without_a_source_get_advice() {
         out.contains("apt-get install --reinstall amdgpu-dkms"),
         "{out}"
     );
-    assert!(out.contains("kfd-audit baseline create"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "'kfd-audit --root {} baseline create'",
+            s.fx.root().display()
+        )),
+        "{out}"
+    );
 
     let run = s.run(&["restore", "--yes", "--only", "amd/nope.c"]);
     run.expect_code(2);
