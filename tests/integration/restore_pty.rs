@@ -19,9 +19,12 @@ pub const COLS: usize = 80;
 /// Spawns a command in a pty of 80x25 (COLUMNS and LINES say so too). `strip`
 /// removes escape sequences from what the tests read.
 pub fn spawn_console(mut cmd: std::process::Command, strip: bool) -> PtySession {
+    // A test may say LINES itself (a shorter screen makes a short text "long").
+    if !cmd.get_envs().any(|(k, _)| k == "LINES") {
+        cmd.env("LINES", ROWS.to_string());
+    }
     cmd.env("TERM", "linux")
         .env("COLUMNS", COLS.to_string())
-        .env("LINES", ROWS.to_string())
         .env_remove("KFD_AUDIT_FAILPOINT")
         .env_remove("NO_COLOR");
     let p = spawn_with_options(
@@ -366,4 +369,49 @@ fn added_files_are_offered_moved_and_undone() {
     let mode = std::fs::metadata(&kbuild).unwrap().permissions().mode() & 0o7777;
     assert_eq!(mode, 0o640);
     s.assert_files(&[false]);
+}
+
+/// "Show the diff" hands a diff longer than the screen to $PAGER, as git does, and
+/// never with --no-pager.
+#[test]
+fn show_diff_goes_through_the_pager_unless_no_pager() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("paged");
+    let pager = dir.path().join("pager.sh");
+    std::fs::write(
+        &pager,
+        format!("#!/bin/sh\ncat > '{}'\necho PAGER-RAN\n", marker.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&pager, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for no_pager in [false, true] {
+        let s = Scenario::new(1);
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kfd-audit"));
+        cmd.arg("--root")
+            .arg(s.fx.root())
+            .args(["--color", "never"]);
+        if no_pager {
+            cmd.arg("--no-pager");
+        }
+        cmd.arg("restore").env("PAGER", &pager).env("LINES", "5");
+        let mut p = spawn_console(cmd, true);
+        p.exp_string(&question(1, 1)).unwrap();
+        keys(&mut p, "d");
+        if no_pager {
+            p.exp_string("+++ amd/amdkfd/kfd_f0.c (clean)").unwrap();
+        } else {
+            p.exp_string("PAGER-RAN").unwrap();
+        }
+        p.exp_string(&question(1, 1)).unwrap();
+        keys(&mut p, "q");
+        assert_eq!(exit_code(&mut p), 1);
+        if no_pager {
+            assert!(!marker.exists(), "--no-pager ran the pager");
+        } else {
+            let paged = std::fs::read_to_string(&marker).unwrap();
+            assert!(paged.contains("+++ amd/amdkfd/kfd_f0.c (clean)"), "{paged}");
+            std::fs::remove_file(&marker).unwrap();
+        }
+        s.assert_files(&[false]);
+    }
 }
