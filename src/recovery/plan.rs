@@ -376,7 +376,7 @@ pub(crate) fn build(
         let kernels = initramfs_kernels(&active);
         let writes = written_paths(&active, initramfs_tool.is_some() && !kernels.is_empty());
         remount_phase(&mut b, root, &writes);
-        restore_phase(&mut b, root, &active, opts);
+        restore_phase(&mut b, &active, opts);
         move_aside_phase(&mut b, root, &active);
         bind_mount_phase(&mut b, root);
         rebuild_phase(&mut b, &active, &mut notes);
@@ -548,7 +548,7 @@ fn remount_phase(b: &mut Builder, root: &Root, writes: &[PathBuf]) {
 /// Phase 2: restore the clean files. That is the restore command's job (its journal
 /// can undo), so these steps are by hand: the restore engine's own commands when the
 /// caller has them, else `kfd-audit restore --tree`.
-fn restore_phase(b: &mut Builder, root: &Root, active: &[&TreePlan], opts: &PlanOptions) {
+fn restore_phase(b: &mut Builder, active: &[&TreePlan], opts: &PlanOptions) {
     for t in active {
         if !t.needs_restore {
             continue;
@@ -559,11 +559,9 @@ fn restore_phase(b: &mut Builder, root: &Root, active: &[&TreePlan], opts: &Plan
             .filter(|v| !v.is_empty())
             .cloned()
             .unwrap_or_else(|| {
-                let tree_arg = if b.chroot.is_some() {
-                    host_str(&root.path(&t.path))
-                } else {
-                    t.path.clone()
-                };
+                // Under --root, --tree takes the audited system's path (read under
+                // the root), as everything the plan prints does.
+                let tree_arg = t.path.clone();
                 let mut argv = vec![s("kfd-audit")];
                 if let Some(dir) = &b.chroot {
                     argv.push(s("--root"));

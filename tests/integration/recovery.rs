@@ -168,7 +168,7 @@ fn several_kernels_with_zst_modules_get_the_full_sequence() {
     assert_eq!(
         commands(&plan),
         vec![
-            format!("kfd-audit --root {r} restore --tree {r}/{TREE}"),
+            format!("kfd-audit --root {r} restore --tree /{TREE}"),
             format!("mount --bind /dev {r}/dev"),
             format!("mount --bind /proc {r}/proc"),
             format!("mount --bind /sys {r}/sys"),
