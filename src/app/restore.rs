@@ -331,7 +331,10 @@ pub(crate) fn restore(
              '{cmd} --dry-run' to only print it"
         );
     }
-    let opts = args.trees.audit_options(cli);
+    let mut opts = args.trees.audit_options(cli);
+    // The rules decide which added files count for the build (a finding on one counts
+    // whatever its name, as for the DKMS state), so the plan knows them as plan does.
+    opts.run_rules = true;
     let audit = crate::app::audit::run(&root, &opts)?;
     if audit.scans.is_empty() {
         anyhow::bail!(

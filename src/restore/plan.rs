@@ -327,7 +327,11 @@ pub(crate) fn build(root: &Root, scans: &[TreeScan], only: &[PathBuf]) -> Result
                         tp.added.push(AddedFile {
                             rel: f.path.clone(),
                             current,
-                            builds: crate::dkms::is_build_input(&f.path),
+                            // The DKMS state counts an added file with a finding as
+                            // read by the build whatever its name (a `.inc` can be
+                            // #included): moved with the build inputs, or plan --run
+                            // would still refuse after `restore --yes`.
+                            builds: crate::dkms::is_build_input(&f.path) || !f.findings.is_empty(),
                         });
                         true
                     }

@@ -184,3 +184,31 @@ fn restore_yes_moves_added_build_files_and_says_what_stays() {
     assert_eq!(std::fs::read(&kbuild).unwrap(), b"obj-y += x.o\n");
     assert_eq!(std::fs::read(&evil).unwrap(), b"int evil;\n");
 }
+
+/// An added file with an unsafe finding counts for the DKMS state whatever its name
+/// (a `.inc` can be #included): `restore --yes` moves it too, so that `plan --run`
+/// is not left refusing.
+#[test]
+fn restore_yes_moves_an_added_file_with_a_finding_whatever_its_name() {
+    let s = Scenario::new(1);
+    let inc = s.fx.write(
+        &format!("{TREE}/amd/amdkfd/kfd_navi10.inc"),
+        "pr_info(\"RDNA1 fix: fine-grained VRAM for 0x731F\\n\");\n",
+    );
+    let scan = s.run(&["--format", "json", "scan"]);
+    let f = crate::fixture::json_file(&scan.json(), "amd/amdkfd/kfd_navi10.inc")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(f["status"], "added", "{f}");
+    assert!(
+        f["findings"].as_array().is_some_and(|a| !a.is_empty()),
+        "the case needs a finding on the added file: {f}"
+    );
+    let run = s.run(&["restore", "--yes"]);
+    assert!(
+        !inc.exists(),
+        "an added file with a finding was left in the tree:\n{}",
+        run.stdout()
+    );
+    s.assert_files(&[true]);
+}
