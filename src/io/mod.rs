@@ -2,6 +2,7 @@
 //! paths under `--root`, bounded no-follow reads, atomic writes, the walk, mounts, hashing.
 
 pub(crate) mod atomic;
+pub(crate) mod digest_cache;
 pub(crate) mod failpoint;
 pub mod hash;
 pub(crate) mod md5_lanes;

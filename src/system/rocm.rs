@@ -21,6 +21,7 @@ use crate::content::is_backup_suffix;
 use crate::error::Result;
 use crate::finding::{Finding, Severity};
 use crate::gpu_table;
+use crate::io::digest_cache::{DigestCache, Key};
 use crate::io::hash::{self, Algorithm, Digest};
 use crate::io::root::Root;
 use crate::pkgdb::dpkg;
@@ -62,6 +63,10 @@ pub(crate) const DEFAULT_PATTERNS: &[&str] = &[
 ];
 
 pub(crate) const ENV_VAR: &str = "HSA_OVERRIDE_GFX_VERSION";
+
+/// Where the digests of package files are remembered between runs (see
+/// [`crate::io::digest_cache`]), in kfd-audit's state directory of the audited system.
+const DIGEST_CACHE: &str = "/var/lib/kfd-audit/digest-cache";
 
 #[derive(Debug, Clone, Default)]
 pub(crate) struct RocmOptions {
@@ -536,6 +541,7 @@ fn verify_files(
     root: &Root,
     packages: &[&PackageFiles],
     hashing: &Hashing,
+    cache: &mut DigestCache,
 ) -> Vec<Vec<(String, FileState)>> {
     let mut states: Vec<Vec<(String, Option<FileState>)>> = packages
         .iter()
@@ -562,24 +568,40 @@ fn verify_files(
         .map(|&(k, _)| packages[k].algorithm)
         .collect();
     for algorithm in algorithms {
-        let these: Vec<(usize, usize)> = to_hash
+        let judge = |expected: &Digest, digest: std::io::Result<Digest>| match digest {
+            Ok(actual) if &actual == expected => FileState::Ok,
+            Ok(actual) => FileState::Modified(actual),
+            Err(e) => FileState::Unreadable(e.to_string()),
+        };
+        // Files unchanged since a digest was remembered are not read again.
+        let mut these: Vec<(usize, usize, Option<Key>)> = Vec::new();
+        for &(k, i) in to_hash
             .iter()
-            .copied()
-            .filter(|&(k, _)| packages[k].algorithm == algorithm)
-            .collect();
+            .filter(|&&(k, _)| packages[k].algorithm == algorithm)
+        {
+            let path = states[k][i].0.clone();
+            let meta = std::fs::symlink_metadata(root.path(&path)).ok();
+            if let Some(d) = meta.as_ref().and_then(|m| cache.get(&path, m, algorithm)) {
+                states[k][i].1 = Some(judge(&packages[k].expected[&path], Ok(d)));
+                continue;
+            }
+            these.push((k, i, meta.as_ref().map(Key::of)));
+        }
         let paths: Vec<&str> = these
             .iter()
-            .map(|&(k, i)| states[k][i].0.as_str())
+            .map(|&(k, i, _)| states[k][i].0.as_str())
             .collect();
         let counters = hashing.counters.as_deref();
+        let hashed_at = std::time::SystemTime::now();
         let digests = digest_files(root, &paths, algorithm, hashing.limit(), counters);
-        for (&(k, i), digest) in these.iter().zip(digests) {
-            let expected = &packages[k].expected[&states[k][i].0];
-            states[k][i].1 = Some(match digest {
-                Ok(actual) if &actual == expected => FileState::Ok,
-                Ok(actual) => FileState::Modified(actual),
-                Err(e) => FileState::Unreadable(e.to_string()),
-            });
+        for (&(k, i, before), digest) in these.iter().zip(digests) {
+            let path = &states[k][i].0;
+            if let (Some(before), Ok(d)) = (before, &digest) {
+                if let Ok(meta) = std::fs::symlink_metadata(root.path(path)) {
+                    cache.put(path, before, Key::of(&meta), hashed_at, d.clone());
+                }
+            }
+            states[k][i].1 = Some(judge(&packages[k].expected[path], digest));
         }
     }
     states
@@ -1650,7 +1672,17 @@ pub(crate) fn scan(
         lists.push((files, own_notes));
     }
     let all: Vec<&PackageFiles> = lists.iter().map(|(f, _)| f).collect();
-    let states = verify_files(root, &all, &opts.hashing);
+    let mut cache = DigestCache::load(&root.path(DIGEST_CACHE));
+    let states = verify_files(root, &all, &opts.hashing, &mut cache);
+    cache.save();
+    if cache.hits() > 0 {
+        notes.push(format!(
+            "{} package file(s) not read again: unchanged since kfd-audit hashed them (same inode, size, mtime and \
+             ctime, which every write sets; {}=off hashes every file)",
+            cache.hits(),
+            crate::io::digest_cache::ENV_SWITCH
+        ));
+    }
     for ((pkg, (files, own_notes)), states) in matching.iter().zip(&lists).zip(&states) {
         notes.extend(own_notes.iter().cloned());
         let check = check_package(root, pkg, files, states, opts, &mut loader, &mut notes)?;

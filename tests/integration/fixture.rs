@@ -135,10 +135,16 @@ impl Fixture {
 
     /// Runs the real binary with `--root <fixture>` followed by `args`.
     pub fn run(&self, args: &[&str]) -> Run {
+        self.run_env(args, &[])
+    }
+
+    /// [`Self::run`] with environment variables set.
+    pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kfd-audit"));
         cmd.arg("--root")
             .arg(self.root())
             .args(args)
+            .envs(env.iter().copied())
             .env_remove("NO_COLOR");
         Run::of(cmd)
     }

@@ -249,3 +249,47 @@ fn replaced_library_file_is_found() {
         "high"
     );
 }
+
+/// The hourly timer does not hash a gigabyte of unchanged libraries every hour: a file
+/// whose inode, size, mtime and ctime are as they were is not read again. A write in
+/// place with the mtime put back (`touch -r`) still moves the ctime, and is found.
+#[test]
+fn unchanged_package_files_are_not_read_again_and_a_write_is_still_found() {
+    let Some((fx, lib)) = installed() else { return };
+    // Only files whose ctime lies two seconds behind are remembered (see io/digest_cache.rs).
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let (code, report) = rocm(&fx);
+    assert_eq!(code, 0, "{report:#}");
+    assert!(!report.to_string().contains("not read again"), "{report:#}");
+    let cache = std::fs::read_to_string(fx.path("/var/lib/kfd-audit/digest-cache")).unwrap();
+    assert!(cache.contains(&lib), "{cache}");
+    let (code, report) = rocm(&fx);
+    assert_eq!(code, 0);
+    assert!(report.to_string().contains("not read again"), "{report:#}");
+
+    let mtime = std::fs::metadata(fx.path(&lib))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let bytes = patched(&fx, &lib);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(fx.path(&lib))
+        .unwrap();
+    std::io::Write::write_all(&mut &f, &bytes).unwrap();
+    f.set_modified(mtime).unwrap();
+    drop(f);
+    let (code, report) = rocm(&fx);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(
+        rule(&findings(&report), "ROCM-FILE-001")["severity"],
+        "high"
+    );
+
+    // Switched off, nothing is taken from it.
+    let r = fx.run_env(
+        &["--format", "json", "scan", "--sections", "rocm"],
+        &[("KFD_AUDIT_DIGEST_CACHE", "off")],
+    );
+    assert!(!r.stdout().contains("not read again"), "{}", r.stdout());
+}
