@@ -29,26 +29,19 @@ impl Algorithm {
             Algorithm::Sha512 => "sha512",
         }
     }
-
-    /// The digest's length in bytes.
-    fn len(self) -> usize {
-        match self {
-            Algorithm::Md5 => 16,
-            Algorithm::Sha1 => 20,
-            Algorithm::Sha256 => 32,
-            Algorithm::Sha384 => 48,
-            Algorithm::Sha512 => 64,
-        }
-    }
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub enum Digest {
     Md5([u8; 16]),
     Sha256([u8; 32]),
-    /// The rarer ones, kept on the heap so that the common digests stay small
-    /// (a tree of a hundred thousand files holds one per file).
-    Other(Algorithm, Box<[u8]>),
+    Sha1([u8; 20]),
+    /// SHA-384 and SHA-512 are kept to their first 256 bits, on both sides of every
+    /// comparison: a 256-bit prefix resists collisions as SHA-256 does (SHA-512/256 is
+    /// that), and a file's result stays as small as with SHA-256 (a tree of a hundred
+    /// thousand files holds two digests per file).
+    Sha384([u8; 32]),
+    Sha512([u8; 32]),
 }
 
 impl Digest {
@@ -56,15 +49,17 @@ impl Digest {
         match self {
             Digest::Md5(_) => Algorithm::Md5,
             Digest::Sha256(_) => Algorithm::Sha256,
-            Digest::Other(a, _) => *a,
+            Digest::Sha1(_) => Algorithm::Sha1,
+            Digest::Sha384(_) => Algorithm::Sha384,
+            Digest::Sha512(_) => Algorithm::Sha512,
         }
     }
 
     pub(crate) fn as_bytes(&self) -> &[u8] {
         match self {
             Digest::Md5(b) => b,
-            Digest::Sha256(b) => b,
-            Digest::Other(_, b) => b,
+            Digest::Sha256(b) | Digest::Sha384(b) | Digest::Sha512(b) => b,
+            Digest::Sha1(b) => b,
         }
     }
 
@@ -85,10 +80,30 @@ impl Digest {
                 hex::decode_to_slice(text, &mut b).ok()?;
                 Some(Digest::Sha256(b))
             }
-            other => {
-                let mut b = vec![0u8; other.len()];
+            Algorithm::Sha1 => {
+                let mut b = [0u8; 20];
                 hex::decode_to_slice(text, &mut b).ok()?;
-                Some(Digest::Other(other, b.into_boxed_slice()))
+                Some(Digest::Sha1(b))
+            }
+            // The full digest (the rpm database), or the 256 bits kept of it (what
+            // `to_hex` prints, and kfd-audit's own state holds).
+            Algorithm::Sha384 | Algorithm::Sha512 => {
+                let full = if algorithm == Algorithm::Sha384 {
+                    96
+                } else {
+                    128
+                };
+                if text.len() != full && text.len() != 64 {
+                    return None;
+                }
+                let mut b = [0u8; 32];
+                hex::decode_to_slice(&text[..64], &mut b).ok()?;
+                hex::decode(text).ok()?;
+                Some(if algorithm == Algorithm::Sha384 {
+                    Digest::Sha384(b)
+                } else {
+                    Digest::Sha512(b)
+                })
             }
         }
     }
@@ -99,6 +114,13 @@ impl Digest {
         h.update(data);
         h.finish()
     }
+}
+
+/// The first 256 bits of a longer digest (see [`Digest::Sha384`]).
+fn prefix(full: &[u8]) -> [u8; 32] {
+    let mut b = [0u8; 32];
+    b.copy_from_slice(&full[..32]);
+    b
 }
 
 impl fmt::Debug for Digest {
@@ -144,13 +166,12 @@ impl Hasher {
     }
 
     pub(crate) fn finish(self) -> Digest {
-        let other = |a, bytes: &[u8]| Digest::Other(a, bytes.into());
         match self {
             Hasher::Md5(h) => Digest::Md5(h.finalize().into()),
-            Hasher::Sha1(h) => other(Algorithm::Sha1, &h.finalize()),
+            Hasher::Sha1(h) => Digest::Sha1(h.finalize().into()),
             Hasher::Sha256(h) => Digest::Sha256(h.finalize().into()),
-            Hasher::Sha384(h) => other(Algorithm::Sha384, &h.finalize()),
-            Hasher::Sha512(h) => other(Algorithm::Sha512, &h.finalize()),
+            Hasher::Sha384(h) => Digest::Sha384(prefix(&h.finalize())),
+            Hasher::Sha512(h) => Digest::Sha512(prefix(&h.finalize())),
         }
     }
 }
@@ -217,5 +238,19 @@ mod tests {
             Digest::from_hex(Algorithm::Sha1, &d[0].to_hex()),
             Some(d[0].clone())
         );
+        // A full SHA-512 as the rpm database writes it reads as the hasher's digest.
+        let full = "ddaf35a193617abacc417349ae20413112e6fa4e89a97ea20a9eeee64b55d39a\
+                    2192992a274fc1a836ba3c23a3feebbd454d4423643ce80e2a9ac94fa54ca49f";
+        assert_eq!(
+            Digest::from_hex(Algorithm::Sha512, full),
+            Some(d[2].clone())
+        );
+        assert_eq!(
+            Digest::from_hex(Algorithm::Sha512, &full[..64]),
+            Some(d[2].clone())
+        );
+        assert_eq!(Digest::from_hex(Algorithm::Sha512, &full[..100]), None);
+        // The common digests stay small: a large tree holds two per file.
+        assert!(std::mem::size_of::<Digest>() <= 33);
     }
 }
