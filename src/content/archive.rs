@@ -16,10 +16,9 @@
 //! every size be checked against the file length first, so a truncated download is
 //! reported as such, naming the member, before any decompression starts.
 
-use super::{shown, Candidate, ContentProvider};
+use super::{shown, Candidate, ContentProvider, VerifiedMembers};
 use crate::error::{Error, Result};
-use crate::io::hash::{Algorithm, Digest};
-use crate::io::read::MAX_SOURCE_FILE;
+use crate::io::hash::Digest;
 use crate::io::root::Root;
 use crate::reference::{safe_relative, ReferenceKind, TreeReferences};
 use crate::tree::Tree;
@@ -390,48 +389,27 @@ impl ContentProvider for DebArchive {
         rels: &[PathBuf],
         visit: &mut dyn FnMut(&Path, Candidate),
     ) -> Result<()> {
-        // Only files dpkg has an md5 for can be accepted: the others are not asked for.
-        let mut wanted: BTreeMap<PathBuf, &Path> = rels
-            .iter()
-            .filter(|r| self.md5.contains_key(*r))
-            .map(|r| (self.prefix.join(r), r.as_path()))
-            .collect();
-        if wanted.is_empty() {
-            return Ok(());
-        }
-        let origin = self.describe();
-        let result = for_each_member(&self.path, &mut |member, size, reader| {
-            let Some(rel) = wanted.get(member).copied() else {
-                return Ok(true);
-            };
-            wanted.remove(member);
-            if size > MAX_SOURCE_FILE {
-                return Ok(!wanted.is_empty());
-            }
-            let mut bytes = Vec::with_capacity(size as usize);
-            reader.read_to_end(&mut bytes)?;
-            if self.md5.get(rel) == Some(&Digest::of_bytes(Algorithm::Md5, &bytes)) {
-                visit(
-                    rel,
-                    Candidate {
-                        bytes,
-                        origin: origin.clone(),
-                        source_path: self.path.clone(),
-                    },
-                );
-            } else {
-                self.problems
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(format!(
-                        "{}: member {} does not match dpkg's md5sums for {}; refused",
-                        self.shown(),
-                        crate::term::path(member),
-                        self.package
-                    ));
-            }
-            Ok(!wanted.is_empty())
-        });
+        let members = VerifiedMembers {
+            archive: &self.path,
+            origin: self.describe(),
+            prefix: &self.prefix,
+            digests: &self.md5,
+            problems: &self.problems,
+        };
+        let refused = |member: &Path| {
+            format!(
+                "{}: member {} does not match dpkg's md5sums for {}; refused",
+                self.shown(),
+                crate::term::path(member),
+                self.package
+            )
+        };
+        let result = members.serve(
+            rels,
+            &mut |visit_member| for_each_member(&self.path, visit_member),
+            &refused,
+            visit,
+        );
         result.map_err(|message| Error::Refused {
             path: PathBuf::from(self.shown()),
             message: format!(

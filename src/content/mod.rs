@@ -33,10 +33,11 @@ pub(crate) use backup::{is_backup_suffix, SiblingBackups};
 
 use crate::error::Result;
 use crate::io::hash::Digest;
+use crate::io::read::MAX_SOURCE_FILE;
 use crate::io::root::Root;
 use crate::reference::{ReferenceKind, TreeReferences};
 use crate::tree::Tree;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -88,6 +89,78 @@ pub(crate) trait ContentProvider: Send + Sync {
     /// Problems met that did not stop the work (refused members, ...).
     fn problems(&self) -> Vec<String> {
         Vec::new()
+    }
+}
+
+/// A package archive's walk over its members: each member's path, size and content
+/// to `visit`, which says whether to go on. `Err` is a sentence about the archive.
+pub(crate) type MemberWalk<'w> = dyn FnMut(
+        &mut dyn FnMut(&Path, u64, &mut dyn std::io::Read) -> std::io::Result<bool>,
+    ) -> std::result::Result<(), String>
+    + 'w;
+
+/// One package archive (`.deb`, `.rpm`) as a source of clean content: which members
+/// are wanted, and how a member that does not match the package database is refused.
+pub(crate) struct VerifiedMembers<'a> {
+    /// The archive file, for [`Candidate::source_path`].
+    pub(crate) archive: &'a Path,
+    /// What the archive is, for [`Candidate::origin`].
+    pub(crate) origin: String,
+    /// Where the tree's files are inside the package (`usr/src/amdgpu-6.8.5`).
+    pub(crate) prefix: &'a Path,
+    /// The digest the package database recorded for each file, by tree path.
+    pub(crate) digests: &'a BTreeMap<PathBuf, Digest>,
+    pub(crate) problems: &'a Mutex<Vec<String>>,
+}
+
+impl VerifiedMembers<'_> {
+    /// Serves `rels` from the archive's members in one walk: a member is read (never
+    /// past [`MAX_SOURCE_FILE`]) and handed to `visit` only when its digest is the one
+    /// the package database recorded; one that does not match is kept in `problems`
+    /// with the sentence `refused` makes of its path. Files the database has no digest
+    /// for are not asked for: nothing could accept them.
+    pub(crate) fn serve(
+        &self,
+        rels: &[PathBuf],
+        walk: &mut MemberWalk<'_>,
+        refused: &dyn Fn(&Path) -> String,
+        visit: &mut dyn FnMut(&Path, Candidate),
+    ) -> std::result::Result<(), String> {
+        let mut wanted: BTreeMap<PathBuf, &Path> = rels
+            .iter()
+            .filter(|r| self.digests.contains_key(*r))
+            .map(|r| (self.prefix.join(r), r.as_path()))
+            .collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        walk(&mut |member, size, reader| {
+            let Some(rel) = wanted.remove(member) else {
+                return Ok(true);
+            };
+            if size > MAX_SOURCE_FILE {
+                return Ok(!wanted.is_empty());
+            }
+            let mut bytes = Vec::with_capacity(size as usize);
+            reader.read_to_end(&mut bytes)?;
+            let expected = &self.digests[rel];
+            if Digest::of_bytes(expected.algorithm(), &bytes) == *expected {
+                visit(
+                    rel,
+                    Candidate {
+                        bytes,
+                        origin: self.origin.clone(),
+                        source_path: self.archive.to_path_buf(),
+                    },
+                );
+            } else {
+                self.problems
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(refused(member));
+            }
+            Ok(!wanted.is_empty())
+        })
     }
 }
 

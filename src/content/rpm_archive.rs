@@ -12,10 +12,9 @@
 //! [`crate::pkgdb::rpm_header`], the cpio stream here: both are small fixed formats,
 //! and reading them here bounds every length before it is used.
 
-use super::{shown, Candidate, ContentProvider};
+use super::{shown, Candidate, ContentProvider, VerifiedMembers};
 use crate::error::{Error, Result};
 use crate::io::hash::Digest;
-use crate::io::read::MAX_SOURCE_FILE;
 use crate::io::root::Root;
 use crate::pkgdb::rpm::{self, RpmPackage};
 use crate::pkgdb::rpm_header::{self as hdr, Header};
@@ -292,50 +291,26 @@ impl ContentProvider for RpmArchive {
         rels: &[PathBuf],
         visit: &mut dyn FnMut(&Path, Candidate),
     ) -> Result<()> {
-        let mut wanted: BTreeMap<PathBuf, &Path> = rels
-            .iter()
-            .filter(|r| self.digests.contains_key(*r))
-            .map(|r| (self.prefix.join(r), r.as_path()))
-            .collect();
-        if wanted.is_empty() {
-            return Ok(());
-        }
-        let origin = self.describe();
-        let result = for_each_member(
-            &self.path,
-            Some(&self.package),
-            &mut |member, size, reader| {
-                let Some(rel) = wanted.remove(member) else {
-                    return Ok(true);
-                };
-                if size > MAX_SOURCE_FILE {
-                    return Ok(!wanted.is_empty());
-                }
-                let mut bytes = Vec::with_capacity(size as usize);
-                reader.read_to_end(&mut bytes)?;
-                let expected = &self.digests[rel];
-                if Digest::of_bytes(expected.algorithm(), &bytes) == *expected {
-                    visit(
-                        rel,
-                        Candidate {
-                            bytes,
-                            origin: origin.clone(),
-                            source_path: self.path.clone(),
-                        },
-                    );
-                } else {
-                    self.problems
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(format!(
-                        "{}: member {} does not match the RPM database's digest for {}; refused",
-                        shown(&self.root, &self.path),
-                        crate::term::path(member),
-                        self.package.nevra()
-                    ));
-                }
-                Ok(!wanted.is_empty())
-            },
+        let members = VerifiedMembers {
+            archive: &self.path,
+            origin: self.describe(),
+            prefix: &self.prefix,
+            digests: &self.digests,
+            problems: &self.problems,
+        };
+        let refused = |member: &Path| {
+            format!(
+                "{}: member {} does not match the RPM database's digest for {}; refused",
+                shown(&self.root, &self.path),
+                crate::term::path(member),
+                self.package.nevra()
+            )
+        };
+        let result = members.serve(
+            rels,
+            &mut |visit_member| for_each_member(&self.path, Some(&self.package), visit_member),
+            &refused,
+            visit,
         );
         result.map_err(|message| Error::Refused {
             path: PathBuf::from(shown(&self.root, &self.path)),
