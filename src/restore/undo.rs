@@ -88,6 +88,27 @@ fn show(p: &Path) -> String {
     crate::term::path(p)
 }
 
+/// The quarantine copy a run names for a file, when it is there and is exactly the
+/// file from before the run; otherwise the problem to report instead of undoing it.
+fn verified_copy(root: &Root, q: Option<PathBuf>, intent: &Intent) -> Result<PathBuf, Problem> {
+    let Some(q) = q else {
+        return Err(Problem {
+            path: show(&intent.path),
+            reason: "the journal names no quarantine copy for it".into(),
+        });
+    };
+    if !quarantine_matches(root, &q, intent) {
+        return Err(Problem {
+            path: show(&intent.path),
+            reason: format!(
+                "its quarantine copy {} is missing or does not match the journal",
+                show(&q)
+            ),
+        });
+    }
+    Ok(q)
+}
+
 /// Whether the quarantine copy is there and is exactly the file from before the run.
 fn quarantine_matches(root: &Root, q: &Path, intent: &Intent) -> bool {
     std::fs::read(root.path(q))
@@ -119,23 +140,13 @@ pub(crate) fn plan(root: &Root, run: &Run) -> UndoPlan {
             FileState::New if intent.old_sha256.is_none() => up.kept.push(intent.path.clone()),
             // The run moved an added file into the quarantine: it comes back from there.
             FileState::New if intent.new_sha256.is_none() => {
-                let Some(q) = q else {
-                    up.problems.push(Problem {
-                        path: show(&intent.path),
-                        reason: "the journal names no quarantine copy for it".into(),
-                    });
-                    continue;
+                let q = match verified_copy(root, q, intent) {
+                    Ok(q) => q,
+                    Err(p) => {
+                        up.problems.push(p);
+                        continue;
+                    }
                 };
-                if !quarantine_matches(root, &q, intent) {
-                    up.problems.push(Problem {
-                        path: show(&intent.path),
-                        reason: format!(
-                            "its quarantine copy {} is missing or does not match the journal",
-                            show(&q)
-                        ),
-                    });
-                    continue;
-                }
                 up.changes.push((
                     Change {
                         tree_system: intent.tree.clone(),
@@ -155,13 +166,6 @@ pub(crate) fn plan(root: &Root, run: &Run) -> UndoPlan {
                 ));
             }
             FileState::New => {
-                let Some(q) = q else {
-                    up.problems.push(Problem {
-                        path: show(&intent.path),
-                        reason: "the journal names no quarantine copy for it".into(),
-                    });
-                    continue;
-                };
                 let Some(new) = intent
                     .new_sha256
                     .as_deref()
@@ -173,16 +177,13 @@ pub(crate) fn plan(root: &Root, run: &Run) -> UndoPlan {
                     });
                     continue;
                 };
-                if !quarantine_matches(root, &q, intent) {
-                    up.problems.push(Problem {
-                        path: show(&intent.path),
-                        reason: format!(
-                            "its quarantine copy {} is missing or does not match the journal",
-                            show(&q)
-                        ),
-                    });
-                    continue;
-                }
+                let q = match verified_copy(root, q, intent) {
+                    Ok(q) => q,
+                    Err(p) => {
+                        up.problems.push(p);
+                        continue;
+                    }
+                };
                 up.changes.push((
                     Change {
                         tree_system: intent.tree.clone(),
