@@ -133,9 +133,10 @@ struct Cleanup {
     modules_dir_before: Vec<PathBuf>,
 }
 
-/// Entries of kfd-audit's journal and quarantine directories on this machine.
+/// Entries of kfd-audit's state directory on this machine: its own (the journal and
+/// quarantine directories, the lock, ...) and those of its journal and quarantine.
 fn state_entries() -> Vec<PathBuf> {
-    ["journal", "quarantine"]
+    ["", "journal", "quarantine"]
         .iter()
         .flat_map(|d| {
             std::fs::read_dir(Path::new("/var/lib/kfd-audit").join(d))
