@@ -122,11 +122,21 @@ fn term_error(e: std::io::Error) -> Error {
     Error::io(PathBuf::from("<terminal>"), e)
 }
 
-/// Shows the cursor again: from a signal handler, so only `write(2)` is used.
+/// The terminal's modes as they were before the first prompt: what a signal that
+/// ends kfd-audit during a prompt puts back (echo, line editing, Ctrl-C).
+static ORIGINAL_MODES: std::sync::OnceLock<libc::termios> = std::sync::OnceLock::new();
+
+/// Shows the cursor again and puts back the terminal's modes: from a signal handler,
+/// so only `write(2)`, `tcsetattr(3)` (both async-signal-safe) and a lock-free read of
+/// the modes saved before the handler was installed.
 extern "C" fn show_cursor_and_exit(_sig: libc::c_int) {
     const SHOW: &[u8] = b"\x1b[?25h\r\n";
-    // SAFETY: write and _exit are async-signal-safe; SHOW is a static buffer.
+    // SAFETY: write, tcsetattr and _exit are async-signal-safe; SHOW is a static
+    // buffer, and the saved modes are only read.
     unsafe {
+        if let Some(t) = ORIGINAL_MODES.get() {
+            libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, t);
+        }
         libc::write(libc::STDERR_FILENO, SHOW.as_ptr().cast(), SHOW.len());
         libc::_exit(130);
     }
@@ -146,24 +156,29 @@ struct PromptGuard<'a> {
 
 impl<'a> PromptGuard<'a> {
     fn new(term: &'a Term, hide_cursor: bool) -> std::io::Result<PromptGuard<'a>> {
-        let handler = show_cursor_and_exit as extern "C" fn(libc::c_int) as libc::sighandler_t;
-        // SAFETY: installing a handler that only calls async-signal-safe functions.
-        let old =
-            [libc::SIGINT, libc::SIGTERM].map(|sig| (sig, unsafe { libc::signal(sig, handler) }));
-        let mut guard = PromptGuard {
-            term,
-            old,
-            termios: None,
-        };
-        // SAFETY: tcgetattr/tcsetattr on stdin with a properly sized termios.
+        // The modes are read (and saved for the signal handler) before the handler is
+        // installed, so that it never sees them half written.
+        let mut termios = None;
+        // SAFETY: tcgetattr on stdin with a properly sized termios.
         unsafe {
             let mut t: libc::termios = std::mem::zeroed();
             if libc::isatty(libc::STDIN_FILENO) == 1
                 && libc::tcgetattr(libc::STDIN_FILENO, &mut t) == 0
             {
-                guard.termios = Some(t);
-                let mut quiet = t;
-                quiet.c_lflag &= !(libc::ISIG | libc::ICANON | libc::ECHO);
+                let _ = ORIGINAL_MODES.set(t);
+                termios = Some(t);
+            }
+        }
+        let handler = show_cursor_and_exit as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        // SAFETY: installing a handler that only calls async-signal-safe functions.
+        let old =
+            [libc::SIGINT, libc::SIGTERM].map(|sig| (sig, unsafe { libc::signal(sig, handler) }));
+        let guard = PromptGuard { term, old, termios };
+        if let Some(t) = termios {
+            let mut quiet = t;
+            quiet.c_lflag &= !(libc::ISIG | libc::ICANON | libc::ECHO);
+            // SAFETY: tcsetattr on stdin with modes derived from the ones just read.
+            unsafe {
                 libc::tcsetattr(libc::STDIN_FILENO, libc::TCSADRAIN, &quiet);
             }
         }

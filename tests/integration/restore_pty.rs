@@ -415,3 +415,43 @@ fn show_diff_goes_through_the_pager_unless_no_pager() {
         s.assert_files(&[false]);
     }
 }
+
+/// A SIGTERM while a prompt has the terminal (a shutdown, `kill` from another console)
+/// shows the cursor, puts back the terminal's modes (line editing, Ctrl-C, echo) and
+/// exits 130 changing nothing.
+#[test]
+fn sigterm_at_a_prompt_gives_the_terminal_back() {
+    let s = Scenario::new(2);
+    let mut p = spawn_console(restore_cmd(&s, &[]), false);
+    p.exp_string("[1/2] Restore ").unwrap();
+    p.exp_string("quit").unwrap();
+    let master = p.process().get_file_handle().expect("pty master");
+    let modes = || {
+        // SAFETY: tcgetattr on the pty master (Linux answers with the terminal's modes).
+        unsafe {
+            let mut t: libc::termios = std::mem::zeroed();
+            assert_eq!(libc::tcgetattr(master.as_raw_fd(), &mut t), 0);
+            t.c_lflag
+        }
+    };
+    // (rexpect's pty has echo off from the start; line editing and signals are the
+    // terminal's own modes that the prompt turns off.)
+    assert_eq!(
+        modes() & libc::ICANON,
+        0,
+        "the prompt turns line editing off"
+    );
+    p.process_mut()
+        .signal(rexpect::process::Signal::SIGTERM)
+        .unwrap();
+    let after = p.exp_eof().unwrap();
+    assert!(after.contains("\x1b[?25h"), "{after:?}");
+    match p.process().wait().expect("wait") {
+        rexpect::process::WaitStatus::Exited(_, code) => assert_eq!(code, 130),
+        other => panic!("not a normal exit: {other:?}"),
+    }
+    let lflag = modes();
+    assert_ne!(lflag & libc::ICANON, 0, "line editing left off");
+    assert_ne!(lflag & libc::ISIG, 0, "Ctrl-C left off");
+    s.assert_files(&[false, false]);
+}
