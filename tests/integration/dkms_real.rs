@@ -19,8 +19,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
-/// The real /usr/src, /var/lib/dkms and /lib/modules are one state for both tests.
-static REAL_DKMS: Mutex<()> = Mutex::new(());
+/// The real /usr/src, /var/lib/dkms, /lib/modules and /var/lib/kfd-audit are one state
+/// for the tests that change them: they take turns.
+pub static REAL_DKMS: Mutex<()> = Mutex::new(());
 
 /// dkms 3 creates a module-signing key on its first build; a test that made it removes it.
 const MOK_FILES: [&str; 2] = ["/var/lib/dkms/mok.key", "/var/lib/dkms/mok.pub"];
@@ -116,7 +117,11 @@ fn sh(argv: &[&str]) -> String {
 
 fn kfd(args: &[&str]) -> Run {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kfd-audit"));
-    cmd.args(args).env_remove("NO_COLOR").stdin(Stdio::null());
+    // Audits of the real system: nothing remembered in its digest cache.
+    cmd.args(args)
+        .env_remove("NO_COLOR")
+        .env("KFD_AUDIT_DIGEST_CACHE", "off")
+        .stdin(Stdio::null());
     Run::of(cmd)
 }
 
