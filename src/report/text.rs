@@ -524,6 +524,11 @@ fn short_file(out: &mut String, t: &TreeReport, f: &FileReport, o: &TextOptions)
             )
         );
     }
+    push_diff(out, f, color);
+}
+
+/// A file's diff against its clean content (`scan --diff`), its findings' lines marked.
+fn push_diff(out: &mut String, f: &FileReport, color: bool) {
     if let Some(d) = &f.diff {
         let marks: std::collections::BTreeSet<usize> = f.findings.iter().map(|x| x.line).collect();
         let text = d.render(&crate::diff::Render {
@@ -836,17 +841,7 @@ fn file_text(out: &mut String, t: &TreeReport, f: &FileReport, color: bool) {
             "      no clean copy: no baseline copy, package archive or verified backup has it (see 'kfd-audit diff')"
         );
     }
-    if let Some(d) = &f.diff {
-        let marks: std::collections::BTreeSet<usize> = f.findings.iter().map(|x| x.line).collect();
-        let text = d.render(&crate::diff::Render {
-            color,
-            escape: true,
-            headers: false,
-            indent: "      ",
-            marks: Some(&marks),
-        });
-        out.push_str(&String::from_utf8_lossy(&text));
-    }
+    push_diff(out, f, color);
 }
 
 /// What dkms will build for one tree: overrides, build-time patches, their findings.
