@@ -138,44 +138,28 @@ pub(crate) fn plan(root: &Root, run: &Run) -> UndoPlan {
         match state {
             FileState::Old => up.already.push(intent.path.clone()),
             FileState::New if intent.old_sha256.is_none() => up.kept.push(intent.path.clone()),
-            // The run moved an added file into the quarantine: it comes back from there.
-            FileState::New if intent.new_sha256.is_none() => {
-                let q = match verified_copy(root, q, intent) {
-                    Ok(q) => q,
-                    Err(p) => {
-                        up.problems.push(p);
-                        continue;
-                    }
-                };
-                up.changes.push((
-                    Change {
-                        tree_system: intent.tree.clone(),
-                        tree_host: root.path(&intent.tree),
-                        rel: intent.rel.clone(),
-                        expect: Expect::Absent,
-                        remove: false,
-                        // It comes back as it was: mode and owner from the journal.
-                        create_as: Some(Ownership {
+            FileState::New => {
+                let (expect, create_as) = match intent.new_sha256.as_deref() {
+                    // The run moved an added file into the quarantine: it comes back
+                    // where nothing is now, as it was (mode and owner from the journal).
+                    None => (
+                        Expect::Absent,
+                        Some(Ownership {
                             mode: intent.mode,
                             owner: Some((intent.uid, intent.gid)),
                         }),
-                        source: "quarantine".into(),
-                        origin: q.display().to_string(),
+                    ),
+                    // The run replaced the file: it must still be what the run wrote.
+                    Some(h) => match Digest::from_hex(Algorithm::Sha256, h) {
+                        Some(new) => (Expect::Digest(new), None),
+                        None => {
+                            up.problems.push(Problem {
+                                path: show(&intent.path),
+                                reason: "the journal's new_sha256 is not a SHA-256".into(),
+                            });
+                            continue;
+                        }
                     },
-                    intent.clone(),
-                ));
-            }
-            FileState::New => {
-                let Some(new) = intent
-                    .new_sha256
-                    .as_deref()
-                    .and_then(|h| Digest::from_hex(Algorithm::Sha256, h))
-                else {
-                    up.problems.push(Problem {
-                        path: show(&intent.path),
-                        reason: "the journal's new_sha256 is not a SHA-256".into(),
-                    });
-                    continue;
                 };
                 let q = match verified_copy(root, q, intent) {
                     Ok(q) => q,
@@ -189,9 +173,9 @@ pub(crate) fn plan(root: &Root, run: &Run) -> UndoPlan {
                         tree_system: intent.tree.clone(),
                         tree_host: root.path(&intent.tree),
                         rel: intent.rel.clone(),
-                        expect: Expect::Digest(new),
+                        expect,
                         remove: false,
-                        create_as: None,
+                        create_as,
                         source: "quarantine".into(),
                         origin: q.display().to_string(),
                     },
