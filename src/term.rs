@@ -68,6 +68,11 @@ pub(crate) fn severity_style(s: Severity) -> Style {
     }
 }
 
+/// A severity as the text report writes it: upper case, in its colour.
+pub(crate) fn painted_severity(color: bool, s: Severity) -> String {
+    paint(color, severity_style(s), &s.as_str().to_uppercase())
+}
+
 /// `1 file`, `2 files`: a count and its noun (regular plurals only).
 pub(crate) fn plural(n: usize, word: &str) -> String {
     if n == 1 {

@@ -5,7 +5,7 @@
 
 use crate::finding::Severity;
 use crate::system::{SectionStatus, Sections, SystemFinding};
-use crate::term::{self, paint, severity_style, BOLD, RED, YELLOW};
+use crate::term::{self, paint, painted_severity, severity_style, BOLD, RED, YELLOW};
 use std::fmt::Write as _;
 
 /// Findings of a section shown one line each in the default report before the
@@ -19,11 +19,7 @@ fn render_findings(out: &mut String, findings: &[SystemFinding], color: bool) {
         let _ = writeln!(
             out,
             "  {} {} {}: {}",
-            paint(
-                color,
-                severity_style(f.finding.severity),
-                &f.finding.severity.as_str().to_uppercase()
-            ),
+            painted_severity(color, f.finding.severity),
             f.finding.rule,
             term::escape(&at),
             term::escape(&f.finding.text)

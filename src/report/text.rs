@@ -13,7 +13,7 @@ use super::{BackupReport, FileReport, Report, TreeReport, Verdict};
 use crate::dkms::recipe::BuildAudit;
 use crate::dkms::state::Provenance;
 use crate::scan::{BackupVerdict, FileStatus};
-use crate::term::{self, paint, plural, severity_style, BOLD, DIM, GREEN, RED, YELLOW};
+use crate::term::{self, paint, painted_severity, plural, BOLD, DIM, GREEN, RED, YELLOW};
 use anstyle::Style;
 use std::fmt::Write as _;
 
@@ -809,11 +809,7 @@ fn file_text(out: &mut String, t: &TreeReport, f: &FileReport, color: bool) {
         let _ = writeln!(
             out,
             "      {} {} line {}: {}",
-            paint(
-                color,
-                severity_style(finding.severity),
-                &finding.severity.as_str().to_uppercase()
-            ),
+            painted_severity(color, finding.severity),
             finding.rule,
             finding.line,
             term::escape(&finding.text)
@@ -887,11 +883,7 @@ fn build_text(out: &mut String, t: &TreeReport, b: &BuildAudit, color: bool) {
         let _ = writeln!(
             out,
             "      {} {} {}:{}{}: {}",
-            paint(
-                color,
-                severity_style(f.finding.severity),
-                &f.finding.severity.as_str().to_uppercase()
-            ),
+            painted_severity(color, f.finding.severity),
             f.finding.rule,
             term::escape(&f.path),
             f.finding.line,
