@@ -224,6 +224,13 @@ enum FileState {
 /// larger than any driver source file (rocBLAS ships hundreds of megabytes).
 const NO_SIZE_LIMIT: u64 = u64::MAX;
 
+/// Why a package file is not hashed: it is larger than `--max-file-size`.
+fn too_large(size: u64, limit: u64) -> std::io::Error {
+    std::io::Error::other(format!(
+        "{size} bytes, more than --max-file-size ({limit} bytes); not hashed: pass a larger --max-file-size to hash it"
+    ))
+}
+
 /// MD5 of files under the root, on the tree scan's multi-buffer engine
 /// ([`crate::io::md5_lanes`]): many files per core at once, the largest started first,
 /// each opened without following a link at its last component and read once. A file
@@ -239,11 +246,7 @@ fn md5_files(
         .par_iter()
         .map(|p| std::fs::symlink_metadata(root.path(p)).map_or(0, |m| m.len()))
         .collect();
-    let too_large = |size: u64| {
-        std::io::Error::other(format!(
-            "{size} bytes, more than --max-file-size ({limit} bytes); not hashed: pass a larger --max-file-size to hash it"
-        ))
-    };
+    let too_large = |size: u64| too_large(size, limit);
     let mut results: Vec<Option<std::io::Result<Digest>>> = all_sizes
         .iter()
         .map(|&n| (n > limit).then(|| Err(too_large(n))))
@@ -303,15 +306,17 @@ fn digest_files(
             let file = crate::io::read::open_nofollow(&root.path(p))?;
             let size = file.metadata()?.len();
             if size > limit {
-                return Err(std::io::Error::other(format!(
-                    "{size} bytes, more than --max-file-size ({limit} bytes); not hashed: pass a larger --max-file-size to hash it"
-                )));
+                return Err(too_large(size, limit));
             }
             let read = std::io::Read::take(file, limit.saturating_add(1));
             let (mut digests, n) = hash::digest_reader(read, &[algorithm])?;
             if let Some(c) = counters {
                 c.add_bytes(n);
                 c.file_done();
+            }
+            if n > limit {
+                // It grew past the limit while it was read, as on the MD5 engine.
+                return Err(too_large(n, limit));
             }
             Ok(digests.remove(0))
         })
